@@ -1,0 +1,1 @@
+"""Backends: what a store runs on (embedded single node, or a Kafka cluster)."""

@@ -1,0 +1,402 @@
+"""Commands: each API call that touches one partition, and how its owner decides it.
+
+A command is a frozen dataclass (so a non-owner can send it to the owner as data). Its
+handler reads the partition's projection through a `Decision`, checks the rules (user,
+id uniqueness, session existence) and only then emits events; a handler that raises has
+emitted nothing. The same handlers run on every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from csaf_events import events as ev
+from csaf_events.dtos import CurrentNode, RequestCorrelation, StoredInMessage, StoredOutMessage, MessageType
+from csaf_events.errors import MessageIdAlreadyExistsError, WrongUserError
+from projections import fold, queries
+from projections.rocks import ProjectionBatch
+
+
+class Decision:
+    """The state one group commit decides against, and the events it emits."""
+
+    def __init__(self, partition: int, batch: ProjectionBatch, node_name: str, now: int) -> None:
+        self.partition = partition
+        self.view = batch
+        self.node_name = node_name
+        self.now = now
+        self.records: list[ev.Record] = []
+
+    def emit(self, event: ev.Event) -> None:
+        """Record the event and fold it at once, so later commands of the batch see it."""
+        record = ev.to_record(event, self.node_name, self.now)
+        self.records.append(record)
+        fold(event, record.value, self.partition, self.view)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Base: every command names the partition it must be decided on by its session."""
+
+    session_id: str
+    READ_ONLY = False
+
+
+# ---------------------------------------------------------------- session commands ----
+
+@dataclass(frozen=True, slots=True)
+class Register(Command):
+    user_id: str
+    node_name: str
+    connection_id: str
+    client_lib_and_versions: str
+    app_name: str
+    app_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deregister(Command):
+    node_name: str
+    connection_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StoreInbox(Command):
+    client_message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateInbox(Command):
+    client_message_id: str
+    message_json: str | None
+    message_binary: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteInbox(Command):
+    client_message_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutbox(Command):
+    server_message_id: str
+    client_message_id: str | None
+    trace_id: str | None
+    type: str
+    request_timestamp: int | None
+    envelope: str
+    message_text: str | None
+    message_binary: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted(Command):
+    server_message_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Unmark(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Complete(Command):
+    server_message_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter(Command):
+    server_message_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCorrelation(Command):
+    server_message_id: str
+    request_timestamp: int
+    reply_terminator_id: str
+    correlation_string: str | None
+    correlation_binary: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class TakeCorrelation(Command):
+    server_message_id: str
+
+
+# ------------------------------------------------------------ partition commands ----
+# These name a partition, not a session: `session_id` is unused ("").
+
+@dataclass(frozen=True, slots=True)
+class NotifyLiveliness(Command):
+    partition: int
+    session_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutSessions(Command):
+    partition: int
+    not_live_since: int
+
+
+@dataclass(frozen=True, slots=True)
+class Scavenge(Command):
+    partition: int
+
+
+# ----------------------------------------------------------------------- queries ----
+
+@dataclass(frozen=True, slots=True)
+class GetCurrentNode(Command):
+    READ_ONLY = True
+
+
+@dataclass(frozen=True, slots=True)
+class SessionExists(Command):
+    READ_ONLY = True
+
+
+@dataclass(frozen=True, slots=True)
+class GetInbox(Command):
+    client_message_id: str
+    READ_ONLY = True
+
+
+@dataclass(frozen=True, slots=True)
+class GetOutbox(Command):
+    max_number_of_messages: int
+    READ_ONLY = True
+
+
+# ---------------------------------------------------------------------- handlers ----
+
+Handler = Callable[[Any, Decision], Any]
+HANDLERS: dict[type[Command], Handler] = {}
+
+
+def handles(cls: type[Command]) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[cls] = fn
+        return fn
+    return register
+
+
+def decide(cmd: Command, d: Decision) -> Any:
+    """Decide one command: returns its result or raises a `CsafError` having emitted nothing."""
+    return HANDLERS[type(cmd)](cmd, d)
+
+
+def _session_event(cls: type[ev.SessionState], s: dict, **changes: Any) -> ev.SessionState:
+    return cls(**{**s, **changes})
+
+
+def _outbox_event(cls: type[ev.OutboxState], m: dict, **changes: Any) -> ev.OutboxState:
+    return cls(**{**m, **changes})
+
+
+def _drop_session(d: Decision, sid: str, gone: type[ev.Event]) -> None:
+    """Tombstone the session row and every entity stored for it (compaction-safe delete)."""
+    inbox, outbox, corrs = queries.children(d.view, d.partition, sid)
+    for i in inbox:
+        d.emit(ev.InboxDeleted(sid, i["client_message_id"]))
+    for m in outbox:
+        d.emit(ev.OutboxDiscarded(sid, m["seq"], m["server_message_id"]))
+    for c in corrs:
+        d.emit(ev.CorrelationDiscarded(sid, c["server_message_id"]))
+    if gone is not None:
+        d.emit(gone(sid))
+
+
+@handles(Register)
+def _register(c: Register, d: Decision) -> int:
+    s = queries.session(d.view, d.partition, c.session_id)
+    if s is not None and s["user_id"] != c.user_id:
+        raise WrongUserError(
+            f"session {c.session_id!r} belongs to another user than {c.user_id!r}; not re-registered")
+    created = d.now if s is None else s["created_timestamp"]
+    d.emit(ev.SessionRegistered(
+        c.session_id, c.user_id, c.node_name, c.connection_id, c.client_lib_and_versions,
+        c.app_name, c.app_version, created, d.now))
+    return created
+
+
+@handles(Deregister)
+def _deregister(c: Deregister, d: Decision) -> None:
+    s = queries.session(d.view, d.partition, c.session_id)
+    if s is not None and s["node_name"] == c.node_name and s["connection_id"] == c.connection_id:
+        d.emit(_session_event(ev.SessionDeregistered, s, node_name=None, connection_id=None))
+
+
+@handles(Close)
+def _close(c: Close, d: Decision) -> None:
+    exists = queries.session(d.view, d.partition, c.session_id) is not None
+    _drop_session(d, c.session_id, ev.SessionClosed if exists else None)
+
+
+@handles(StoreInbox)
+def _store_inbox(c: StoreInbox, d: Decision) -> None:
+    if queries.inbox(d.view, d.partition, c.session_id, c.client_message_id) is not None:
+        raise MessageIdAlreadyExistsError(
+            f"client message id {c.client_message_id!r} is already in the inbox of session {c.session_id!r}")
+    d.emit(ev.InboxStored(c.session_id, c.client_message_id, d.now, None, None))
+
+
+@handles(UpdateInbox)
+def _update_inbox(c: UpdateInbox, d: Decision) -> None:
+    i = queries.inbox(d.view, d.partition, c.session_id, c.client_message_id)
+    if i is not None:
+        d.emit(ev.InboxUpdated(c.session_id, c.client_message_id, i["stored_timestamp"],
+                               c.message_json, c.message_binary))
+
+
+@handles(DeleteInbox)
+def _delete_inbox(c: DeleteInbox, d: Decision) -> None:
+    for cmid in dict.fromkeys(c.client_message_ids):
+        if queries.inbox(d.view, d.partition, c.session_id, cmid) is not None:
+            d.emit(ev.InboxDeleted(c.session_id, cmid))
+
+
+@handles(StoreOutbox)
+def _store_outbox(c: StoreOutbox, d: Decision) -> CurrentNode | None:
+    s = queries.session(d.view, d.partition, c.session_id)
+    if s is None:
+        return None
+    if queries.outbox_seq(d.view, d.partition, c.session_id, c.server_message_id) is not None:
+        raise MessageIdAlreadyExistsError(
+            f"server message id {c.server_message_id!r} is already in the outbox of session {c.session_id!r}")
+    seq = queries.next_outbox_seq(d.view, d.partition, c.session_id)
+    d.emit(ev.OutboxStored(
+        c.session_id, seq, c.server_message_id, c.trace_id, str(c.type), c.client_message_id,
+        c.request_timestamp, d.now, None, 0, False, c.envelope, c.message_text, c.message_binary))
+    return _current_node(s)
+
+
+def _current_node(s: dict | None) -> CurrentNode | None:
+    if s is None or s["node_name"] is None:
+        return None
+    return CurrentNode(s["node_name"], s["connection_id"])
+
+
+def _each_outbox(c: Command, d: Decision, ids: tuple[str, ...]):
+    for smid in dict.fromkeys(ids):
+        m = queries.outbox_message(d.view, d.partition, c.session_id, smid)
+        if m is not None:
+            yield m
+
+
+@handles(Attempted)
+def _attempted(c: Attempted, d: Decision) -> None:
+    for m in _each_outbox(c, d, c.server_message_ids):
+        d.emit(_outbox_event(ev.DeliveryAttempted, m, attempt_timestamp=d.now,
+                             delivery_count=m["delivery_count"] + 1))
+
+
+@handles(Unmark)
+def _unmark(c: Unmark, d: Decision) -> None:
+    for m in queries.outbox_messages(d.view, d.partition, c.session_id):
+        if m["attempt_timestamp"] is not None and not m["dead_lettered"]:
+            d.emit(_outbox_event(ev.DeliveryUnmarked, m, attempt_timestamp=None))
+
+
+@handles(Complete)
+def _complete(c: Complete, d: Decision) -> None:
+    for m in _each_outbox(c, d, c.server_message_ids):
+        d.emit(ev.Completed(c.session_id, m["seq"], m["server_message_id"]))
+
+
+@handles(DeadLetter)
+def _dead_letter(c: DeadLetter, d: Decision) -> None:
+    for m in _each_outbox(c, d, c.server_message_ids):
+        if not m["dead_lettered"]:
+            d.emit(_outbox_event(ev.DeadLettered, m, dead_lettered=True))
+
+
+@handles(StoreCorrelation)
+def _store_correlation(c: StoreCorrelation, d: Decision) -> None:
+    if queries.correlation(d.view, d.partition, c.session_id, c.server_message_id) is not None:
+        raise MessageIdAlreadyExistsError(
+            f"a request correlation for server message id {c.server_message_id!r} is already stored "
+            f"for session {c.session_id!r}")
+    d.emit(ev.CorrelationStored(c.session_id, c.server_message_id, c.request_timestamp,
+                                c.reply_terminator_id, c.correlation_string, c.correlation_binary))
+
+
+@handles(TakeCorrelation)
+def _take_correlation(c: TakeCorrelation, d: Decision) -> RequestCorrelation | None:
+    r = queries.correlation(d.view, d.partition, c.session_id, c.server_message_id)
+    if r is None:
+        return None
+    d.emit(ev.CorrelationTaken(c.session_id, c.server_message_id))
+    return RequestCorrelation(**r)
+
+
+@handles(NotifyLiveliness)
+def _notify(c: NotifyLiveliness, d: Decision) -> None:
+    for sid in dict.fromkeys(c.session_ids):
+        s = queries.session(d.view, d.partition, sid)
+        if s is not None:
+            d.emit(_session_event(ev.LivelinessNotified, s, liveliness_timestamp=d.now))
+
+
+@handles(TimeoutSessions)
+def _timeout(c: TimeoutSessions, d: Decision) -> list[str]:
+    timed_out = [s["session_id"] for s in queries.sessions(d.view, d.partition)
+                 if s["liveliness_timestamp"] < c.not_live_since]
+    for sid in timed_out:
+        _drop_session(d, sid, ev.SessionTimedOut)
+    return timed_out
+
+
+@handles(Scavenge)
+def _scavenge(c: Scavenge, d: Decision) -> int:
+    before = len(d.records)
+    for sid in sorted(queries.orphan_session_ids(d.view, d.partition)):
+        _drop_session(d, sid, None)
+    return len(d.records) - before
+
+
+# Queries: no events; decided against the same view so an owner answers for non-owners.
+
+@handles(GetCurrentNode)
+def _get_current_node(c: GetCurrentNode, d: Decision) -> CurrentNode | None:
+    return _current_node(queries.session(d.view, d.partition, c.session_id))
+
+
+@handles(SessionExists)
+def _session_exists(c: SessionExists, d: Decision) -> bool:
+    return queries.session(d.view, d.partition, c.session_id) is not None
+
+
+@handles(GetInbox)
+def _get_inbox(c: GetInbox, d: Decision) -> StoredInMessage | None:
+    i = queries.inbox(d.view, d.partition, c.session_id, c.client_message_id)
+    if i is None:
+        return None
+    return StoredInMessage(c.session_id, c.client_message_id, i["stored_timestamp"],
+                           i["full_envelope"], i["message_binary"])
+
+
+@handles(GetOutbox)
+def _get_outbox(c: GetOutbox, d: Decision) -> list[StoredOutMessage]:
+    out: list[StoredOutMessage] = []
+    if c.max_number_of_messages <= 0:
+        return out
+    for m in queries.outbox_messages(d.view, d.partition, c.session_id):
+        if m["attempt_timestamp"] is None and not m["dead_lettered"]:
+            out.append(to_stored_out(m))
+            if len(out) >= c.max_number_of_messages:
+                break
+    return out
+
+
+def to_stored_out(m: dict) -> StoredOutMessage:
+    return StoredOutMessage(
+        m["session_id"], m["server_message_id"], m["trace_id"], MessageType(m["type"]),
+        m["client_message_id"], m["request_timestamp"], m["stored_timestamp"], m["attempt_timestamp"],
+        m["delivery_count"], m["envelope"], m["message_text"], m["message_binary"])

@@ -1,0 +1,316 @@
+"""The event catalog: every mutation of the store is one of these events.
+
+Each event is exactly one log record. The record key names the *entity* the event is
+about (a session row, one inbox entry, one outbox message, one correlation), scoped by
+the session id, so log compaction keeps the latest record of each entity. A state event
+carries the entity's **whole new state** (absolute values), so the latest record alone
+rebuilds the entity; a tombstone event has a null value and travels as its headers.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import orjson
+
+# Entity kinds, the first element of every record key.
+SESSION = "s"
+INBOX = "i"
+OUTBOX = "o"
+CORRELATION = "c"
+
+
+class Record(NamedTuple):
+    """One log record as the log stores it (headers are (name, bytes) pairs)."""
+
+    key: bytes
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+class Meta(NamedTuple):
+    """What the log knows about an event besides its content."""
+
+    partition: int
+    offset: int
+    timestamp: int
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base of all events: every event belongs to one session."""
+
+    session_id: str
+
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+    ENTITY: ClassVar[str]
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("session_id",)
+    TOMBSTONE: ClassVar[bool] = False
+    BINARY_FIELDS: ClassVar[frozenset[str]] = frozenset()
+
+    def key(self) -> bytes:
+        return orjson.dumps([self.ENTITY, *(getattr(self, f) for f in self.KEY_FIELDS)])
+
+
+
+def _b64(obj: object) -> str:
+    if isinstance(obj, bytes):
+        return base64.b64encode(obj).decode("ascii")
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+# --- sessions -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SessionState(Event):
+    user_id: str
+    node_name: str | None
+    connection_id: str | None
+    client_lib_and_versions: str
+    app_name: str
+    app_version: str
+    created_timestamp: int
+    liveliness_timestamp: int
+
+    ENTITY = SESSION
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRegistered(SessionState):
+    TYPE = "SessionRegistered"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDeregistered(SessionState):
+    TYPE = "SessionDeregistered"
+
+
+@dataclass(frozen=True, slots=True)
+class LivelinessNotified(SessionState):
+    TYPE = "LivelinessNotified"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed(Event):
+    TYPE = "SessionClosed"
+    ENTITY = SESSION
+    TOMBSTONE = True
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTimedOut(Event):
+    TYPE = "SessionTimedOut"
+    ENTITY = SESSION
+    TOMBSTONE = True
+
+
+# --- inbox ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class InboxState(Event):
+    client_message_id: str
+    stored_timestamp: int
+    full_envelope: str | None
+    message_binary: bytes | None
+
+    ENTITY = INBOX
+    KEY_FIELDS = ("session_id", "client_message_id")
+    BINARY_FIELDS = frozenset({"message_binary"})
+
+
+@dataclass(frozen=True, slots=True)
+class InboxStored(InboxState):
+    TYPE = "InboxStored"
+
+
+@dataclass(frozen=True, slots=True)
+class InboxUpdated(InboxState):
+    TYPE = "InboxUpdated"
+
+
+@dataclass(frozen=True, slots=True)
+class InboxDeleted(Event):
+    """An inbox entry removed: by the caller, or with its closed/timed-out/vanished session."""
+
+    client_message_id: str
+
+    TYPE = "InboxDeleted"
+    ENTITY = INBOX
+    KEY_FIELDS = ("session_id", "client_message_id")
+    TOMBSTONE = True
+
+
+# --- outbox ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class OutboxState(Event):
+    """An outbox message. `seq` orders a session's outbox in the order stored; it is
+    fixed when the message is stored and is part of the key so a tombstone can find it."""
+
+    seq: int
+    server_message_id: str
+    trace_id: str | None
+    type: str
+    client_message_id: str | None
+    request_timestamp: int | None
+    stored_timestamp: int
+    attempt_timestamp: int | None
+    delivery_count: int
+    dead_lettered: bool
+    envelope: str
+    message_text: str | None
+    message_binary: bytes | None
+
+    ENTITY = OUTBOX
+    KEY_FIELDS = ("session_id", "seq", "server_message_id")
+    BINARY_FIELDS = frozenset({"message_binary"})
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStored(OutboxState):
+    TYPE = "OutboxStored"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryAttempted(OutboxState):
+    TYPE = "DeliveryAttempted"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryUnmarked(OutboxState):
+    TYPE = "DeliveryUnmarked"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettered(OutboxState):
+    TYPE = "DeadLettered"
+
+
+@dataclass(frozen=True, slots=True)
+class _OutboxGone(Event):
+    seq: int
+    server_message_id: str
+
+    ENTITY = OUTBOX
+    KEY_FIELDS = ("session_id", "seq", "server_message_id")
+    TOMBSTONE = True
+
+
+@dataclass(frozen=True, slots=True)
+class Completed(_OutboxGone):
+    """Delivered: the message leaves the outbox."""
+
+    TYPE = "Completed"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxDiscarded(_OutboxGone):
+    """Removed with its closed/timed-out/vanished session, undelivered."""
+
+    TYPE = "OutboxDiscarded"
+
+
+# --- request correlations -------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CorrelationStored(Event):
+    server_message_id: str
+    request_timestamp: int
+    reply_terminator_id: str
+    correlation_string: str | None
+    correlation_binary: bytes | None
+
+    TYPE = "CorrelationStored"
+    ENTITY = CORRELATION
+    KEY_FIELDS = ("session_id", "server_message_id")
+    BINARY_FIELDS = frozenset({"correlation_binary"})
+
+
+@dataclass(frozen=True, slots=True)
+class _CorrelationGone(Event):
+    server_message_id: str
+
+    ENTITY = CORRELATION
+    KEY_FIELDS = ("session_id", "server_message_id")
+    TOMBSTONE = True
+
+
+@dataclass(frozen=True, slots=True)
+class CorrelationTaken(_CorrelationGone):
+    TYPE = "CorrelationTaken"
+
+
+@dataclass(frozen=True, slots=True)
+class CorrelationDiscarded(_CorrelationGone):
+    TYPE = "CorrelationDiscarded"
+
+
+CATALOG: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (
+        SessionRegistered, SessionDeregistered, LivelinessNotified, SessionClosed, SessionTimedOut,
+        InboxStored, InboxUpdated, InboxDeleted,
+        OutboxStored, DeliveryAttempted, DeliveryUnmarked, DeadLettered, Completed, OutboxDiscarded,
+        CorrelationStored, CorrelationTaken, CorrelationDiscarded,
+    )
+}
+
+
+# --- encoding -------------------------------------------------------------------------
+
+def encode_value(event: Event) -> bytes | None:
+    """The entity's whole new state with its identity, so a value decodes on its own."""
+    return None if event.TOMBSTONE else orjson.dumps(event, default=_b64)
+
+
+def to_record(event: Event, node: str, timestamp: int) -> Record:
+    """The record for an event: key = entity, value = whole state, headers = type and metadata."""
+    headers = (
+        ("type", event.TYPE.encode()),
+        ("v", str(event.VERSION).encode()),
+        ("node", node.encode()),
+        ("ts", str(timestamp).encode()),
+    )
+    return Record(event.key(), encode_value(event), headers)
+
+
+def header(headers: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]] | None, name: str) -> str | None:
+    for k, v in headers or ():
+        if k == name:
+            return v.decode() if v is not None else None
+    return None
+
+
+class UnknownEventError(ValueError):
+    """A record whose type or schema version this code does not know."""
+
+
+def from_record(key: bytes, value: bytes | None, headers) -> Event:
+    """Decode one record back into its event (inverse of `to_record`)."""
+    type_name = header(headers, "type")
+    cls = CATALOG.get(type_name or "")
+    if cls is None:
+        raise UnknownEventError(f"unknown event type {type_name!r} for key {key!r}")
+    version = int(header(headers, "v") or "1")
+    if version > cls.VERSION:
+        raise UnknownEventError(f"{type_name} schema v{version} is newer than this code (v{cls.VERSION})")
+    if value is None:
+        return cls(**dict(zip(cls.KEY_FIELDS, orjson.loads(key)[1:])))
+    return cls(**decode_state(value, cls.BINARY_FIELDS))
+
+
+def decode_state(value: bytes, binary_fields: frozenset[str] = frozenset()) -> dict:
+    """A state value as a dict, binary fields back to bytes."""
+    state = orjson.loads(value)
+    for name in binary_fields:
+        if state.get(name) is not None:
+            state[name] = base64.b64decode(state[name])
+    return state
+
+
+def meta_from_headers(headers, partition: int, offset: int) -> Meta:
+    return Meta(partition, offset, int(header(headers, "ts") or 0), header(headers, "node") or "")

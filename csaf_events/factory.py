@@ -1,0 +1,50 @@
+"""`open_store`: the one way to get a store, embedded or on Kafka."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from csaf_events.store import ClusterStoreAndForward
+from csaf_events.topics import load_topics
+from csaf_events.validation import Limits
+from csaf_events.writer import now_ms
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+
+
+def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | None = None, *,
+               namespace: str = "csaf", partitions: int | None = None,
+               topics_file: str | Path | None = None, limits: Limits | None = None,
+               sync: bool = False, request_timeout: float = 30.0,
+               kafka_config: dict | None = None,
+               clock: Callable[[], int] = now_ms) -> ClusterStoreAndForward:
+    """Open a store for this node; call `boot()` (or use `with`) before using it.
+
+    Without `bootstrap_servers` the store is embedded: one node with a durable local log,
+    no broker. With it, the node joins the Kafka cluster of `namespace`.
+    `sync=True` fsyncs every embedded append (survives power loss, not just process death).
+    """
+    if not isinstance(node_name, str) or not _NAME.match(node_name):
+        raise ValueError(f"node_name must be 1-100 characters of letters, digits, '.', '_' or '-', got {node_name!r}")
+    if not isinstance(namespace, str) or not _NAME.match(namespace):
+        raise ValueError(f"namespace must be 1-100 characters of letters, digits, '.', '_' or '-', got {namespace!r}")
+    if not isinstance(data_dir, (str, Path)) or not str(data_dir):
+        raise TypeError(f"data_dir must be a path, got {data_dir!r}")
+    topics = load_topics(topics_file, namespace)
+    if partitions is not None:
+        if isinstance(partitions, bool) or not isinstance(partitions, int) or not 1 <= partitions <= 4096:
+            raise ValueError(f"partitions must be an int from 1 to 4096, got {partitions!r}")
+        topics = topics.with_partitions(partitions)
+    limits = limits or Limits()
+    if bootstrap_servers is None:
+        from csaf_events.backends.embedded import EmbeddedBackend
+        backend = EmbeddedBackend(node_name, Path(data_dir), topics.events.partitions, clock, sync)
+    else:
+        if not isinstance(bootstrap_servers, str) or not bootstrap_servers.strip():
+            raise ValueError(f"bootstrap_servers must be 'host:port[,host:port...]', got {bootstrap_servers!r}")
+        from csaf_events.backends.kafka import KafkaBackend
+        backend = KafkaBackend(node_name, Path(data_dir), bootstrap_servers, topics, clock,
+                               request_timeout=request_timeout, kafka_config=kafka_config or {})
+    return ClusterStoreAndForward(node_name, topics.events.partitions, backend, limits)

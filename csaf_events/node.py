@@ -1,0 +1,84 @@
+"""A node: the partitions it owns (each with its writer) and the way to reach the others.
+
+Both backends use it. The log adapter tells the node which partitions it owns (after
+restoring their projections); commands for an owned partition run through that
+partition's writer, reads run on the local projection, and everything else goes to the
+owner through the router (Kafka mode only: the embedded node owns every partition).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from csaf_events.commands import Command, Decision, decide
+from csaf_events.errors import DataAccessError, NotOwnerError
+from csaf_events.log.port import EventLog
+from csaf_events.writer import PartitionWriter
+from projections.rocks import Projection
+
+log = logging.getLogger(__name__)
+
+
+class Router(Protocol):
+    def send(self, partition: int, command: Command, timeout: float) -> Any:
+        """Have the owner of `partition` decide `command`; its result, or its error raised."""
+
+
+class Node:
+    def __init__(self, node_name: str, projection: Projection, event_log: EventLog,
+                 clock: Callable[[], int], router: Router | None = None,
+                 request_timeout: float = 30.0) -> None:
+        self.node_name = node_name
+        self.projection = projection
+        self.log = event_log
+        self.router = router
+        self.request_timeout = request_timeout
+        self._clock = clock
+        self._writers: dict[int, PartitionWriter] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self.log.set_ownership_listener(self.assigned, self.revoked)
+
+    def assigned(self, partitions: list[int]) -> None:
+        with self._lock:
+            for p in partitions:
+                self._writers[p] = PartitionWriter(p, self.projection, self.log, self.node_name, self._clock)
+
+    def revoked(self, partitions: list[int]) -> None:
+        with self._lock:
+            gone = [self._writers.pop(p) for p in partitions if p in self._writers]
+        for w in gone:
+            w.close(f"partition {w.partition} moved away from node {self.node_name!r}")
+
+    def owned(self) -> list[int]:
+        return sorted(self._writers)
+
+    def writer(self, partition: int) -> PartitionWriter | None:
+        return self._writers.get(partition)
+
+    def execute(self, partition: int, command: Command) -> Any:
+        """Decide `command` on the owner of `partition`, wherever it is."""
+        deadline = time.monotonic() + self.request_timeout
+        while True:
+            w = self._writers.get(partition)
+            try:
+                if w is not None:
+                    if command.READ_ONLY:
+                        return decide(command, Decision(partition, self.projection, self.node_name, self._clock()))
+                    return w.execute(command)
+                if self.router is None:
+                    raise NotOwnerError(f"node {self.node_name!r} owns no partition {partition}")
+                return self.router.send(partition, command, max(0.1, deadline - time.monotonic()))
+            except NotOwnerError as e:  # not executed: ownership moved, try again where it is now
+                if time.monotonic() >= deadline:
+                    raise DataAccessError(f"no owner for partition {partition} answered within "
+                                          f"{self.request_timeout:.0f}s: {e}") from e
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        self.revoked(list(self._writers))

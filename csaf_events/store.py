@@ -1,0 +1,272 @@
+"""`ClusterStoreAndForward`: the public API, the same on every backend.
+
+Each method checks its arguments (before anything is written), turns the call into a
+command for the partition of its session, and lets the node have the owner decide it.
+Cluster-wide reads come from the session registry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from confluent_kafka import murmur2
+
+from csaf_events import commands as cmd
+from csaf_events import validation as v
+from csaf_events.dtos import CurrentNode, MessageType, RequestCorrelation, SessionDto, StoredInMessage, StoredOutMessage
+from csaf_events.errors import CsafError
+from csaf_events.node import Node
+from csaf_events.registry import SessionRegistry
+from csaf_events.validation import Limits
+
+log = logging.getLogger(__name__)
+
+
+def partition_for(session_id: str, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2 of the key), so Java clients agree."""
+    return murmur2(session_id.encode(), partitions)
+
+
+class ClusterStoreAndForward:
+    """The shared memory of a MatsSocket cluster: sessions, inbox, outbox, correlations."""
+
+    def __init__(self, node_name: str, partitions: int, backend: Backend, limits: Limits) -> None:
+        self.node_name = node_name
+        self.partitions = partitions
+        self.limits = limits
+        self._backend = backend
+        self._booted = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle --
+    def boot(self) -> None:
+        """Create/verify topics, open projections, join the cluster. Idempotent."""
+        if self._closed:
+            raise CsafError("this store is closed; open a new one")
+        if not self._booted:
+            self._backend.boot()
+            self._booted = True
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._backend.close()
+
+    def __enter__(self) -> ClusterStoreAndForward:
+        self.boot()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def node(self) -> Node:
+        return self._backend.node
+
+    @property
+    def registry(self) -> SessionRegistry:
+        return self._backend.registry
+
+    def _run(self, session_id: str, command: cmd.Command) -> Any:
+        self._check_open()
+        return self._backend.node.execute(partition_for(session_id, self.partitions), command)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CsafError("this store is closed")
+        if not self._booted:
+            raise CsafError("call boot() before using the store")
+
+    def _sid(self, session_id: object) -> str:
+        return v.ident("session_id", session_id, self.limits)
+
+    # ------------------------------------------------------------------- sessions --
+    def register_session_at_this_node(self, session_id: str, user_id: str, connection_id: str,
+                                      client_lib_and_versions: str, app_name: str, app_version: str) -> int:
+        """Make this node the session's only home; returns its created timestamp."""
+        sid = self._sid(session_id)
+        c = cmd.Register(
+            sid, v.ident("user_id", user_id, self.limits), self.node_name,
+            v.ident("connection_id", connection_id, self.limits),
+            v.text("client_lib_and_versions", client_lib_and_versions, self.limits, limit=self.limits.max_id_length * 4),
+            v.text("app_name", app_name, self.limits, limit=self.limits.max_id_length),
+            v.text("app_version", app_version, self.limits, limit=self.limits.max_id_length))
+        created = self._run(sid, c)
+        self._backend.await_registry(sid)
+        return created
+
+    def get_current_registered_node_for_session(self, session_id: str) -> CurrentNode | None:
+        sid = self._sid(session_id)
+        return self._run(sid, cmd.GetCurrentNode(sid))
+
+    def is_session_exists(self, session_id: str) -> bool:
+        sid = self._sid(session_id)
+        return self._run(sid, cmd.SessionExists(sid))
+
+    def get_sessions(self, only_active: bool, user_id: str | None = None, app_name: str | None = None,
+                     app_version_at_or_above: str | None = None) -> list[SessionDto]:
+        """Cluster-wide, from this node's session registry; the filters combine."""
+        self._check_open()
+        args = self._session_filter(only_active, user_id, app_name, app_version_at_or_above)
+        return sorted(self._backend.registry.select(*args), key=lambda s: (s.created_timestamp, s.session_id))
+
+    def get_sessions_count(self, only_active: bool, user_id: str | None = None, app_name: str | None = None,
+                           app_version_at_or_above: str | None = None) -> int:
+        self._check_open()
+        args = self._session_filter(only_active, user_id, app_name, app_version_at_or_above)
+        return len(self._backend.registry.select(*args))
+
+    def _session_filter(self, only_active: object, user_id: object, app_name: object,
+                        version: object) -> tuple[bool, str | None, str | None, str | None]:
+        return (v.flag("only_active", only_active),
+                v.optional_ident("user_id", user_id, self.limits),
+                v.text("app_name", app_name, self.limits, optional=True),
+                v.text("app_version_at_or_above", version, self.limits, optional=True))
+
+    def deregister_session_from_this_node(self, session_id: str, connection_id: str) -> None:
+        """Clear the session's home only if it is this node with this connection id."""
+        sid = self._sid(session_id)
+        self._run(sid, cmd.Deregister(sid, self.node_name, v.ident("connection_id", connection_id, self.limits)))
+        self._backend.await_registry(sid)
+
+    def close_session(self, session_id: str) -> None:
+        """Delete the session and everything stored for it."""
+        sid = self._sid(session_id)
+        self._run(sid, cmd.Close(sid))
+        self._backend.await_registry(sid)
+
+    def notify_session_liveliness(self, session_ids: Iterable[str]) -> None:
+        self._check_open()
+        for p, sids in self._by_partition(v.ids("session_ids", session_ids, self.limits)).items():
+            self._backend.node.execute(p, cmd.NotifyLiveliness("", p, tuple(sids)))
+
+    def timeout_sessions(self, not_live_since_timestamp: int) -> list[str]:
+        """Remove sessions not live since the timestamp, with their data; returns their ids.
+
+        Each partition's owner decides, so concurrent calls never report a session twice.
+        """
+        self._check_open()
+        ts = v.timestamp("not_live_since_timestamp", not_live_since_timestamp)
+        partitions = {partition_for(s.session_id, self.partitions)
+                      for s in self._backend.registry.select(False) if s.liveliness_timestamp < ts}
+        out: list[str] = []
+        for p in sorted(partitions):
+            out.extend(self._backend.node.execute(p, cmd.TimeoutSessions("", p, ts)))
+        self._backend.await_registry(*out)
+        return out
+
+    def scavenge_session_remnants(self) -> int:
+        """Remove inbox/outbox/correlation entries of sessions that no longer exist."""
+        self._check_open()
+        return sum(self._backend.node.execute(p, cmd.Scavenge("", p)) for p in range(self.partitions))
+
+    def _by_partition(self, session_ids: Iterable[str]) -> dict[int, list[str]]:
+        groups: dict[int, list[str]] = defaultdict(list)
+        for sid in session_ids:
+            groups[partition_for(sid, self.partitions)].append(sid)
+        return groups
+
+    # ---------------------------------------------------------------------- inbox --
+    def store_message_id_in_inbox(self, session_id: str, client_message_id: str) -> None:
+        """Raises `MessageIdAlreadyExistsError` if the id is already stored for the session."""
+        sid = self._sid(session_id)
+        self._run(sid, cmd.StoreInbox(sid, v.ident("client_message_id", client_message_id, self.limits)))
+
+    def update_message_in_inbox(self, session_id: str, client_message_id: str, message_json: str | None,
+                                message_binary: bytes | None) -> None:
+        sid = self._sid(session_id)
+        self._run(sid, cmd.UpdateInbox(
+            sid, v.ident("client_message_id", client_message_id, self.limits),
+            v.text("message_json", message_json, self.limits, optional=True),
+            v.binary("message_binary", message_binary, self.limits)))
+
+    def get_message_from_inbox(self, session_id: str, client_message_id: str) -> StoredInMessage | None:
+        sid = self._sid(session_id)
+        return self._run(sid, cmd.GetInbox(sid, v.ident("client_message_id", client_message_id, self.limits)))
+
+    def delete_message_ids_from_inbox(self, session_id: str, client_message_ids: Iterable[str]) -> None:
+        sid = self._sid(session_id)
+        ids = v.ids("client_message_ids", client_message_ids, self.limits)
+        if ids:
+            self._run(sid, cmd.DeleteInbox(sid, ids))
+
+    # --------------------------------------------------------------------- outbox --
+    def store_message_in_outbox(self, session_id: str, server_message_id: str, client_message_id: str | None,
+                                trace_id: str | None, type: MessageType | str, request_timestamp: int | None,
+                                envelope: str, message_json: str | None,
+                                message_binary: bytes | None) -> CurrentNode | None:
+        """Store the message and return the session's current node; None (and nothing
+        stored) if the session does not exist."""
+        sid = self._sid(session_id)
+        c = cmd.StoreOutbox(
+            sid, v.ident("server_message_id", server_message_id, self.limits),
+            v.optional_ident("client_message_id", client_message_id, self.limits),
+            v.text("trace_id", trace_id, self.limits, optional=True),
+            str(v.message_type(type)),
+            v.timestamp("request_timestamp", request_timestamp, optional=True),
+            v.text("envelope", envelope, self.limits),
+            v.text("message_json", message_json, self.limits, optional=True),
+            v.binary("message_binary", message_binary, self.limits))
+        return self._run(sid, c)
+
+    def get_messages_from_outbox(self, session_id: str, max_number_of_messages: int) -> list[StoredOutMessage]:
+        """Up to max messages in the order stored, skipping attempted and dead-lettered ones."""
+        sid = self._sid(session_id)
+        return self._run(sid, cmd.GetOutbox(sid, v.count("max_number_of_messages", max_number_of_messages)))
+
+    def outbox_messages_attempted_delivery(self, session_id: str, server_message_ids: Iterable[str]) -> None:
+        self._outbox_ids(session_id, server_message_ids, cmd.Attempted)
+
+    def outbox_messages_unmark_attempted_delivery(self, session_id: str) -> None:
+        sid = self._sid(session_id)
+        self._run(sid, cmd.Unmark(sid))
+
+    def outbox_messages_complete(self, session_id: str, server_message_ids: Iterable[str]) -> None:
+        self._outbox_ids(session_id, server_message_ids, cmd.Complete)
+
+    def outbox_messages_dead_letter_queue(self, session_id: str, server_message_ids: Iterable[str]) -> None:
+        """Dead-lettered messages are never fetched again, not even after an unmark."""
+        self._outbox_ids(session_id, server_message_ids, cmd.DeadLetter)
+
+    def _outbox_ids(self, session_id: object, server_message_ids: object,
+                    command: Callable[[str, tuple[str, ...]], cmd.Command]) -> None:
+        sid = self._sid(session_id)
+        ids = v.ids("server_message_ids", server_message_ids, self.limits)
+        if ids:
+            self._run(sid, command(sid, ids))
+
+    # --------------------------------------------------------------- correlations --
+    def store_request_correlation(self, session_id: str, server_message_id: str, request_timestamp: int,
+                                  reply_terminator_id: str, correlation_string: str | None,
+                                  correlation_binary: bytes | None) -> None:
+        sid = self._sid(session_id)
+        self._run(sid, cmd.StoreCorrelation(
+            sid, v.ident("server_message_id", server_message_id, self.limits),
+            v.timestamp("request_timestamp", request_timestamp),
+            v.ident("reply_terminator_id", reply_terminator_id, self.limits),
+            v.text("correlation_string", correlation_string, self.limits, optional=True),
+            v.binary("correlation_binary", correlation_binary, self.limits)))
+
+    def get_and_delete_request_correlation(self, session_id: str, server_message_id: str) -> RequestCorrelation | None:
+        """Returns the correlation once; any later or concurrent call gets None."""
+        sid = self._sid(session_id)
+        return self._run(sid, cmd.TakeCorrelation(sid, v.ident("server_message_id", server_message_id, self.limits)))
+
+
+class Backend:
+    """What a store runs on: a node (projection, log, writers, router) and a session registry."""
+
+    node: Node
+    registry: SessionRegistry
+
+    def boot(self) -> None:
+        raise NotImplementedError
+
+    def await_registry(self, *session_ids: str) -> None:
+        """Return once this node's registry reflects the latest writes to these sessions."""
+
+    def close(self) -> None:
+        raise NotImplementedError

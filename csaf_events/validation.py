@@ -1,0 +1,109 @@
+"""Argument checks, done before anything is written, with errors naming the argument."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from csaf_events.dtos import MessageType
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits; a message part over its limit is refused, never truncated."""
+
+    max_message_bytes: int = 1 << 20  # per message part (envelope, text, binary, ...)
+    max_id_length: int = 256  # session, user, message and connection ids, names
+    max_ids_per_call: int = 10_000
+
+
+def _type_error(name: str, expected: str, value: object) -> TypeError:
+    return TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+
+
+def ident(name: str, value: object, limits: Limits) -> str:
+    """A non-empty id of printable text."""
+    if not isinstance(value, str):
+        raise _type_error(name, "a str", value)
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+    if len(value) > limits.max_id_length:
+        raise ValueError(f"{name} is {len(value)} characters, over the limit of {limits.max_id_length}")
+    if not value.isprintable():
+        raise ValueError(f"{name} must be printable text, got {value!r}")
+    return value
+
+
+def optional_ident(name: str, value: object, limits: Limits) -> str | None:
+    return None if value is None else ident(name, value, limits)
+
+
+def text(name: str, value: object, limits: Limits, *, optional: bool = False, limit: int | None = None) -> str | None:
+    """Free text (names, versions, envelopes, payloads) within a size limit."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise _type_error(name, "a str" + (" or None" if optional else ""), value)
+    cap = limits.max_message_bytes if limit is None else limit
+    if len(value) > cap or len(value.encode()) > cap:
+        raise ValueError(f"{name} is larger than the limit of {cap} bytes")
+    return value
+
+
+def binary(name: str, value: object, limits: Limits) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, (bytearray, memoryview)):
+        value = bytes(value)
+    if not isinstance(value, bytes):
+        raise _type_error(name, "bytes or None", value)
+    if len(value) > limits.max_message_bytes:
+        raise ValueError(f"{name} is {len(value)} bytes, over the limit of {limits.max_message_bytes}")
+    return value
+
+
+def timestamp(name: str, value: object, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(name, "an int (milliseconds since the epoch)", value)
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(name, "an int", value)
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _type_error(name, "a bool", value)
+    return value
+
+
+def ids(name: str, values: object, limits: Limits) -> tuple[str, ...]:
+    """A collection of ids (a bare string is refused: it is almost always a bug)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise _type_error(name, "a list or other collection of str", values)
+    out = tuple(values)
+    if len(out) > limits.max_ids_per_call:
+        raise ValueError(f"{name} has {len(out)} ids, over the limit of {limits.max_ids_per_call} per call")
+    for i, v in enumerate(out):
+        ident(f"{name}[{i}]", v, limits)
+    return out
+
+
+def message_type(value: object) -> MessageType:
+    if isinstance(value, MessageType):
+        return value
+    if not isinstance(value, str):
+        raise _type_error("type", "a MessageType or its name", value)
+    try:
+        return MessageType(value)
+    except ValueError:
+        raise ValueError(f"type {value!r} is not a MessageType; one of {', '.join(MessageType)}") from None

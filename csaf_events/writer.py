@@ -1,0 +1,135 @@
+"""One writer per partition, with group commit.
+
+A MatsSocket node calls the store from many threads. Calls on one partition must be
+decided one after another against the latest state (that is what makes uniqueness
+checks exact), but calls on different partitions must not wait on each other, and a
+burst of calls should share one append. Each call joins its partition's queue; the
+first caller that finds no leader becomes the leader, decides everything queued
+(each command sees the events of the ones before it), appends the events in one
+`EventLog.append`, and hands every waiting caller its result. No thread hand-off is
+needed when a partition is quiet: the caller does its own work.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from csaf_events.commands import Command, Decision, decide
+from csaf_events.errors import DataAccessError, NotOwnerError
+from csaf_events.log.port import EventLog
+from projections.rocks import Projection
+
+
+class Pending:
+    """A command waiting for its group commit."""
+
+    __slots__ = ("command", "origin", "result", "error", "done", "callback")
+
+    def __init__(self, command: Command, origin: Any = None,
+                 callback: Callable[[Pending], None] | None = None) -> None:
+        self.command = command
+        self.origin = origin  # where a routed command came from (the log adapter replies there)
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.callback = callback
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class PartitionWriter:
+    def __init__(self, partition: int, projection: Projection, log: EventLog, node_name: str,
+                 clock: Callable[[], int], max_batch: int = 512) -> None:
+        self.partition = partition
+        self._projection = projection
+        self._log = log
+        self._node = node_name
+        self._clock = clock
+        self._max_batch = max_batch
+        self._lock = threading.Lock()
+        self._queue: list[Pending] = []
+        self._leading = False
+        self.closed_reason: str | None = None
+
+    def execute(self, command: Command) -> Any:
+        """Decide and commit `command`, returning its result (or raising its error)."""
+        pending = Pending(command)
+        self.submit(pending)
+        pending.done.wait()
+        return pending.outcome()
+
+    def submit(self, pending: Pending) -> None:
+        """Queue a command; the calling thread leads the group commit if nobody does."""
+        with self._lock:
+            if self.closed_reason is not None:
+                pending.error = NotOwnerError(self.closed_reason)
+                self._finish(pending)
+                return
+            self._queue.append(pending)
+            if self._leading:
+                return
+            self._leading = True
+        self._lead()
+
+    def close(self, reason: str) -> None:
+        """Refuse new commands (the partition moved away); queued, undecided ones fail with
+        `NotOwnerError`, which tells the caller they were not executed and may be re-routed."""
+        with self._lock:
+            self.closed_reason = reason
+            queued, self._queue = self._queue, []
+        for p in queued:
+            p.error = NotOwnerError(reason)
+            self._finish(p)
+
+    def _lead(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._leading = False
+                    return
+                group = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+            self._commit(group)
+
+    def _commit(self, group: list[Pending]) -> None:
+        batch = self._projection.batch()
+        d = Decision(self.partition, batch, self._node, self._clock())
+        for p in group:
+            before = len(d.records)
+            try:
+                p.result = decide(p.command, d)
+            except Exception as e:  # CsafError by design; anything else is a bug, kept to its caller
+                p.error = e
+                if len(d.records) != before:  # its events are folded into the batch: drop the group
+                    broken = DataAccessError(f"internal error deciding {type(p.command).__name__}, "
+                                             f"nothing was written: {e!r}")
+                    for q in group:
+                        q.error = broken
+                    d.records.clear()
+                    break
+        try:
+            if d.records or any(p.origin is not None for p in group):
+                self._log.append(self.partition, d.records, batch, group)
+        except BaseException as e:
+            err = e if isinstance(e, DataAccessError) else DataAccessError(
+                f"append to partition {self.partition} failed, outcome unknown: {e}")
+            for p in group:
+                p.error = err
+        for p in group:
+            self._finish(p)
+
+    @staticmethod
+    def _finish(p: Pending) -> None:
+        p.done.set()
+        if p.callback is not None:
+            p.callback(p)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,64 @@
+"""Byte layout of projection keys.
+
+Keys start with the partition (2 bytes) so a partition's whole state is one key range
+(dropped in one call when ownership moves), then the entity kind, then the session id
+length-prefixed so no id character can collide with the layout.
+"""
+
+from __future__ import annotations
+
+from csaf_events.events import CORRELATION, INBOX, OUTBOX, SESSION
+
+OUTBOX_INDEX = "m"  # server_message_id -> seq
+CHECKPOINT = "~"  # sorts after every entity kind
+
+
+def _p(partition: int) -> bytes:
+    return partition.to_bytes(2, "big")
+
+
+def _sid(session_id: str) -> bytes:
+    b = session_id.encode()
+    return len(b).to_bytes(2, "big") + b
+
+
+def partition_range(partition: int) -> tuple[bytes, bytes]:
+    return _p(partition), _p(partition + 1)
+
+
+def kind_prefix(partition: int, kind: str) -> bytes:
+    return _p(partition) + kind.encode()
+
+
+def session_prefix(partition: int, kind: str, session_id: str) -> bytes:
+    return _p(partition) + kind.encode() + _sid(session_id)
+
+
+def session_key(partition: int, session_id: str) -> bytes:
+    return session_prefix(partition, SESSION, session_id)
+
+
+def inbox_key(partition: int, session_id: str, client_message_id: str) -> bytes:
+    return session_prefix(partition, INBOX, session_id) + client_message_id.encode()
+
+
+def outbox_key(partition: int, session_id: str, seq: int) -> bytes:
+    return session_prefix(partition, OUTBOX, session_id) + seq.to_bytes(8, "big")
+
+
+def outbox_index_key(partition: int, session_id: str, server_message_id: str) -> bytes:
+    return session_prefix(partition, OUTBOX_INDEX, session_id) + server_message_id.encode()
+
+
+def correlation_key(partition: int, session_id: str, server_message_id: str) -> bytes:
+    return session_prefix(partition, CORRELATION, session_id) + server_message_id.encode()
+
+
+def checkpoint_key(partition: int) -> bytes:
+    return kind_prefix(partition, CHECKPOINT)
+
+
+def session_id_of(key: bytes) -> str:
+    """The session id inside any entity key."""
+    n = int.from_bytes(key[3:5], "big")
+    return key[5 : 5 + n].decode()

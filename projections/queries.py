@@ -1,0 +1,88 @@
+"""Reads of entity states from a projection view (the projection, or a batch overlaying it).
+
+States come back as dicts of the event fields, binary fields as bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from csaf_events.events import CORRELATION, INBOX, OUTBOX, SESSION, decode_state
+from projections import keys
+
+_INBOX_BIN = frozenset({"message_binary"})
+_OUTBOX_BIN = frozenset({"message_binary"})
+_CORR_BIN = frozenset({"correlation_binary"})
+
+
+class View(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+    def scan(self, prefix: bytes): ...
+
+
+def session(view: View, p: int, sid: str) -> dict | None:
+    raw = view.get(keys.session_key(p, sid))
+    return None if raw is None else decode_state(raw)
+
+
+def sessions(view: View, p: int) -> list[dict]:
+    return [decode_state(v) for _, v in view.scan(keys.kind_prefix(p, SESSION))]
+
+
+def sessions_raw(view: View, p: int) -> list[tuple[dict, bytes]]:
+    """Sessions of a partition with their encoded states (what the registry takes)."""
+    return [(decode_state(v), v) for _, v in view.scan(keys.kind_prefix(p, SESSION))]
+
+
+def inbox(view: View, p: int, sid: str, cmid: str) -> dict | None:
+    raw = view.get(keys.inbox_key(p, sid, cmid))
+    return None if raw is None else decode_state(raw, _INBOX_BIN)
+
+
+def outbox_seq(view: View, p: int, sid: str, smid: str) -> int | None:
+    raw = view.get(keys.outbox_index_key(p, sid, smid))
+    return None if raw is None else int.from_bytes(raw, "big")
+
+
+def outbox_message(view: View, p: int, sid: str, smid: str) -> dict | None:
+    seq = outbox_seq(view, p, sid, smid)
+    if seq is None:
+        return None
+    raw = view.get(keys.outbox_key(p, sid, seq))
+    return None if raw is None else decode_state(raw, _OUTBOX_BIN)
+
+
+def outbox_messages(view: View, p: int, sid: str) -> list[dict]:
+    """The session's whole outbox in the order stored."""
+    return [decode_state(v, _OUTBOX_BIN) for _, v in view.scan(keys.session_prefix(p, OUTBOX, sid))]
+
+
+def next_outbox_seq(view: View, p: int, sid: str) -> int:
+    rows = view.scan(keys.session_prefix(p, OUTBOX, sid))
+    last = None
+    for last in rows:
+        pass
+    return 0 if last is None else int.from_bytes(last[0][-8:], "big") + 1
+
+
+def correlation(view: View, p: int, sid: str, smid: str) -> dict | None:
+    raw = view.get(keys.correlation_key(p, sid, smid))
+    return None if raw is None else decode_state(raw, _CORR_BIN)
+
+
+def children(view: View, p: int, sid: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """Everything stored for a session: (inbox, outbox, correlations) states."""
+    return (
+        [decode_state(v) for _, v in view.scan(keys.session_prefix(p, INBOX, sid))],
+        [decode_state(v) for _, v in view.scan(keys.session_prefix(p, OUTBOX, sid))],
+        [decode_state(v) for _, v in view.scan(keys.session_prefix(p, CORRELATION, sid))],
+    )
+
+
+def orphan_session_ids(view: View, p: int) -> set[str]:
+    """Ids of sessions that have inbox/outbox/correlation entries but no session row."""
+    owners: set[str] = set()
+    for kind in (INBOX, OUTBOX, CORRELATION):
+        for k, _ in view.scan(keys.kind_prefix(p, kind)):
+            owners.add(keys.session_id_of(k))
+    return {sid for sid in owners if view.get(keys.session_key(p, sid)) is None}

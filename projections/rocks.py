@@ -1,0 +1,153 @@
+"""The RocksDB projection of a node: entity states by key, plus each partition's checkpoint.
+
+The checkpoint (the next log offset to apply, and the generation of the log it came
+from) is written in the same atomic write batch as the state it describes, so after a
+crash the projection and its checkpoint always agree.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import orjson
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+
+from projections import keys
+
+_SHARED_CACHE: Cache | None = None
+_CACHE_LOCK = threading.Lock()
+
+
+def _shared_cache(size: int) -> Cache:
+    """One block cache for the whole process, not one per database."""
+    global _SHARED_CACHE
+    with _CACHE_LOCK:
+        if _SHARED_CACHE is None:
+            _SHARED_CACHE = Cache(size)
+        return _SHARED_CACHE
+
+
+def _options(cache_bytes: int) -> Options:
+    opt = Options(raw_mode=True)
+    opt.create_if_missing(True)
+    opt.create_missing_column_families(True)
+    table = BlockBasedOptions()
+    table.set_block_cache(_shared_cache(cache_bytes))
+    table.set_bloom_filter(10, False)
+    opt.set_block_based_table_factory(table)
+    return opt
+
+
+class Checkpoint(NamedTuple):
+    next_offset: int
+    generation: str
+
+
+class ProjectionBatch:
+    """Pending changes to the projection: a RocksDB write batch that can also be read.
+
+    Commands decided in one group commit see the changes of the commands before them
+    through the overlay, before anything is written.
+    """
+
+    def __init__(self, projection: Projection, track: bool = True) -> None:
+        self._projection = projection
+        self.write_batch = WriteBatch(raw_mode=True)
+        self._overlay: dict[bytes, bytes | None] | None = {} if track else None
+        self.sessions: dict[str, bytes | None] = {}
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.write_batch.put(key, value)
+        if self._overlay is not None:
+            self._overlay[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.write_batch.delete(key)
+        if self._overlay is not None:
+            self._overlay[key] = None
+
+    def session_changed(self, session_id: str, value: bytes | None) -> None:
+        self.sessions[session_id] = value
+
+    def __len__(self) -> int:
+        return self.write_batch.len()
+
+    # reads through the overlay
+    def get(self, key: bytes) -> bytes | None:
+        if self._overlay is not None and key in self._overlay:
+            return self._overlay[key]
+        return self._projection.get(key)
+
+    def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        rows = dict(self._projection.scan(prefix))
+        if self._overlay:
+            for k, v in self._overlay.items():
+                if k.startswith(prefix):
+                    if v is None:
+                        rows.pop(k, None)
+                    else:
+                        rows[k] = v
+            return sorted(rows.items())
+        return list(rows.items())
+
+
+class Projection:
+    """A node's RocksDB read model; thread-safe for concurrent reads and writes."""
+
+    def __init__(self, path: str | Path, *, extra_column_families: tuple[str, ...] = (),
+                 sync: bool = False, cache_bytes: int = 64 << 20) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        opt = _options(cache_bytes)
+        self.db = Rdict(str(self.path), options=opt,
+                        column_families={cf: _options(cache_bytes) for cf in extra_column_families})
+        self._write_options = WriteOptions()
+        self._write_options.sync = sync
+        self.on_sessions_changed: Callable[[dict[str, bytes | None]], None] | None = None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def column_family(self, name: str):
+        return self.db.get_column_family_handle(name)
+
+    # reads
+    def get(self, key: bytes) -> bytes | None:
+        return self.db.get(key)
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        it = self.db.iter(ReadOptions())
+        try:
+            it.seek(prefix)
+            while it.valid():
+                k = it.key()
+                if not k.startswith(prefix):
+                    break
+                yield k, it.value()
+                it.next()
+        finally:
+            del it  # a live iterator keeps the database (and its lock) open
+
+    # writes
+    def batch(self, track: bool = True) -> ProjectionBatch:
+        return ProjectionBatch(self, track)
+
+    def write(self, batch: ProjectionBatch, checkpoints: dict[int, Checkpoint] | None = None) -> None:
+        """Write the batch and the partitions' checkpoints atomically, then tell the registry."""
+        for partition, cp in (checkpoints or {}).items():
+            batch.write_batch.put(keys.checkpoint_key(partition), orjson.dumps(cp._asdict()))
+        self.db.write(batch.write_batch, self._write_options)
+        if batch.sessions and self.on_sessions_changed is not None:
+            self.on_sessions_changed(batch.sessions)
+
+    def checkpoint(self, partition: int) -> Checkpoint | None:
+        raw = self.db.get(keys.checkpoint_key(partition))
+        return None if raw is None else Checkpoint(**orjson.loads(raw))
+
+    def drop_partition(self, partition: int) -> None:
+        """Forget a partition's state (and checkpoint): the log is the source of truth."""
+        lo, hi = keys.partition_range(partition)
+        self.db.delete_range(lo, hi)
