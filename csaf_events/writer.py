@@ -117,7 +117,7 @@ class PartitionWriter:
             if d.records or any(p.origin is not None for p in group):
                 self._log.append(self.partition, d.records, batch, group)
         except BaseException as e:
-            err = e if isinstance(e, DataAccessError) else DataAccessError(
+            err = e if isinstance(e, (DataAccessError, NotOwnerError)) else DataAccessError(
                 f"append to partition {self.partition} failed, outcome unknown: {e}")
             for p in group:
                 p.error = err

@@ -1,0 +1,174 @@
+"""Kafka mode: many nodes share one Kafka cluster; each owns some partitions.
+
+What a node runs: the owners-group consumer and per-partition transactional producers
+(`KafkaLog`), a router for commands on partitions it does not own (`KafkaRouter`), and a
+tailer that keeps the in-memory session registry equal to the sessions topic, so
+cluster-wide session reads are answered locally.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from csaf_events.backends.embedded import open_projection
+from csaf_events.codec import decode_command
+from csaf_events.errors import DataAccessError
+from csaf_events.log import kafka_topics
+from csaf_events.log.kafka import KafkaLog, Origin
+from csaf_events.node import Node
+from csaf_events.registry import SessionRegistry
+from csaf_events.routing import KafkaRouter
+from csaf_events.store import Backend, partition_for
+from csaf_events.topics import Topics
+from csaf_events.writer import Pending
+
+log = logging.getLogger(__name__)
+
+
+class RegistryTailer:
+    """Tails the compacted sessions topic (committed records) into the session registry."""
+
+    def __init__(self, client_config: dict[str, Any], topic: str, partitions: int, registry: SessionRegistry,
+                 node_name: str) -> None:
+        self._topic = topic
+        self._registry = registry
+        self._pos = [0] * partitions
+        self._eof = [False] * partitions
+        self._cond = threading.Condition()
+        self._consumer = Consumer({**client_config, "group.id": f"{topic}.tail.{node_name}",
+                                   "enable.auto.commit": False, "isolation.level": "read_committed",
+                                   "enable.partition.eof": True, "fetch.wait.max.ms": 5})
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        # A second handle for end-offset queries: the tailing one is busy in consume().
+        self._ends = Consumer({**client_config, "group.id": f"{topic}.ends.{node_name}",
+                               "isolation.level": "read_committed"})
+        self._ends_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"csaf-registry-{node_name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msgs = self._consumer.consume(num_messages=1000, timeout=0.05)
+            if not msgs:
+                continue
+            changes: dict[str, bytes | None] = {}
+            moved: dict[int, int] = {}
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        moved[m.partition()] = max(moved.get(m.partition(), 0), m.offset())
+                        self._eof[m.partition()] = True
+                    continue
+                changes[orjson.loads(m.key())[1]] = m.value()
+                moved[m.partition()] = max(moved.get(m.partition(), 0), m.offset() + 1)
+            self._registry.apply(changes)
+            with self._cond:
+                for p, off in moved.items():
+                    self._pos[p] = max(self._pos[p], off)
+                self._cond.notify_all()
+
+    def wait_caught_up(self, timeout: float) -> None:
+        """Initial load: every partition read to its end once."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not all(self._eof):
+                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise DataAccessError(f"loading the session registry from {self._topic} timed out")
+
+    def wait_for(self, partitions: set[int], timeout: float) -> None:
+        """Return once the registry holds everything committed so far to these partitions."""
+        with self._ends_lock:
+            targets = {p: self._ends.get_watermark_offsets(TopicPartition(self._topic, p), timeout, cached=False)[1]
+                       for p in partitions}
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while any(self._pos[p] < t for p, t in targets.items()):
+                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise DataAccessError("the session registry did not catch up in time")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+        self._ends.close()
+
+
+class KafkaBackend(Backend):
+    def __init__(self, node_name: str, data_dir: Path, bootstrap: str, topics: Topics,
+                 clock: Callable[[], int], request_timeout: float, kafka_config: dict[str, Any]) -> None:
+        self._node_name = node_name
+        self._path = Path(data_dir) / f"kafka-{topics.namespace}"
+        self._bootstrap = bootstrap
+        self.topics = topics
+        self._clock = clock
+        self._timeout = request_timeout
+        self._config = {"bootstrap.servers": bootstrap, **kafka_config}
+        self.registry = SessionRegistry()
+        self._closers: list[Callable[[], None]] = []
+
+    def boot(self) -> None:
+        try:
+            self._boot()
+        except BaseException:
+            self.close()
+            raise
+
+    def _boot(self) -> None:
+        admin = AdminClient(self._config)
+        reply = self.topics.reply_topic(self._node_name)
+        states = kafka_topics.ensure(admin, [*self.topics.cluster_topics(), reply], self._timeout)
+        generation = states[self.topics.events.name].topic_id or "unknown"
+        self.projection = open_projection(self._path)
+        self._closers.append(self.projection.close)
+        self.tailer = RegistryTailer(self._config, self.topics.sessions.name, self.topics.sessions.partitions,
+                                     self.registry, self._node_name)
+        self._closers.insert(0, self.tailer.close)
+        self.router = KafkaRouter(self._config, self.topics.commands.name, reply.name, self._node_name)
+        self._closers.insert(0, self.router.close)
+        self.log = KafkaLog(self._node_name, self._bootstrap, self.topics, self.projection, generation,
+                            {k: v for k, v in self._config.items() if k != "bootstrap.servers"}, self._timeout)
+        self._closers.insert(0, self.log.close)
+        self.node = Node(self._node_name, self.projection, self.log, self._clock, self.router, self._timeout)
+        self._closers.insert(0, self.node.close)
+        self.log.on_command = self._on_command
+        self.tailer.wait_caught_up(self._timeout)
+        self.node.start()
+        if not self.log.first_assignment.wait(self._timeout):
+            log.warning("node %s: no partition assignment within %.0fs; routing everything to other nodes",
+                        self._node_name, self._timeout)
+
+    def _on_command(self, partition: int, raw: bytes, origin: Origin) -> None:
+        writer = self.node.writer(partition)
+        if writer is None:  # moved away: the new owner reads it again from the committed offset
+            return
+        try:
+            command = decode_command(raw)
+        except Exception:
+            log.exception("dropping an undecodable command at %s[%d]@%d", self.topics.commands.name,
+                          partition, origin.offset)
+            return
+        writer.submit(Pending(command, origin))
+
+    def await_registry(self, *session_ids: str) -> None:
+        if session_ids:
+            self.tailer.wait_for({partition_for(s, self.topics.events.partitions) for s in session_ids},
+                                 self._timeout)
+
+    def close(self) -> None:
+        closers, self._closers = self._closers, []
+        for close in closers:
+            try:
+                close()
+            except Exception:
+                log.exception("closing the Kafka backend")

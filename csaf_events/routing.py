@@ -1,0 +1,82 @@
+"""Routing a command to the owner of its partition and waiting for the answer (Kafka mode).
+
+The command goes to the commands topic, partition p; the owner of p decides it and puts
+the reply on this node's reply topic in the same transaction as the events. The reply
+consumer reads committed records only, so a reply seen means the events are committed.
+No reply within the timeout: the outcome is unknown, and the caller gets DataAccessError.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+from typing import Any
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
+
+from csaf_events.codec import decode_outcome, encode_command
+from csaf_events.commands import Command
+from csaf_events.errors import DataAccessError
+
+log = logging.getLogger(__name__)
+
+
+class KafkaRouter:
+    def __init__(self, client_config: dict[str, Any], commands_topic: str, reply_topic: str,
+                 node_name: str) -> None:
+        self._commands = commands_topic
+        self._reply_topic = reply_topic
+        self._waiting: dict[bytes, Future] = {}
+        self._lock = threading.Lock()
+        self._producer = Producer({**client_config, "linger.ms": 0, "acks": "all", "enable.idempotence": True})
+        self._replies = Consumer({**client_config, "group.id": f"{reply_topic}.reader",
+                                  "enable.auto.commit": False, "isolation.level": "read_committed",
+                                  "fetch.wait.max.ms": 5})
+        self._replies.assign([TopicPartition(reply_topic, 0, OFFSET_END)])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read_replies, name=f"csaf-replies-{node_name}", daemon=True)
+        self._thread.start()
+
+    def send(self, partition: int, command: Command, timeout: float) -> Any:
+        corr = uuid.uuid4().bytes
+        fut: Future = Future()
+        with self._lock:
+            self._waiting[corr] = fut
+        try:
+            self._producer.produce(self._commands, encode_command(command), partition=partition,
+                                   headers=[("corr", corr), ("reply_to", self._reply_topic.encode())])
+            self._producer.poll(0)
+            try:
+                raw = fut.result(timeout)
+            except FutureTimeout:
+                raise DataAccessError(
+                    f"the owner of partition {partition} did not answer {type(command).__name__} within "
+                    f"{timeout:.1f}s; the outcome is unknown") from None
+        finally:
+            with self._lock:
+                self._waiting.pop(corr, None)
+        return decode_outcome(raw)
+
+    def _read_replies(self) -> None:
+        while not self._stop.is_set():
+            msg = self._replies.poll(0.05)
+            self._producer.poll(0)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("reply topic %s: %s", self._reply_topic, msg.error())
+                continue
+            corr = dict(msg.headers() or ()).get("corr")
+            with self._lock:
+                fut = self._waiting.pop(corr, None)
+            if fut is not None:
+                fut.set_result(msg.value())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._producer.flush(5)
+        self._replies.close()
