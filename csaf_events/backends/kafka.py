@@ -48,9 +48,12 @@ class RegistryTailer:
                                    "enable.auto.commit": False, "isolation.level": "read_committed",
                                    "enable.partition.eof": True, "fetch.wait.max.ms": 5})
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        # A second handle for end-offset queries: the tailing one is busy in consume().
+        # A second handle for end-offset queries (the tailing one is busy in consume()). It asks
+        # for the high watermark, not the last stable offset: commit_transaction() returns
+        # before the commit markers are written, so the LSO can still be short of a write
+        # that has returned; the high watermark already includes it.
         self._ends = Consumer({**client_config, "group.id": f"{topic}.ends.{node_name}",
-                               "isolation.level": "read_committed"})
+                               "isolation.level": "read_uncommitted"})
         self._ends_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"csaf-registry-{node_name}", daemon=True)
