@@ -108,15 +108,19 @@ class ClusterStoreAndForward:
 
     def get_sessions(self, only_active: bool, user_id: str | None = None, app_name: str | None = None,
                      app_version_at_or_above: str | None = None) -> list[SessionDto]:
-        """Cluster-wide, from this node's session registry; the filters combine."""
+        """Cluster-wide, from this node's session registry; the filters combine.
+
+        Every session write that returned on any node before this call is included."""
         self._check_open()
         args = self._session_filter(only_active, user_id, app_name, app_version_at_or_above)
+        self._backend.sync_registry()
         return sorted(self._backend.registry.select(*args), key=lambda s: (s.created_timestamp, s.session_id))
 
     def get_sessions_count(self, only_active: bool, user_id: str | None = None, app_name: str | None = None,
                            app_version_at_or_above: str | None = None) -> int:
         self._check_open()
         args = self._session_filter(only_active, user_id, app_name, app_version_at_or_above)
+        self._backend.sync_registry()
         return len(self._backend.registry.select(*args))
 
     def _session_filter(self, only_active: object, user_id: object, app_name: object,
@@ -150,6 +154,7 @@ class ClusterStoreAndForward:
         """
         self._check_open()
         ts = v.timestamp("not_live_since_timestamp", not_live_since_timestamp)
+        self._backend.sync_registry()
         partitions = {partition_for(s.session_id, self.partitions)
                       for s in self._backend.registry.select(False) if s.liveliness_timestamp < ts}
         out: list[str] = []
@@ -267,6 +272,10 @@ class Backend:
 
     def await_registry(self, *session_ids: str) -> None:
         """Return once this node's registry reflects the latest writes to these sessions."""
+
+    def sync_registry(self) -> None:
+        """Return once this node's registry holds every session write that returned anywhere
+        in the cluster before this call (embedded: always true)."""
 
     def close(self) -> None:
         raise NotImplementedError

@@ -29,8 +29,8 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LOCAL = REPO_ROOT / "docker" / "kafka-local"
@@ -117,7 +117,7 @@ def _docker_engine_answers() -> tuple[bool, str]:
     docker = shutil.which("docker")
     if docker:
         try:
-            proc = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"],
+            proc = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], check=False,
                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=15)
             if proc.returncode == 0 and proc.stdout.strip():
                 return True, f"docker engine {proc.stdout.strip()}"
@@ -189,7 +189,7 @@ def _start_kafka_local(brokers: int) -> tuple[str, Callable[[], None]]:
 
     def stop_cluster() -> None:
         try:
-            subprocess.run([*base_cmd, "stop", "--dir", workdir], stdin=subprocess.DEVNULL,
+            subprocess.run([*base_cmd, "stop", "--dir", workdir], check=False, stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, timeout=120)
         finally:
             if not keep["dir"]:
@@ -198,7 +198,7 @@ def _start_kafka_local(brokers: int) -> tuple[str, Callable[[], None]]:
     stop = _once(stop_cluster)
     cmd = [*base_cmd, "start", "--brokers", str(brokers), "--dir", workdir, "--watch-pid", str(os.getpid())]
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        proc = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=KAFKA_LOCAL_START_TIMEOUT)
     except subprocess.TimeoutExpired as exc:
         keep["dir"] = True  # leave the broker logs for inspection

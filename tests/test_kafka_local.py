@@ -19,6 +19,8 @@ try:
 except ImportError:  # tests/ not importable as a package
     from brokers import kafka_bootstrap_for_tests, unique_namespace
 
+pytestmark = pytest.mark.kafka
+
 
 @pytest.fixture(scope="module")
 def local_kafka() -> str:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from csaf_events.backends.embedded import open_projection
 from csaf_events.codec import decode_command
@@ -48,13 +48,12 @@ class RegistryTailer:
                                    "enable.auto.commit": False, "isolation.level": "read_committed",
                                    "enable.partition.eof": True, "fetch.wait.max.ms": 5})
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        # A second handle for end-offset queries (the tailing one is busy in consume()). It asks
-        # for the high watermark, not the last stable offset: commit_transaction() returns
-        # before the commit markers are written, so the LSO can still be short of a write
-        # that has returned; the high watermark already includes it.
-        self._ends = Consumer({**client_config, "group.id": f"{topic}.ends.{node_name}",
-                               "isolation.level": "read_uncommitted"})
-        self._ends_lock = threading.Lock()
+        # End offsets come from an admin client (the tailing consumer is busy in consume()),
+        # one request for all partitions. It asks for the high watermark, not the last stable
+        # offset: commit_transaction() returns before the commit markers are written, so the
+        # LSO can still be short of a write that has returned; the high watermark includes it.
+        self._admin = AdminClient(client_config)
+        self._partitions = partitions
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"csaf-registry-{node_name}", daemon=True)
         self._thread.start()
@@ -89,11 +88,17 @@ class RegistryTailer:
                 if not self._cond.wait(max(0.0, deadline - time.monotonic())):
                     raise DataAccessError(f"loading the session registry from {self._topic} timed out")
 
-    def wait_for(self, partitions: set[int], timeout: float) -> None:
-        """Return once the registry holds everything committed so far to these partitions."""
-        with self._ends_lock:
-            targets = {p: self._ends.get_watermark_offsets(TopicPartition(self._topic, p), timeout, cached=False)[1]
-                       for p in partitions}
+    def wait_for(self, partitions: set[int] | None, timeout: float) -> None:
+        """Return once the registry holds every session write that returned before this call
+        (to these partitions, or all)."""
+        wanted = range(self._partitions) if partitions is None else partitions
+        try:
+            futures = self._admin.list_offsets(
+                {TopicPartition(self._topic, p): OffsetSpec.latest() for p in wanted},
+                isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=timeout)
+            targets = {tp.partition: f.result(timeout).offset for tp, f in futures.items()}
+        except KafkaException as e:
+            raise DataAccessError(f"cannot read the end offsets of {self._topic}: {e}") from e
         deadline = time.monotonic() + timeout
         with self._cond:
             while any(self._pos[p] < t for p, t in targets.items()):
@@ -104,7 +109,6 @@ class RegistryTailer:
         self._stop.set()
         self._thread.join(5)
         self._consumer.close()
-        self._ends.close()
 
 
 class KafkaBackend(Backend):
@@ -167,6 +171,9 @@ class KafkaBackend(Backend):
         if session_ids:
             self.tailer.wait_for({partition_for(s, self.topics.events.partitions) for s in session_ids},
                                  self._timeout)
+
+    def sync_registry(self) -> None:
+        self.tailer.wait_for(None, self._timeout)
 
     def close(self) -> None:
         closers, self._closers = self._closers, []

@@ -92,6 +92,7 @@ class KafkaLog:
         self.restore_stats: dict[int, tuple[int, float]] = {}  # partition -> (events, seconds)
         self._stop = threading.Event()
         self._group: Consumer | None = None
+        self._group_metadata: Any = None
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ clients --
@@ -155,6 +156,11 @@ class KafkaLog:
         while not self._stop.is_set():
             try:
                 msg = self._group.poll(0.05)
+                # Only this thread may touch the group consumer: the client serializes calls
+                # on a handle and a polling thread starves every other caller. So the group
+                # metadata for transactional offset commits is read here, after every poll
+                # (and so after every rebalance callback), and the writers use that copy.
+                self._group_metadata = self._group.consumer_group_metadata()
             except Exception:  # keep owning; librdkafka reconnects by itself
                 log.exception("polling the owners group failed")
                 time.sleep(0.5)
@@ -215,11 +221,10 @@ class KafkaLog:
                 producer.produce(p.origin.reply_topic, encode_outcome(p.result, p.error), partition=0,
                                  headers=[("corr", p.origin.correlation_id)])
             if routed:
-                assert self._group is not None
                 next_command = max(p.origin.offset for p in routed) + 1
                 producer.send_offsets_to_transaction(
                     [TopicPartition(self._topics.commands.name, partition, next_command)],
-                    self._group.consumer_group_metadata(), self._timeout)
+                    self._group_metadata, self._timeout)
             producer.flush(self._timeout)
             for attempt in range(3):
                 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, TopicCollection
@@ -82,7 +83,14 @@ def ensure(admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0) ->
             except KafkaException as e:
                 if e.args[0].name() != "TOPIC_ALREADY_EXISTS":  # another node won the race
                     raise DataAccessError(f"cannot create topic {name}: {e}") from e
+        deadline = time.monotonic() + timeout
         states = describe(admin, specs, timeout)
+        while not all(st.exists and st.partitions for st in states.values()):  # metadata catches up
+            if time.monotonic() > deadline:
+                raise DataAccessError("created topics did not appear in the cluster metadata in time: " +
+                                      ", ".join(n for n, st in states.items() if not st.exists))
+            time.sleep(0.1)
+            states = describe(admin, specs, timeout)
     problems = [d for s in specs for d in differences(s, states[s.name])]
     if problems:
         raise CsafError("refusing to run on mismatched topics: " + "; ".join(problems))

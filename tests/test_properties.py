@@ -1,0 +1,411 @@
+"""Random API sequences on the embedded store, checked against a reference model.
+
+A hypothesis rule-based state machine calls the API (over small pools of session ids,
+message ids, users and connections, including calls that must fail: wrong user,
+duplicate ids, bad arguments) and compares every answer and the observable state with
+`Model`, a plain in-memory implementation of DESIGN.md section 2. After each run, every
+partition's live projection must equal a fresh projection folded from the log alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from csaf_events import (
+    CurrentNode, MessageIdAlreadyExistsError, MessageType, RequestCorrelation, SessionDto, StoredInMessage,
+    StoredOutMessage, WrongUserError, open_store,
+)
+from csaf_events.store import partition_for
+from projections.rebuild import apply_entries, diff, snapshot
+from projections.rocks import Projection
+
+PARTITIONS = 4
+
+
+class ManualClock:
+    def __init__(self, now: int = 1_700_000_000_000) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+
+def _pool() -> list[str]:
+    """Session ids: three sharing one partition (one a prefix of the others), and two more."""
+    p = partition_for("s", PARTITIONS)
+    same = ["s"] + [c for c in (f"s{k}" for k in range(100)) if partition_for(c, PARTITIONS) == p][:2]
+    return same + ["t", "session-\u00e9"]
+
+
+SIDS = _pool()
+USERS = ["u1", "u2"]
+CONNS = ["c1", "c2"]
+NODES = ["node-a", "node-b"]
+CMIDS = ["m1", "m2", "m3"]
+SMIDS = ["o1", "o2", "o3", "o4"]
+
+sids = st.sampled_from(SIDS)
+cmids = st.sampled_from(CMIDS)
+smids = st.sampled_from(SMIDS)
+maybe_text = st.none() | st.text(max_size=12)
+maybe_bytes = st.none() | st.binary(max_size=16)
+types = st.sampled_from(list(MessageType)) | st.sampled_from([t.value for t in MessageType])
+
+
+# ------------------------------------------------------------------ reference model ----
+
+@dataclass
+class Session:
+    user_id: str
+    node: CurrentNode | None
+    lib: str
+    app: str
+    version: str
+    created: int
+    live: int
+
+
+@dataclass
+class Out:
+    smid: str
+    cmid: str | None
+    trace: str | None
+    type: MessageType
+    request_ts: int | None
+    stored: int
+    envelope: str
+    text: str | None
+    binary: bytes | None
+    attempt: int | None = None
+    count: int = 0
+    dead: bool = False
+
+
+@dataclass
+class Model:
+    """DESIGN.md section 2, as plainly as it can be written."""
+
+    sessions: dict[str, Session] = field(default_factory=dict)
+    inbox: dict[tuple[str, str], StoredInMessage] = field(default_factory=dict)
+    outbox: dict[str, list[Out]] = field(default_factory=dict)
+    corrs: dict[tuple[str, str], RequestCorrelation] = field(default_factory=dict)
+
+    def drop(self, sid: str) -> int:
+        """Remove everything stored for a session id; returns how many entries."""
+        n = len(self.outbox.pop(sid, []))
+        for key in [k for k in self.inbox if k[0] == sid]:
+            del self.inbox[key]
+            n += 1
+        for key in [k for k in self.corrs if k[0] == sid]:
+            del self.corrs[key]
+            n += 1
+        return n
+
+    def fetch(self, sid: str, max_n: int) -> list[StoredOutMessage]:
+        out = [self.dto(sid, m) for m in self.outbox.get(sid, []) if m.attempt is None and not m.dead]
+        return out[:max_n]
+
+    @staticmethod
+    def dto(sid: str, m: Out) -> StoredOutMessage:
+        return StoredOutMessage(sid, m.smid, m.trace, m.type, m.cmid, m.request_ts, m.stored, m.attempt, m.count,
+                                m.envelope, m.text, m.binary)
+
+    def session_dtos(self) -> list[SessionDto]:
+        return sorted((SessionDto(sid, s.user_id, s.node.node_name if s.node else None, s.lib, s.app, s.version,
+                                  s.created, s.live) for sid, s in self.sessions.items()),
+                      key=lambda d: d.session_id)
+
+
+# ------------------------------------------------------------------- state machine ----
+
+class StoreMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="csaf-prop-"))
+        self.clock = ManualClock()
+        self.node_name = "node-a"
+        self.store = self._open()
+        self.model = Model()
+
+    def _open(self):
+        s = open_store(self.node_name, self.dir / "node", partitions=PARTITIONS, clock=self.clock)
+        s.boot()
+        return s
+
+    def teardown(self) -> None:
+        try:
+            if self.store is not None:
+                self.check_log_fold()
+        finally:
+            if self.store is not None:
+                self.store.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    @initialize(users=st.lists(st.sampled_from(USERS), min_size=2, max_size=2))
+    def some_sessions(self, users) -> None:
+        """Start with two registered sessions in one partition, so most calls hit real data."""
+        for sid, user in zip(SIDS[:2], users):
+            self.register(sid, user, "c1", "web", "1.9")
+
+    # ---------------------------------------------------------------------- time ----
+    @rule(ms=st.integers(0, 5_000))
+    def advance_clock(self, ms: int) -> None:
+        self.clock.advance(ms)
+
+    @rule(node=st.sampled_from(NODES))
+    def restart(self, node: str) -> None:
+        """Close and reopen the data dir, possibly as another node (embedded is one node)."""
+        self.store.close()
+        self.node_name = node
+        self.store = self._open()
+
+    # ------------------------------------------------------------------ sessions ----
+    @rule(sid=sids, user=st.sampled_from(USERS), conn=st.sampled_from(CONNS),
+          app=st.sampled_from(["web", "mobile"]), version=st.sampled_from(["1.10", "1.9", "2"]))
+    def register(self, sid, user, conn, app, version) -> None:
+        s = self.model.sessions.get(sid)
+        now = self.clock()
+        if s is not None and s.user_id != user:
+            try:
+                self.store.register_session_at_this_node(sid, user, conn, "lib", app, version)
+            except WrongUserError:
+                return
+            raise AssertionError("re-register with another user must raise WrongUserError")
+        created = self.store.register_session_at_this_node(sid, user, conn, "lib", app, version)
+        assert created == (now if s is None else s.created)
+        self.model.sessions[sid] = Session(user, CurrentNode(self.node_name, conn), "lib", app, version, created, now)
+
+    @rule(sid=sids, conn=st.sampled_from(CONNS))
+    def deregister(self, sid, conn) -> None:
+        self.store.deregister_session_from_this_node(sid, conn)
+        s = self.model.sessions.get(sid)
+        if s is not None and s.node == CurrentNode(self.node_name, conn):
+            s.node = None
+
+    @rule(sid=sids)
+    def close_session(self, sid) -> None:
+        self.store.close_session(sid)
+        self.model.sessions.pop(sid, None)
+        self.model.drop(sid)
+
+    @rule(ids=st.lists(sids | st.just("ghost"), max_size=4))
+    def notify(self, ids) -> None:
+        self.store.notify_session_liveliness(ids)
+        for sid in ids:
+            if sid in self.model.sessions:
+                self.model.sessions[sid].live = self.clock()
+
+    @rule(age=st.integers(0, 8_000))
+    def timeout(self, age) -> None:
+        ts = max(0, self.clock() - age)
+        got = self.store.timeout_sessions(ts)
+        expected = sorted(sid for sid, s in self.model.sessions.items() if s.live < ts)
+        assert sorted(got) == expected
+        assert len(got) == len(set(got))
+        for sid in expected:
+            del self.model.sessions[sid]
+            self.model.drop(sid)
+
+    @rule()
+    def scavenge(self) -> None:
+        owners = {k[0] for k in self.model.inbox} | set(self.model.outbox) | {k[0] for k in self.model.corrs}
+        expected = sum(self.model.drop(sid) for sid in owners if sid not in self.model.sessions)
+        assert self.store.scavenge_session_remnants() == expected
+
+    @rule(only_active=st.booleans(), user=st.none() | st.sampled_from(USERS),
+          app=st.none() | st.sampled_from(["web", "mobile"]), version=st.none() | st.sampled_from(["1.2", "1.9", "2"]))
+    def query_sessions(self, only_active, user, app, version) -> None:
+        expected = [d for d in self.model.session_dtos()
+                    if (d.node_name is not None or not only_active) and user in (None, d.user_id)
+                    and app in (None, d.app_name) and (version is None or d.app_version >= version)]
+        got = sorted(self.store.get_sessions(only_active, user, app, version), key=lambda d: d.session_id)
+        assert got == expected
+        assert self.store.get_sessions_count(only_active, user, app, version) == len(expected)
+
+    @rule(sid=sids | st.just("ghost"))
+    def current_node(self, sid) -> None:
+        s = self.model.sessions.get(sid)
+        assert self.store.get_current_registered_node_for_session(sid) == (s.node if s else None)
+        assert self.store.is_session_exists(sid) == (s is not None)
+
+    # --------------------------------------------------------------------- inbox ----
+    @rule(sid=sids | st.just("ghost"), cmid=cmids)
+    def store_inbox(self, sid, cmid) -> None:
+        if (sid, cmid) in self.model.inbox:
+            try:
+                self.store.store_message_id_in_inbox(sid, cmid)
+            except MessageIdAlreadyExistsError:
+                return
+            raise AssertionError("a duplicate inbox id must raise MessageIdAlreadyExistsError")
+        self.store.store_message_id_in_inbox(sid, cmid)
+        self.model.inbox[(sid, cmid)] = StoredInMessage(sid, cmid, self.clock(), None, None)
+
+    @rule(sid=sids, cmid=cmids, json=maybe_text, binary=maybe_bytes)
+    def update_inbox(self, sid, cmid, json, binary) -> None:
+        self.store.update_message_in_inbox(sid, cmid, json, binary)
+        old = self.model.inbox.get((sid, cmid))
+        if old is not None:
+            self.model.inbox[(sid, cmid)] = replace(old, full_envelope=json, message_binary=binary)
+
+    @rule(sid=sids, ids=st.lists(cmids, max_size=3))
+    def delete_inbox(self, sid, ids) -> None:
+        self.store.delete_message_ids_from_inbox(sid, ids)
+        for cmid in ids:
+            self.model.inbox.pop((sid, cmid), None)
+
+    # -------------------------------------------------------------------- outbox ----
+    @rule(sid=sids | st.just("ghost"), smid=smids, type_=types, cmid=st.none() | cmids, trace=maybe_text,
+          request_ts=st.none() | st.integers(0, 2**53), envelope=st.text(max_size=12), text=maybe_text,
+          binary=maybe_bytes)
+    def store_outbox(self, sid, smid, type_, cmid, trace, request_ts, envelope, text, binary) -> None:
+        s = self.model.sessions.get(sid)
+        box = self.model.outbox.setdefault(sid, []) if s is not None else []
+        args = (sid, smid, cmid, trace, type_, request_ts, envelope, text, binary)
+        if s is not None and any(m.smid == smid for m in box):
+            try:
+                self.store.store_message_in_outbox(*args)
+            except MessageIdAlreadyExistsError:
+                return
+            raise AssertionError("a duplicate server message id must raise MessageIdAlreadyExistsError")
+        result = self.store.store_message_in_outbox(*args)
+        if s is None:
+            assert result is None
+            return
+        assert result == s.node
+        box.append(Out(smid, cmid, trace, MessageType(type_), request_ts, self.clock(), envelope, text, binary))
+
+    @rule(sid=sids, batch=st.lists(st.tuples(smids, types), min_size=1, max_size=4), data=st.data())
+    def store_outbox_burst(self, sid, batch, data) -> None:
+        """Several messages at once (so ordering and redelivery get exercised often)."""
+        for smid, type_ in batch:
+            self.store_outbox(sid, smid, type_, None, "trace", None, "{}", None, data.draw(maybe_bytes))
+            self.clock.advance(data.draw(st.integers(-3, 3)))  # even a clock that steps back
+
+    @rule(sid=sids, attempt=st.lists(smids, max_size=4), dead=st.lists(smids, max_size=2),
+          done=st.lists(smids, max_size=2), unmark=st.booleans())
+    def delivery_round(self, sid, attempt, dead, done, unmark) -> None:
+        """What a node does with a session's outbox: attempt, dead-letter some, complete some, unmark."""
+        self.attempted(sid, attempt)
+        self.dead_letter(sid, dead)
+        self.complete(sid, done)
+        if unmark:
+            self.unmark(sid)
+
+    @rule(sid=sids, max_n=st.integers(0, 5))
+    def get_outbox(self, sid, max_n) -> None:
+        assert self.store.get_messages_from_outbox(sid, max_n) == self.model.fetch(sid, max_n)
+
+    @rule(sid=sids, ids=st.lists(smids, max_size=3))
+    def attempted(self, sid, ids) -> None:
+        self.store.outbox_messages_attempted_delivery(sid, ids)
+        for m in self.model.outbox.get(sid, []):
+            if m.smid in ids:
+                m.attempt = self.clock()
+                m.count += 1
+
+    @rule(sid=sids)
+    def unmark(self, sid) -> None:
+        self.store.outbox_messages_unmark_attempted_delivery(sid)
+        for m in self.model.outbox.get(sid, []):
+            if not m.dead:
+                m.attempt = None
+
+    @rule(sid=sids, ids=st.lists(smids, max_size=3))
+    def complete(self, sid, ids) -> None:
+        self.store.outbox_messages_complete(sid, ids)
+        if sid in self.model.outbox:
+            self.model.outbox[sid] = [m for m in self.model.outbox[sid] if m.smid not in ids]
+
+    @rule(sid=sids, ids=st.lists(smids, max_size=3))
+    def dead_letter(self, sid, ids) -> None:
+        self.store.outbox_messages_dead_letter_queue(sid, ids)
+        for m in self.model.outbox.get(sid, []):
+            if m.smid in ids:
+                m.dead = True
+
+    # -------------------------------------------------------------- correlations ----
+    @rule(sid=sids | st.just("ghost"), smid=smids, ts=st.integers(0, 2**53), term=st.sampled_from(["T1", "T2"]),
+          string=maybe_text, binary=maybe_bytes)
+    def store_correlation(self, sid, smid, ts, term, string, binary) -> None:
+        if (sid, smid) in self.model.corrs:
+            try:
+                self.store.store_request_correlation(sid, smid, ts, term, string, binary)
+            except MessageIdAlreadyExistsError:
+                return
+            raise AssertionError("a duplicate correlation must raise MessageIdAlreadyExistsError")
+        self.store.store_request_correlation(sid, smid, ts, term, string, binary)
+        self.model.corrs[(sid, smid)] = RequestCorrelation(sid, smid, ts, term, string, binary)
+
+    @rule(sid=sids | st.just("ghost"), smid=smids)
+    def take_correlation(self, sid, smid) -> None:
+        assert self.store.get_and_delete_request_correlation(sid, smid) == self.model.corrs.pop((sid, smid), None)
+
+    # ----------------------------------------------------------------- bad input ----
+    @rule(data=st.data())
+    def bad_call(self, data) -> None:
+        sid = data.draw(sids)
+        call = data.draw(st.sampled_from([
+            lambda s: s.register_session_at_this_node(sid, "", "c1", "lib", "app", "1"),
+            lambda s: s.register_session_at_this_node(sid, "u1", None, "lib", "app", "1"),
+            lambda s: s.store_message_id_in_inbox(sid, 5),
+            lambda s: s.update_message_in_inbox(sid, "m1", "{}", "not bytes"),
+            lambda s: s.delete_message_ids_from_inbox(sid, "m1"),
+            lambda s: s.store_message_in_outbox(sid, "o1", None, None, "NOPE", None, "{}", None, None),
+            lambda s: s.store_message_in_outbox(sid, "o1", None, None, "SEND", True, "{}", None, None),
+            lambda s: s.outbox_messages_complete(sid, ["o1", ""]),
+            lambda s: s.outbox_messages_attempted_delivery(sid, ["o1", 5]),
+            lambda s: s.outbox_messages_dead_letter_queue(sid, "o1"),
+            lambda s: s.notify_session_liveliness([sid, None]),
+            lambda s: s.timeout_sessions(True),
+            lambda s: s.get_messages_from_outbox(sid, -1),
+            lambda s: s.store_request_correlation(sid, "o1", "1", "T", None, None),
+            lambda s: s.get_sessions(1),
+            lambda s: s.close_session(""),
+        ]))
+        try:
+            call(self.store)
+        except (TypeError, ValueError):
+            return  # the invariants check that nothing changed
+        raise AssertionError("bad input must raise TypeError or ValueError")
+
+    # ---------------------------------------------------------------- invariants ----
+    @invariant()
+    def observable_state_matches_model(self) -> None:
+        assert sorted(self.store.get_sessions(False), key=lambda d: d.session_id) == self.model.session_dtos()
+        for sid in SIDS + ["ghost"]:
+            assert self.store.get_messages_from_outbox(sid, 100) == self.model.fetch(sid, 100)
+            for cmid in CMIDS:
+                assert self.store.get_message_from_inbox(sid, cmid) == self.model.inbox.get((sid, cmid))
+
+    # ------------------------------------------------------------------- the log ----
+    def check_log_fold(self) -> None:
+        """Every partition's projection is exactly the fold of its log."""
+        node = self.store.node
+        rebuilt_dir = Path(tempfile.mkdtemp(prefix="csaf-fold-", dir=self.dir))
+        rebuilt = Projection(rebuilt_dir)
+        try:
+            for p in range(self.store.partitions):
+                apply_entries(rebuilt, p, node.log.read(p), node.log.generation(p))
+                problems = diff(snapshot(rebuilt, p), snapshot(node.projection, p))
+                assert not problems, f"partition {p}: projection differs from the fold of its log:\n" + \
+                    "\n".join(problems[:20])
+                if node.log.end_offset(p):
+                    assert rebuilt.checkpoint(p) == node.projection.checkpoint(p)
+        finally:
+            rebuilt.close()
+
+
+StoreMachine.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+TestStoreAgainstModel = StoreMachine.TestCase
