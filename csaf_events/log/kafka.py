@@ -253,6 +253,8 @@ class KafkaLog:
                                           KafkaError.INVALID_PRODUCER_EPOCH):
             # Another node owns this partition now: this node must never write to it again.
             self._producers.pop(partition, None)
+            log.warning("node %s was fenced from partition %d (a newer owner exists); the transaction "
+                        "was not committed", self._node, partition)
             raise NotOwnerError(f"node {self._node!r} was fenced from partition {partition}: {err}") from e
         # Outcome unknown: bring the projection back in line with the log before the next append.
         try:
