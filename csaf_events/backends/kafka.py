@@ -23,7 +23,7 @@ from csaf_events.backends.embedded import open_projection
 from csaf_events.codec import decode_command
 from csaf_events.errors import DataAccessError
 from csaf_events.log import kafka_topics
-from csaf_events.log.kafka import KafkaLog, Origin
+from csaf_events.log.kafka import KafkaLog, Origin, next_batch
 from csaf_events.node import Node
 from csaf_events.registry import SessionRegistry
 from csaf_events.routing import KafkaRouter
@@ -60,7 +60,7 @@ class RegistryTailer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            msgs = self._consumer.consume(num_messages=1000, timeout=0.05)
+            msgs = next_batch(self._consumer, 0.05)
             if not msgs:
                 continue
             changes: dict[str, bytes | None] = {}

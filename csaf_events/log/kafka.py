@@ -44,6 +44,17 @@ class Origin(NamedTuple):
     offset: int
 
 
+def next_batch(consumer: Consumer, timeout: float, max_messages: int = 2000) -> list[Any]:
+    """Messages available now, waiting up to `timeout` only for the first one.
+
+    `consume(n, timeout)` alone waits until it has n messages or the timeout passed, which
+    adds the whole timeout to every quiet read; `poll` returns at the first message."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(num_messages=max_messages - 1, timeout=0)]
+
+
 def read_partition(consumer: Consumer, topic: str, partition: int, start: int, end: int | None,
                    timeout: float) -> Iterator[LogEntry]:
     """Committed records of one partition from `start` to `end` (or the end seen when reading).
@@ -54,7 +65,7 @@ def read_partition(consumer: Consumer, topic: str, partition: int, start: int, e
     deadline = time.monotonic() + timeout
     try:
         while True:
-            msgs = consumer.consume(num_messages=2000, timeout=0.5)
+            msgs = next_batch(consumer, 0.5)
             if not msgs and time.monotonic() > deadline:
                 raise DataAccessError(f"reading {topic}[{partition}] from {start} timed out")
             for m in msgs:
