@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from csaf_events.events import from_record
 from projections import keys
-from projections.fold import fold
+from projections.fold import fold_record
 from projections.rocks import Checkpoint, Projection
 
 RESTORE_BATCH = 5_000  # records per RocksDB write while restoring (never one write per record)
@@ -20,7 +19,7 @@ def apply_entries(projection: Projection, partition: int, entries: Iterable, gen
     batch = projection.batch(track=False)
     last = None
     for e in entries:
-        fold(from_record(e.key, e.value, e.headers), e.value, partition, batch)
+        fold_record(e.key, e.value, partition, batch)
         last = e.offset
         n += 1
         if n % RESTORE_BATCH == 0:

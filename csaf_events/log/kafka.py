@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -140,16 +141,20 @@ class KafkaLog:
 
     def _assigned(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         ps = sorted(tp.partition for tp in tps)
-        for p in ps:
-            t0 = time.monotonic()
-            producer = self._new_owner_producer(p)
-            n = self.restore(p)
-            self._producers[p] = producer
-            took = time.monotonic() - t0
-            self.restore_stats[p] = (n, took)
-            log.info("node %s took over partition %d: fenced the previous owner, applied %d events "
-                     "from the log in %.3fs", self._node, p, n, took)
         if ps:
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(max_workers=min(8, len(ps))) as pool:  # fencing is a broker round trip each
+                producers = dict(zip(ps, pool.map(self._new_owner_producer, ps)))
+            fenced = time.monotonic() - t0
+            for p in ps:
+                t1 = time.monotonic()
+                n = self.restore(p)
+                self._producers[p] = producers[p]
+                took = time.monotonic() - t1
+                self.restore_stats[p] = (n, took)
+                log.info("node %s took over partition %d: fenced the previous owner, applied %d events "
+                         "from the log in %.3fs", self._node, p, n, took)
+            log.info("node %s owns partitions %s now (fencing took %.3fs)", self._node, ps, fenced)
             self._on_assigned(ps)
         self.first_assignment.set()
 
