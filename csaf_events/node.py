@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from csaf_events.commands import Command, Decision, decide
+from csaf_events.commands import Command
 from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.log.port import EventLog
 from csaf_events.writer import PartitionWriter
@@ -68,9 +68,7 @@ class Node:
             w = self._writers.get(partition)
             try:
                 if w is not None:
-                    if command.READ_ONLY:
-                        return decide(command, Decision(partition, self.projection, self.node_name, self._clock()))
-                    return w.execute(command)
+                    return w.read(command) if command.READ_ONLY else w.execute(command)
                 if self.router is None:
                     raise NotOwnerError(f"node {self.node_name!r} owns no partition {partition}")
                 return self.router.send(partition, command, max(0.1, deadline - time.monotonic()))

@@ -20,7 +20,7 @@ from typing import Any
 from csaf_events.commands import Command, Decision, decide
 from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.log.port import EventLog
-from projections.rocks import Projection
+from projections.rocks import Projection, ProjectionBatch
 
 
 class Pending:
@@ -55,7 +55,21 @@ class PartitionWriter:
         self._lock = threading.Lock()
         self._queue: list[Pending] = []
         self._leading = False
+        self._appending = False
+        self._appended = threading.Condition(self._lock)
         self.closed_reason: str | None = None
+
+    def read(self, command: Command) -> Any:
+        """Answer a read-only command from the projection.
+
+        A read waits while an append of this partition is in flight: in Kafka mode the
+        transaction can be visible to other nodes (a routed writer got its reply and
+        returned) before this node has applied it to its projection, and a read that starts
+        after a write returned anywhere must see it."""
+        with self._lock:
+            while self._appending:
+                self._appended.wait()
+        return decide(command, Decision(self.partition, self._projection, self._node, self._clock()))
 
     def execute(self, command: Command) -> Any:
         """Decide and commit `command`, returning its result (or raising its error)."""
@@ -113,16 +127,25 @@ class PartitionWriter:
                         q.error = broken
                     d.records.clear()
                     break
+        if d.records or any(p.origin is not None for p in group):
+            self._append(d, batch, group)
+        for p in group:
+            self._finish(p)
+
+    def _append(self, d: Decision, batch: ProjectionBatch, group: list[Pending]) -> None:
+        with self._lock:
+            self._appending = True
         try:
-            if d.records or any(p.origin is not None for p in group):
-                self._log.append(self.partition, d.records, batch, group)
+            self._log.append(self.partition, d.records, batch, group)
         except BaseException as e:
             err = e if isinstance(e, (DataAccessError, NotOwnerError)) else DataAccessError(
                 f"append to partition {self.partition} failed, outcome unknown: {e}")
             for p in group:
                 p.error = err
-        for p in group:
-            self._finish(p)
+        finally:
+            with self._lock:
+                self._appending = False
+                self._appended.notify_all()
 
     @staticmethod
     def _finish(p: Pending) -> None:
