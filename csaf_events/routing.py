@@ -14,7 +14,7 @@ import uuid
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from csaf_events.codec import decode_outcome, encode_command
 from csaf_events.commands import Command
@@ -34,7 +34,10 @@ class KafkaRouter:
         self._replies = Consumer({**client_config, "group.id": f"{reply_topic}.reader",
                                   "enable.auto.commit": False, "isolation.level": "read_committed",
                                   "fetch.wait.max.ms": 5})
-        self._replies.assign([TopicPartition(reply_topic, 0, OFFSET_END)])
+        # Start at the current end, resolved now: OFFSET_END would be resolved at the first
+        # fetch, and a reply written before that would be skipped.
+        _, end = self._replies.get_watermark_offsets(TopicPartition(reply_topic, 0), timeout=30, cached=False)
+        self._replies.assign([TopicPartition(reply_topic, 0, end)])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read_replies, name=f"csaf-replies-{node_name}", daemon=True)
         self._thread.start()
