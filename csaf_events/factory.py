@@ -40,7 +40,9 @@ def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | No
     limits = limits or Limits()
     if bootstrap_servers is None:
         from csaf_events.backends.embedded import EmbeddedBackend
-        backend = EmbeddedBackend(node_name, Path(data_dir), topics.events.partitions, clock, sync)
+        from csaf_events.log.embedded import CompactionPolicy
+        backend = EmbeddedBackend(node_name, Path(data_dir), topics.events.partitions, clock, sync,
+                                  compaction=CompactionPolicy.of(topics.events))
     else:
         if not isinstance(bootstrap_servers, str) or not bootstrap_servers.strip():
             raise ValueError(f"bootstrap_servers must be 'host:port[,host:port...]', got {bootstrap_servers!r}")

@@ -15,9 +15,11 @@ from typing import Any
 from confluent_kafka import murmur2
 
 from csaf_events import commands as cmd
+from csaf_events import history
 from csaf_events import validation as v
 from csaf_events.dtos import CurrentNode, MessageType, RequestCorrelation, SessionDto, StoredInMessage, StoredOutMessage
 from csaf_events.errors import CsafError
+from csaf_events.history import HistoryEntry
 from csaf_events.node import Node
 from csaf_events.registry import SessionRegistry
 from csaf_events.validation import Limits
@@ -82,6 +84,13 @@ class ClusterStoreAndForward:
 
     def _sid(self, session_id: object) -> str:
         return v.ident("session_id", session_id, self.limits)
+
+    def session_history(self, session_id: str) -> list[HistoryEntry]:
+        """The session's events still in the log, in order: the full history inside the audit
+        window, the latest state of each entity before it (see `csaf_events.history`)."""
+        self._check_open()
+        sid = self._sid(session_id)
+        return history.session_history(self.node.log.read(partition_for(sid, self.partitions)), sid)
 
     # ------------------------------------------------------------------- sessions --
     def register_session_at_this_node(self, session_id: str, user_id: str, connection_id: str,

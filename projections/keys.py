@@ -62,3 +62,25 @@ def session_id_of(key: bytes) -> str:
     """The session id inside any entity key."""
     n = int.from_bytes(key[3:5], "big")
     return key[5 : 5 + n].decode()
+
+
+_KIND_NAMES = {SESSION: "session", INBOX: "inbox entry", OUTBOX: "outbox message",
+               OUTBOX_INDEX: "outbox index entry", CORRELATION: "correlation", CHECKPOINT: "checkpoint"}
+
+
+def describe(key: bytes) -> str:
+    """A projection key for people: partition, entity kind, session id and entity id."""
+    head = f"partition {int.from_bytes(key[:2], 'big')}"
+    if len(key) < 3:
+        return f"{head} {key!r}"
+    kind = chr(key[2])
+    name = _KIND_NAMES.get(kind, f"kind {kind!r}")
+    if len(key) < 5:
+        return f"{head} {name}"
+    n = int.from_bytes(key[3:5], "big")
+    sid, rest = key[5:5 + n].decode(errors="replace"), key[5 + n:]
+    if kind == OUTBOX and len(rest) == 8:
+        ident = f" seq {int.from_bytes(rest, 'big')}"
+    else:
+        ident = f" {rest.decode(errors='replace')!r}" if rest else ""
+    return f"{head} {name}{ident} of session {sid!r}"

@@ -1,14 +1,43 @@
-"""Rebuilding and checking projections from the log: the log is the source of truth."""
+"""Rebuilding and checking projections from the log: the log is the source of truth.
+
+`catch_up` is the one way a projection is brought in line with its log, on every backend:
+at boot (embedded), on taking over a partition (Kafka), after an unknown commit outcome,
+and by `csaf rebuild`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple, Protocol
 
 from projections import keys
 from projections.fold import fold_record
+from projections.integrity import first_problem
 from projections.rocks import Checkpoint, Projection
 
+log = logging.getLogger(__name__)
+
 RESTORE_BATCH = 5_000  # records per RocksDB write while restoring (never one write per record)
+NO_PROJECTION = "there is no projection of it here yet"
+
+
+class LogReader(Protocol):
+    """What catching up needs from a log (both log adapters, and the offline readers)."""
+
+    def read(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[Any]: ...
+    def end_offset(self, partition: int) -> int: ...
+    def generation(self, partition: int) -> str: ...
+
+
+class CatchUp(NamedTuple):
+    """What bringing one partition's projection in line with the log did."""
+
+    partition: int
+    events: int  # records folded
+    seconds: float
+    reason: str | None  # why it was refolded from the start of the log; None: only the tail was applied
 
 
 def apply_entries(projection: Projection, partition: int, entries: Iterable, generation: str,
@@ -34,11 +63,76 @@ def apply_entries(projection: Projection, partition: int, entries: Iterable, gen
     return n
 
 
+def rebuild_reason(projection: Projection, partition: int, end: int, generation: str,
+                   verify: bool = True) -> str | None:
+    """Why the projection of `partition` cannot be caught up from its checkpoint, or None."""
+    try:
+        cp = projection.checkpoint(partition)
+    except Exception as e:  # a torn or foreign value: nothing in this partition can be trusted
+        return f"its checkpoint is unreadable (corrupt: {e})"
+    if cp is None:
+        if has_state(projection, partition):
+            return "it has state but no checkpoint"
+        return NO_PROJECTION if end > 0 else None
+    if cp.generation != generation:
+        return (f"it was built from an earlier generation of the log ({cp.generation}; the log is now "
+                f"{generation}): the log was deleted and re-created")
+    if cp.next_offset > end:
+        return f"it is ahead of the log (checkpoint at offset {cp.next_offset}, the log ends at {end})"
+    problem = first_problem(projection, partition) if verify else None
+    return None if problem is None else f"it is corrupt ({problem})"
+
+
+def catch_up(projection: Projection, log_reader: LogReader, partition: int, *, verify: bool = True,
+             force: str | None = None, progress: Callable[[int], None] | None = None) -> CatchUp:
+    """Bring the projection of `partition` up to the end of the log.
+
+    Applies only the records after its checkpoint when it can be trusted; drops it and folds
+    the whole log when it is missing, corrupt (`verify` scans it), ahead of the log, from
+    another generation of the log, or when `force` gives a reason. Logs why and how long."""
+    t0 = time.monotonic()
+    end = log_reader.end_offset(partition)
+    generation = log_reader.generation(partition)
+    reason = force or rebuild_reason(projection, partition, end, generation, verify)
+    if reason is not None:
+        level = logging.INFO if force or reason == NO_PROJECTION else logging.WARNING
+        log.log(level, "partition %d: rebuilding the projection from the log because %s", partition, reason)
+        projection.drop_partition(partition)
+        start = 0
+    else:
+        cp = projection.checkpoint(partition)
+        start = 0 if cp is None else cp.next_offset
+    n = 0
+    if start < end:
+        n = apply_entries(projection, partition, log_reader.read(partition, start, end), generation, progress)
+        # the last records may be compaction gaps or transaction markers: the checkpoint is the end
+        projection.write(projection.batch(track=False), {partition: Checkpoint(end, generation)})
+    took = time.monotonic() - t0
+    if reason is not None:
+        log.log(level, "partition %d: projection rebuilt from the log (%s): %d events in %.3fs (%.0f events/s)",
+                partition, reason, n, took, n / took if took > 0 else 0.0)
+    return CatchUp(partition, n, took, reason)
+
+
+def has_state(projection: Projection, partition: int) -> bool:
+    lo, _ = keys.partition_range(partition)
+    rows = projection.scan(lo)
+    try:
+        return next(rows, None) is not None
+    finally:
+        rows.close()  # releases the RocksDB iterator now
+
+
 def snapshot(projection: Projection, partition: int) -> dict[bytes, bytes]:
     """The partition's whole state (checkpoint excluded), for comparisons."""
     lo, _ = keys.partition_range(partition)
     cp = keys.checkpoint_key(partition)
     return {k: v for k, v in projection.scan(lo) if k != cp}
+
+
+def _short(value: bytes | None, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def diff(expected: dict[bytes, bytes], actual: dict[bytes, bytes]) -> list[str]:
@@ -48,5 +142,5 @@ def diff(expected: dict[bytes, bytes], actual: dict[bytes, bytes]) -> list[str]:
         a, b = expected.get(k), actual.get(k)
         if a != b:
             what = "missing" if b is None else "unexpected" if a is None else "differs"
-            out.append(f"{what}: {k!r} expected={a!r} actual={b!r}")
+            out.append(f"{what}: {keys.describe(k)}: expected={_short(a)} actual={_short(b)}")
     return out

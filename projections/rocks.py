@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import orjson
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from projections import keys
 
@@ -98,11 +98,15 @@ class Projection:
     """A node's RocksDB read model; thread-safe for concurrent reads and writes."""
 
     def __init__(self, path: str | Path, *, extra_column_families: tuple[str, ...] = (),
-                 sync: bool = False, cache_bytes: int = 64 << 20) -> None:
+                 sync: bool = False, cache_bytes: int = 64 << 20, secondary: str | Path | None = None) -> None:
+        """`secondary`: open as a RocksDB secondary instance (its own files go there): a
+        read-only view that works while the node that owns the database is running."""
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if secondary is None:
+            self.path.mkdir(parents=True, exist_ok=True)
         opt = _options(cache_bytes)
-        self.db = Rdict(str(self.path), options=opt,
+        access = AccessType.read_write() if secondary is None else AccessType.secondary(str(secondary))
+        self.db = Rdict(str(self.path), options=opt, access_type=access,
                         column_families={cf: _options(cache_bytes) for cf in extra_column_families})
         self._write_options = WriteOptions()
         self._write_options.sync = sync
@@ -151,3 +155,9 @@ class Projection:
         """Forget a partition's state (and checkpoint): the log is the source of truth."""
         lo, hi = keys.partition_range(partition)
         self.db.delete_range(lo, hi)
+
+
+def repair_database(path: str | Path) -> None:
+    """RocksDB's repair: rebuilds the database's metadata from the files it finds; data in
+    files that are themselves damaged is lost."""
+    Rdict.repair(str(path), _options(64 << 20))

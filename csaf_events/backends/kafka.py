@@ -19,12 +19,12 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from csaf_events.backends.embedded import open_projection
 from csaf_events.codec import decode_command
 from csaf_events.errors import DataAccessError
 from csaf_events.log import kafka_topics
 from csaf_events.log.kafka import KafkaLog, Origin, next_batch
 from csaf_events.node import Node
+from csaf_events.projection_files import open_or_set_aside, projection_dir
 from csaf_events.registry import SessionRegistry
 from csaf_events.routing import KafkaRouter
 from csaf_events.store import Backend, partition_for
@@ -115,7 +115,7 @@ class KafkaBackend(Backend):
     def __init__(self, node_name: str, data_dir: Path, bootstrap: str, topics: Topics,
                  clock: Callable[[], int], request_timeout: float, kafka_config: dict[str, Any]) -> None:
         self._node_name = node_name
-        self._path = Path(data_dir) / f"kafka-{topics.namespace}"
+        self._path = projection_dir(data_dir, topics.namespace)
         self._bootstrap = bootstrap
         self.topics = topics
         self._clock = clock
@@ -136,7 +136,7 @@ class KafkaBackend(Backend):
         reply = self.topics.reply_topic(self._node_name)
         states = kafka_topics.ensure(admin, [*self.topics.cluster_topics(), reply], self._timeout)
         generation = states[self.topics.events.name].topic_id or "unknown"
-        self.projection = open_projection(self._path)
+        self.projection = open_or_set_aside(self._path)
         self._closers.append(self.projection.close)
         self.tailer = RegistryTailer(self._config, self.topics.sessions.name, self.topics.sessions.partitions,
                                      self.registry, self._node_name)

@@ -4,20 +4,26 @@ It lives in a column family of the projection's database, so appending events an
 updating the projection is a single atomic RocksDB write: after a crash (even kill -9)
 either both happened or neither. One process owns every partition; this is the
 single-node mode, not a cluster.
+
+Like the compacted Kafka topic it stands in for, it is compacted (`compact`): records
+superseded by a later record of the same key are dropped once older than the audit
+window, tombstones once older than the window plus their retention. Offsets are never
+reused; reads skip the gaps.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
-from rocksdict import ReadOptions
+from rocksdict import ReadOptions, WriteBatch
 
 from csaf_events.errors import CsafError, DataAccessError
-from csaf_events.events import Record
+from csaf_events.events import Record, header
 from csaf_events.log.port import LogEntry
+from csaf_events.topics import TopicSpec
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
 
 if TYPE_CHECKING:
@@ -26,11 +32,32 @@ if TYPE_CHECKING:
 LOG_CF = "log"
 _GENERATION_KEY = b"\xff\xffgeneration"
 _PARTITIONS_KEY = b"\xff\xffpartitions"
+_END_KEY = b"\xff\xffend"  # + partition: the end offset, kept when compaction removed the last records
 _MAX_OFFSET = b"\xff" * 8
 
 
 def _log_key(partition: int, offset: int) -> bytes:
     return partition.to_bytes(2, "big") + offset.to_bytes(8, "big")
+
+
+def _end_key(partition: int) -> bytes:
+    return _END_KEY + partition.to_bytes(2, "big")
+
+
+class CompactionPolicy(NamedTuple):
+    """When compaction may drop records: Kafka's `min.compaction.lag.ms` (the audit window)
+    and `delete.retention.ms` (how long a tombstone outlives it)."""
+
+    audit_window_ms: int
+    tombstone_retention_ms: int
+
+    @classmethod
+    def of(cls, spec: TopicSpec) -> CompactionPolicy | None:
+        """The events topic's policy from topics.yaml; None when it is not compacted."""
+        if "compact" not in spec.cleanup_policy.split(","):
+            return None
+        return cls(int(spec.configs.get("min.compaction.lag.ms", 0)),
+                   int(spec.configs.get("delete.retention.ms", 86_400_000)))
 
 
 def encode_entry(record: Record) -> bytes:
@@ -47,22 +74,27 @@ def decode_entry(partition: int, offset: int, raw: bytes) -> LogEntry:
 
 
 class EmbeddedLog:
-    def __init__(self, projection: Projection, partitions: int) -> None:
-        self.partitions = partitions
+    def __init__(self, projection: Projection, partitions: int | None) -> None:
+        """`partitions` None: as many as the log has (for tools that open an existing log)."""
         self._projection = projection
         self._db = projection.db.get_column_family(LOG_CF)
         self._cf = projection.column_family(LOG_CF)
         gen = self._db.get(_GENERATION_KEY)
+        stored = self._db.get(_PARTITIONS_KEY)
+        if partitions is None:
+            if stored is None or gen is None:
+                raise CsafError(f"there is no embedded log in {projection.path}")
+            partitions = int(stored)
         if gen is None:
             gen = uuid.uuid4().hex.encode()
             self._db.put(_GENERATION_KEY, gen)
         self._generation = gen.decode()
-        stored = self._db.get(_PARTITIONS_KEY)
         if stored is None:
             self._db.put(_PARTITIONS_KEY, str(partitions).encode())
         elif int(stored) != partitions:
             raise CsafError(f"the embedded log in {projection.path} has {int(stored)} partitions, "
                             f"not the {partitions} asked for; sessions would map to other partitions")
+        self.partitions = partitions
         self._next = [self._find_end(p) for p in range(partitions)]
 
     def _find_end(self, partition: int) -> int:
@@ -70,9 +102,11 @@ class EmbeddedLog:
         it.seek_for_prev(partition.to_bytes(2, "big") + _MAX_OFFSET)
         last = it.key() if it.valid() else b""
         del it  # a live iterator keeps the database (and its lock) open
+        after_last = 0
         if last[:2] == partition.to_bytes(2, "big") and len(last) == 10:
-            return int.from_bytes(last[2:], "big") + 1
-        return 0
+            after_last = int.from_bytes(last[2:], "big") + 1
+        marker = self._db.get(_end_key(partition))
+        return max(after_last, 0 if marker is None else int.from_bytes(marker, "big"))
 
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                group: Sequence[Pending] = ()) -> None:
@@ -110,6 +144,35 @@ class EmbeddedLog:
 
     def generation(self, partition: int) -> str:
         return self._generation
+
+    def compact(self, now_ms: int, audit_window_ms: int, tombstone_retention_ms: int) -> int:
+        """Drop what Kafka's log cleaner would; returns how many records were dropped.
+
+        A record goes when a later record of the same key exists and it is older than the
+        audit window; a tombstone that is the last record of its key goes when older than
+        the window plus `tombstone_retention_ms`. The fold of what is left equals the fold
+        of the whole log, because a key's last record alone gives its entity's state."""
+        superseded_before = now_ms - audit_window_ms
+        tombstones_before = superseded_before - tombstone_retention_ms
+        return sum(self._compact_partition(p, superseded_before, tombstones_before) for p in range(self.partitions))
+
+    def _compact_partition(self, partition: int, superseded_before: int, tombstones_before: int) -> int:
+        end = self._next[partition]  # records appended meanwhile are left for the next run
+        last = {e.key: e.offset for e in self.read(partition, 0, end)}
+        wb, dropped = WriteBatch(raw_mode=True), 0
+        for e in self.read(partition, 0, end):
+            ts = int(header(e.headers, "ts") or 0)
+            if last[e.key] != e.offset:
+                drop = ts < superseded_before
+            else:
+                drop = e.value is None and ts < tombstones_before
+            if drop:
+                wb.delete(_log_key(partition, e.offset), self._cf)
+                dropped += 1
+        if dropped:
+            wb.put(_end_key(partition), end.to_bytes(8, "big"), self._cf)  # offsets are never reused
+            self._projection.db.write(wb)
+        return dropped
 
     def set_ownership_listener(self, on_assigned: Callable[[list[int]], None],
                                on_revoked: Callable[[list[int]], None]) -> None:

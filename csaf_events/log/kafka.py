@@ -19,14 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from csaf_events.codec import encode_outcome
 from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.events import SESSION, Record
+from csaf_events.log.kafka_reader import KafkaReader, next_batch, read_partition  # noqa: F401 - re-exported
 from csaf_events.log.port import LogEntry
 from csaf_events.topics import Topics
-from projections.rebuild import apply_entries
+from projections.rebuild import catch_up
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
 
 if TYPE_CHECKING:
@@ -45,44 +46,6 @@ class Origin(NamedTuple):
     offset: int
 
 
-def next_batch(consumer: Consumer, timeout: float, max_messages: int = 2000) -> list[Any]:
-    """Messages available now, waiting up to `timeout` only for the first one.
-
-    `consume(n, timeout)` alone waits until it has n messages or the timeout passed, which
-    adds the whole timeout to every quiet read; `poll` returns at the first message."""
-    first = consumer.poll(timeout)
-    if first is None:
-        return []
-    return [first, *consumer.consume(num_messages=max_messages - 1, timeout=0)]
-
-
-def read_partition(consumer: Consumer, topic: str, partition: int, start: int, end: int | None,
-                   timeout: float) -> Iterator[LogEntry]:
-    """Committed records of one partition from `start` to `end` (or the end seen when reading).
-
-    Stops at partition EOF, so a transaction's control record after the last data record
-    cannot make it wait forever."""
-    consumer.assign([TopicPartition(topic, partition, start if start > 0 else OFFSET_BEGINNING)])
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            msgs = next_batch(consumer, 0.5)
-            if not msgs and time.monotonic() > deadline:
-                raise DataAccessError(f"reading {topic}[{partition}] from {start} timed out")
-            for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        return
-                    raise DataAccessError(f"reading {topic}[{partition}]: {err}")
-                if end is not None and m.offset() >= end:
-                    return
-                deadline = time.monotonic() + timeout
-                yield LogEntry(partition, m.offset(), m.key(), m.value(), tuple(m.headers() or ()))
-    finally:
-        consumer.unassign()
-
-
 class KafkaLog:
     def __init__(self, node_name: str, bootstrap: str, topics: Topics, projection: Projection,
                  generation: str, kafka_config: dict[str, Any], request_timeout: float) -> None:
@@ -95,8 +58,9 @@ class KafkaLog:
         self._config = kafka_config
         self._timeout = request_timeout
         self._producers: dict[int, Producer] = {}
-        self._reader_lock = threading.Lock()
-        self._reader: Consumer | None = None
+        self.reader = KafkaReader(self._client_config(), topics.events.name, generation,
+                                  f"{topics.namespace}.reader.{node_name}", request_timeout)
+        self._verified: set[int] = set()  # partitions whose projection was checked by this process
         self._on_assigned: Callable[[list[int]], None] = lambda ps: None
         self._on_revoked: Callable[[list[int]], None] = lambda ps: None
         self.on_command: Callable[[int, bytes, Origin], None] = lambda p, raw, origin: None
@@ -110,12 +74,6 @@ class KafkaLog:
     # ------------------------------------------------------------------ clients --
     def _client_config(self, **extra: Any) -> dict[str, Any]:
         return {"bootstrap.servers": self._bootstrap, "client.id": f"csaf-{self._node}", **self._config, **extra}
-
-    def _new_reader(self) -> Consumer:
-        return Consumer(self._client_config(**{
-            "group.id": f"{self._topics.namespace}.reader.{self._node}", "enable.auto.commit": False,
-            "isolation.level": "read_committed", "enable.partition.eof": True,
-            "auto.offset.reset": "earliest"}))
 
     def _new_owner_producer(self, partition: int) -> Producer:
         p = Producer(self._client_config(**{
@@ -195,22 +153,12 @@ class KafkaLog:
         self._group.close()  # leaves the group: the others take over at once
 
     def restore(self, partition: int) -> int:
-        """Bring the projection of `partition` up to the committed end of the log."""
-        cp = self._projection.checkpoint(partition)
-        end = self.end_offset(partition)
-        if cp is not None and (cp.generation != self._generation or cp.next_offset > end):
-            why = "the topic was re-created" if cp.generation != self._generation else "it is ahead of the log"
-            log.warning("partition %d: dropping the local projection (%s) and rebuilding it", partition, why)
-            self._projection.drop_partition(partition)
-            cp = None
-        start = 0 if cp is None else cp.next_offset
-        if start >= end:
-            return 0
-        with self._reader_lock:
-            if self._reader is None:
-                self._reader = self._new_reader()
-            entries = read_partition(self._reader, self._topics.events.name, partition, start, None, self._timeout)
-            return apply_entries(self._projection, partition, entries, self._generation)
+        """Bring the projection of `partition` up to the committed end of the log; returns the
+        number of events applied. The first time in this process the projection is also
+        checked for corruption (see `projections.rebuild.catch_up`)."""
+        result = catch_up(self._projection, self.reader, partition, verify=partition not in self._verified)
+        self._verified.add(partition)
+        return result.events
 
     # ------------------------------------------------------------------- writes --
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
@@ -281,18 +229,10 @@ class KafkaLog:
 
     # -------------------------------------------------------------------- reads --
     def read(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[LogEntry]:
-        with self._reader_lock:
-            if self._reader is None:
-                self._reader = self._new_reader()
-            yield from read_partition(self._reader, self._topics.events.name, partition, start, end, self._timeout)
+        return self.reader.read(partition, start, end)
 
     def end_offset(self, partition: int) -> int:
-        with self._reader_lock:
-            if self._reader is None:
-                self._reader = self._new_reader()
-            _, high = self._reader.get_watermark_offsets(
-                TopicPartition(self._topics.events.name, partition), self._timeout, cached=False)
-        return high
+        return self.reader.end_offset(partition)
 
     def generation(self, partition: int) -> str:
         return self._generation
@@ -304,8 +244,5 @@ class KafkaLog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(self._timeout)
-        with self._reader_lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
+        self.reader.close()
         self._producers.clear()

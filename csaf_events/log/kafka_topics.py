@@ -6,8 +6,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException, TopicCollection
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka import KafkaException, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, OffsetSpec
 
 from csaf_events.errors import CsafError, DataAccessError
 from csaf_events.topics import TopicSpec
@@ -60,21 +60,102 @@ def differences(spec: TopicSpec, state: TopicState) -> list[str]:
     return diffs
 
 
-def ensure(admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0) -> dict[str, TopicState]:
+def broker_count(admin: AdminClient, timeout: float) -> int:
+    try:
+        return len(admin.list_topics(timeout=timeout).brokers)
+    except KafkaException as e:
+        raise DataAccessError(f"cannot reach Kafka: {e}") from e
+
+
+def expected_configs(spec: TopicSpec, brokers: int) -> tuple[int, dict[str, str]]:
+    """The replication factor and configs a topic gets on a cluster of `brokers` brokers:
+    both capped so that a smaller (development) cluster works with the same topics.yaml."""
+    rf = min(spec.replication_factor, brokers)
+    cfg = dict(spec.configs)
+    if "min.insync.replicas" in cfg:
+        cfg["min.insync.replicas"] = str(min(int(cfg["min.insync.replicas"]), rf))
+    return rf, cfg
+
+
+def all_differences(spec: TopicSpec, state: TopicState, brokers: int) -> list[str]:
+    """Every way a topic differs from topics.yaml (missing, partitions, replication, configs)."""
+    if not state.exists:
+        return [f"topic {spec.name} does not exist"]
+    rf, cfg = expected_configs(spec, brokers)
+    diffs = differences(spec, state)
+    if state.replication_factor != rf:
+        diffs.append(f"topic {spec.name} has replication factor {state.replication_factor}, expected {rf}")
+    for k, v in cfg.items():
+        actual = (state.configs or {}).get(k)
+        if k != "cleanup.policy" and actual != v:
+            diffs.append(f"topic {spec.name} has {k}={actual}, topics.yaml says {v}")
+    return diffs
+
+
+def apply(admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0) -> tuple[list[str], list[str]]:
+    """Make the cluster match topics.yaml as far as is safe: create missing topics, set
+    differing configs. Returns (changes made, differences left that need a person: partition
+    count, replication factor, cleanup policy)."""
+    before = describe(admin, specs, timeout)
+    states = ensure(admin, specs, timeout, refuse=False)
+    brokers = broker_count(admin, timeout)
+    changes = [f"created topic {s.name}" for s in specs if not before[s.name].exists]
+    resources = []
+    for s in specs:
+        if differences(s, states[s.name]):
+            continue  # the wrong kind of topic for its role: a person decides, nothing is changed
+        _, cfg = expected_configs(s, brokers)
+        wrong = {k: v for k, v in cfg.items()
+                 if k != "cleanup.policy" and (states[s.name].configs or {}).get(k) != v}
+        if wrong:
+            resources.append(ConfigResource("TOPIC", s.name, incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in wrong.items()]))
+            changes += [f"set {k}={v} on topic {s.name}" for k, v in wrong.items()]
+    if resources:
+        for res, fut in admin.incremental_alter_configs(resources).items():
+            try:
+                fut.result(timeout)
+            except KafkaException as e:
+                raise DataAccessError(f"cannot change the configs of topic {res.name}: {e}") from e
+    left = [d for s in specs for d in all_differences(s, describe(admin, [s], timeout)[s.name], brokers)]
+    return changes, left
+
+
+def _wait_until_served(admin: AdminClient, states: dict[str, TopicState], names: list[str],
+                       deadline: float) -> None:
+    """A new topic is listed before its partition leaders serve requests; clients that ask
+    too early get NOT_LEADER_FOR_PARTITION. Wait until every partition answers ListOffsets."""
+    waiting = [TopicPartition(n, p) for n in names for p in range(states[n].partitions or 0)]
+    while waiting:
+        futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in waiting},
+                                     request_timeout=max(1.0, deadline - time.monotonic()))
+        still = []
+        for tp, fut in futures.items():
+            try:
+                fut.result()
+            except KafkaException:
+                still.append(tp)
+        waiting = still
+        if waiting and time.monotonic() > deadline:
+            raise DataAccessError("created topics are not served yet: " +
+                                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in waiting))
+        if waiting:
+            time.sleep(0.1)
+
+
+def ensure(admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0, *,
+           refuse: bool = True) -> dict[str, TopicState]:
     """Create missing topics; refuse (CsafError naming the difference) a mismatched one."""
     states = describe(admin, specs, timeout)
-    brokers = len(admin.list_topics(timeout=timeout).brokers)
+    brokers = broker_count(admin, timeout)
     missing = [s for s in specs if not states[s.name].exists]
     if missing:
         new = []
         for s in missing:
-            rf = min(s.replication_factor, brokers)
+            rf, cfg = expected_configs(s, brokers)
             if rf < s.replication_factor:
                 log.warning("creating %s with replication factor %d (only %d brokers; topics.yaml says %d)",
                             s.name, rf, brokers, s.replication_factor)
-            cfg = dict(s.configs)
-            if "min.insync.replicas" in cfg:
-                cfg["min.insync.replicas"] = str(min(int(cfg["min.insync.replicas"]), rf))
             new.append(NewTopic(s.name, num_partitions=s.partitions, replication_factor=rf, config=cfg))
         for name, fut in admin.create_topics(new, operation_timeout=timeout).items():
             try:
@@ -91,7 +172,8 @@ def ensure(admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0) ->
                                       ", ".join(n for n, st in states.items() if not st.exists))
             time.sleep(0.1)
             states = describe(admin, specs, timeout)
+        _wait_until_served(admin, states, [s.name for s in missing], deadline)
     problems = [d for s in specs for d in differences(s, states[s.name])]
-    if problems:
+    if problems and refuse:
         raise CsafError("refusing to run on mismatched topics: " + "; ".join(problems))
     return states

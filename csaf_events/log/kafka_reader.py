@@ -1,0 +1,123 @@
+"""Reading the events topic: committed records of one partition, without joining any group.
+
+Used by the owner's restore, by `session_history` and by the offline tools (`csaf
+rebuild`, `csaf audit`, `csaf replay`), which must never take partitions from live nodes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from csaf_events.errors import DataAccessError
+from csaf_events.log.port import LogEntry
+
+
+def next_batch(consumer: Consumer, timeout: float, max_messages: int = 2000) -> list[Any]:
+    """Messages available now, waiting up to `timeout` only for the first one.
+
+    `consume(n, timeout)` alone waits until it has n messages or the timeout passed, which
+    adds the whole timeout to every quiet read; `poll` returns at the first message."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(num_messages=max_messages - 1, timeout=0)]
+
+
+def read_partition(consumer: Consumer, topic: str, partition: int, start: int, end: int | None,
+                   timeout: float) -> Iterator[LogEntry]:
+    """Committed records of one partition from `start` to `end` (or the end seen when reading).
+
+    Stops at partition EOF, so a transaction's control record after the last data record
+    cannot make it wait forever."""
+    consumer.assign([TopicPartition(topic, partition, start if start > 0 else OFFSET_BEGINNING)])
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            msgs = next_batch(consumer, 0.5)
+            if not msgs and time.monotonic() > deadline:
+                raise DataAccessError(f"reading {topic}[{partition}] from {start} timed out")
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        return
+                    raise DataAccessError(f"reading {topic}[{partition}]: {err}")
+                if end is not None and m.offset() >= end:
+                    return
+                deadline = time.monotonic() + timeout
+                yield LogEntry(partition, m.offset(), m.key(), m.value(), tuple(m.headers() or ()))
+    finally:
+        consumer.unassign()
+
+
+class KafkaReader:
+    """Reads one topic's partitions (read_committed, assign only: no group membership).
+
+    `end_offset` is the *stable* end: the high watermark once every transaction open when
+    it was asked has been decided. `commit_transaction()` returns before the commit markers
+    are written, so a read that stopped at the last stable offset right after a write
+    could miss that write; waiting for the LSO to pass the high watermark closes the gap.
+    """
+
+    def __init__(self, client_config: dict[str, Any], topic: str, generation: str, group_id: str,
+                 timeout: float) -> None:
+        self.topic = topic
+        self._generation = generation
+        self._config = client_config
+        self._group_id = group_id
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._consumer: Consumer | None = None
+        self._admin: AdminClient | None = None
+
+    def _reader(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = Consumer({**self._config, "group.id": self._group_id, "enable.auto.commit": False,
+                                       "isolation.level": "read_committed", "enable.partition.eof": True,
+                                       "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
+        return self._consumer
+
+    def _offset(self, partition: int, level: IsolationLevel) -> int:
+        if self._admin is None:
+            self._admin = AdminClient(self._config)
+        tp = TopicPartition(self.topic, partition)
+        try:
+            fut = self._admin.list_offsets({tp: OffsetSpec.latest()}, isolation_level=level,
+                                           request_timeout=self._timeout)[tp]
+            return fut.result(self._timeout).offset
+        except KafkaException as e:
+            raise DataAccessError(f"cannot read the end offset of {self.topic}[{partition}]: {e}") from e
+
+    def end_offset(self, partition: int) -> int:
+        high = self._offset(partition, IsolationLevel.READ_UNCOMMITTED)
+        deadline = time.monotonic() + self._timeout
+        while self._offset(partition, IsolationLevel.READ_COMMITTED) < high:
+            if time.monotonic() > deadline:
+                raise DataAccessError(f"{self.topic}[{partition}]: a transaction stayed undecided for "
+                                      f"{self._timeout:.0f}s; cannot tell where the committed log ends")
+            time.sleep(0.01)
+        return high
+
+    def read(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[LogEntry]:
+        if end is None:
+            end = self.end_offset(partition)
+        if start >= end:
+            return
+        with self._lock:
+            yield from read_partition(self._reader(), self.topic, partition, start, end, self._timeout)
+
+    def generation(self, partition: int) -> str:
+        return self._generation
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+        self._admin = None
