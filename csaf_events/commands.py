@@ -15,7 +15,8 @@ from typing import Any
 from csaf_events import events as ev
 from csaf_events.dtos import CurrentNode, RequestCorrelation, StoredInMessage, StoredOutMessage, MessageType
 from csaf_events.errors import MessageIdAlreadyExistsError, WrongUserError
-from projections import fold, queries
+from projections import queries
+from projections.fold import fold
 from projections.rocks import ProjectionBatch
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -40,6 +41,7 @@ class Node:
         self._clock = clock
         self._writers: dict[int, PartitionWriter] = {}
         self._lock = threading.Lock()
+        self._fanout = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"csaf-fanout-{node_name}")
 
     def start(self) -> None:
         self.log.set_ownership_listener(self.assigned, self.revoked)
@@ -78,5 +80,13 @@ class Node:
                                           f"{self.request_timeout:.0f}s: {e}") from e
                 time.sleep(0.05)
 
+    def execute_all(self, calls: list[tuple[int, Command]]) -> list[Any]:
+        """Decide commands on several partitions at once (cluster-wide calls); results in order."""
+        if len(calls) <= 1:
+            return [self.execute(p, c) for p, c in calls]
+        futures = [self._fanout.submit(self.execute, p, c) for p, c in calls]
+        return [f.result() for f in futures]
+
     def close(self) -> None:
         self.revoked(list(self._writers))
+        self._fanout.shutdown(wait=True)

@@ -153,8 +153,8 @@ class ClusterStoreAndForward:
 
     def notify_session_liveliness(self, session_ids: Iterable[str]) -> None:
         self._check_open()
-        for p, sids in self._by_partition(v.ids("session_ids", session_ids, self.limits)).items():
-            self._backend.node.execute(p, cmd.NotifyLiveliness("", p, tuple(sids)))
+        groups = self._by_partition(v.ids("session_ids", session_ids, self.limits))
+        self._backend.node.execute_all([(p, cmd.NotifyLiveliness("", p, tuple(sids))) for p, sids in groups.items()])
 
     def timeout_sessions(self, not_live_since_timestamp: int) -> list[str]:
         """Remove sessions not live since the timestamp, with their data; returns their ids.
@@ -166,16 +166,15 @@ class ClusterStoreAndForward:
         self._backend.sync_registry()
         partitions = {partition_for(s.session_id, self.partitions)
                       for s in self._backend.registry.select(False) if s.liveliness_timestamp < ts}
-        out: list[str] = []
-        for p in sorted(partitions):
-            out.extend(self._backend.node.execute(p, cmd.TimeoutSessions("", p, ts)))
+        results = self._backend.node.execute_all([(p, cmd.TimeoutSessions("", p, ts)) for p in sorted(partitions)])
+        out = [sid for r in results for sid in r]
         self._backend.await_registry(*out)
         return out
 
     def scavenge_session_remnants(self) -> int:
         """Remove inbox/outbox/correlation entries of sessions that no longer exist."""
         self._check_open()
-        return sum(self._backend.node.execute(p, cmd.Scavenge("", p)) for p in range(self.partitions))
+        return sum(self._backend.node.execute_all([(p, cmd.Scavenge("", p)) for p in range(self.partitions)]))
 
     def _by_partition(self, session_ids: Iterable[str]) -> dict[int, list[str]]:
         groups: dict[int, list[str]] = defaultdict(list)

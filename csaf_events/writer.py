@@ -56,6 +56,7 @@ class PartitionWriter:
         self._queue: list[Pending] = []
         self._leading = False
         self._appending = False
+        self._appends = 0  # appends finished so far
         self._appended = threading.Condition(self._lock)
         self.closed_reason: str | None = None
 
@@ -67,8 +68,10 @@ class PartitionWriter:
         returned) before this node has applied it to its projection, and a read that starts
         after a write returned anywhere must see it."""
         with self._lock:
-            while self._appending:
-                self._appended.wait()
+            if self._appending:  # wait for that append only: the next one may start at once
+                started = self._appends
+                while self._appending and self._appends == started:
+                    self._appended.wait()
         return decide(command, Decision(self.partition, self._projection, self._node, self._clock()))
 
     def execute(self, command: Command) -> Any:
@@ -145,6 +148,7 @@ class PartitionWriter:
         finally:
             with self._lock:
                 self._appending = False
+                self._appends += 1
                 self._appended.notify_all()
 
     @staticmethod

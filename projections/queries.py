@@ -18,6 +18,7 @@ _CORR_BIN = frozenset({"correlation_binary"})
 class View(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
     def scan(self, prefix: bytes): ...
+    def last(self, prefix: bytes) -> tuple[bytes, bytes] | None: ...
 
 
 def session(view: View, p: int, sid: str) -> dict | None:
@@ -58,10 +59,7 @@ def outbox_messages(view: View, p: int, sid: str) -> list[dict]:
 
 
 def next_outbox_seq(view: View, p: int, sid: str) -> int:
-    rows = view.scan(keys.session_prefix(p, OUTBOX, sid))
-    last = None
-    for last in rows:
-        pass
+    last = view.last(keys.session_prefix(p, OUTBOX, sid))
     return 0 if last is None else int.from_bytes(last[0][-8:], "big") + 1
 
 

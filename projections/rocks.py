@@ -41,6 +41,22 @@ def _options(cache_bytes: int) -> Options:
     return opt
 
 
+def _successor(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with `prefix` (None: no such key)."""
+    trimmed = prefix.rstrip(b"\xff")
+    return trimmed[:-1] + bytes([trimmed[-1] + 1]) if trimmed else None
+
+
+def _bounded(prefix: bytes) -> ReadOptions:
+    """Read options ending iteration at the end of `prefix`. Keep the object alive as long
+    as the iterator: the iterator reads the bound from it."""
+    opts = ReadOptions()
+    upper = _successor(prefix)
+    if upper is not None:
+        opts.set_iterate_upper_bound(upper)
+    return opts
+
+
 class Checkpoint(NamedTuple):
     next_offset: int
     generation: str
@@ -93,6 +109,12 @@ class ProjectionBatch:
             return sorted(rows.items())
         return list(rows.items())
 
+    def last(self, prefix: bytes) -> tuple[bytes, bytes] | None:
+        if self._overlay and any(k.startswith(prefix) for k in self._overlay):
+            rows = self.scan(prefix)
+            return rows[-1] if rows else None
+        return self._projection.last(prefix)
+
 
 class Projection:
     """A node's RocksDB read model; thread-safe for concurrent reads and writes."""
@@ -123,17 +145,31 @@ class Projection:
         return self.db.get(key)
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        it = self.db.iter(ReadOptions())
+        """Entries under `prefix` in key order. The iterator is bounded to the prefix, so an
+        empty range costs one seek instead of a walk over the tombstones beyond it."""
+        opts = _bounded(prefix)
+        it = self.db.iter(opts)
         try:
             it.seek(prefix)
             while it.valid():
-                k = it.key()
-                if not k.startswith(prefix):
-                    break
-                yield k, it.value()
+                yield it.key(), it.value()
                 it.next()
         finally:
             del it  # a live iterator keeps the database (and its lock) open
+            del opts
+
+    def last(self, prefix: bytes) -> tuple[bytes, bytes] | None:
+        """The entry with the greatest key under `prefix` (one seek)."""
+        opts = _bounded(prefix)
+        it = self.db.iter(opts)
+        try:
+            it.seek_to_last()
+            if it.valid() and it.key().startswith(prefix):
+                return it.key(), it.value()
+            return None
+        finally:
+            del it
+            del opts
 
     # writes
     def batch(self, track: bool = True) -> ProjectionBatch:

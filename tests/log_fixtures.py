@@ -17,7 +17,7 @@ import pytest
 
 from brokers import unique_namespace
 from csaf_events import ClusterStoreAndForward, open_store
-from csaf_events.cli_log import main as cli_main
+from csaf_events.cli import main as cli_main
 from csaf_events.projection_files import projection_dir
 from csaf_events.store import partition_for
 from projections.rebuild import snapshot

@@ -1,0 +1,394 @@
+"""The MatsSocket lifecycle benchmark (WORKLOAD.md).
+
+Runs `csaf_events.workload` on a backend, then reports as JSON and as a table:
+lifecycles/s, ops/s, latency p50/p99/max per operation, peak RSS, bytes on disk per
+stored outbox message, the floor (the same storage work without csaf-events, see
+`bench.floor`) with our ratio to it, the machine and the library versions.
+
+Run from the repository root::
+
+    python -m bench.lifecycle                       # embedded, S=2000 P=1024 C=64
+    python -m bench.lifecycle --sessions 500 --json out.json
+    python -m bench.lifecycle --backend kafka --bootstrap localhost:9092 --nodes 3
+    csaf bench ...                                  # the same, through the CLI
+
+Backends are functions in `BACKENDS`: ``(options) -> report dict``; each creates its
+stores and hands them to `measure()`, which runs the workload on them. A benchmark
+measures; it never fails because a number moved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from csaf_events import CsafError, open_store
+from csaf_events.workload import WorkloadConfig, WorkloadResult, run_workload
+
+#: JSON keys every report has (Kafka reports add `nodes` and `takeover_events_per_s`).
+REPORT_KEYS = ("lifecycles_per_s", "ops_per_s", "latency_ms", "peak_rss_bytes", "disk_bytes_per_message",
+               "floor", "machine", "versions")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    backend: str = "embedded"
+    nodes: int = 1
+    sessions: int = 2000
+    concurrency: int = 64
+    payload: int = 1024
+    bootstrap: str | None = None
+    data_dir: Path | None = None   # default: a temporary directory, removed afterwards
+    floor: bool = True
+    progress: bool = True
+
+    def workload(self) -> WorkloadConfig:
+        return WorkloadConfig(sessions=self.sessions, payload_bytes=self.payload, concurrency=self.concurrency)
+
+
+# ------------------------------------------------------------------- facts ----------
+
+def machine() -> dict[str, Any]:
+    """Cores, memory and CPU model of this machine."""
+    info: dict[str, Any] = {"cores": os.cpu_count(), "platform": platform.platform()}
+    try:
+        info["cores_usable"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                info["memory_bytes"] = int(line.split()[1]) * 1024
+                break
+    except OSError:
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info.setdefault("cpu_model", platform.processor() or platform.machine())
+    return info
+
+
+def versions() -> dict[str, str]:
+    import confluent_kafka
+    import orjson
+
+    def dist(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    ck = confluent_kafka.version()
+    return {
+        "python": platform.python_version(),
+        "csaf_events": dist("csaf-events"),
+        "confluent_kafka": ck[0] if isinstance(ck, tuple) else str(ck),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "rocksdict": dist("rocksdict"),
+        "orjson": orjson.__version__,
+    }
+
+
+def source_revision() -> str | None:
+    """The git commit of the checkout being measured (+ "-dirty" with local changes), if any."""
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("-dirty" if dirty else "") if rev else None
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def current_rss_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of all files under `path` (what the data directory takes on disk, WAL included)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+# --------------------------------------------------------------- measuring ----------
+
+def _progress_bar(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="session", file=sys.stderr, disable=None, leave=False)
+
+
+def measure(stores: Sequence, options: BenchOptions) -> tuple[WorkloadResult, dict[str, Any]]:
+    """Run the workload on booted `stores`; returns the result and the report's common part."""
+    bar = _progress_bar(options.sessions, options.progress, f"{options.backend} x{len(stores)}")
+    rss_before = current_rss_bytes()
+    try:
+        result = run_workload(stores, options.workload(), progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    report: dict[str, Any] = {
+        "backend": options.backend,
+        "lifecycles_per_s": round(result.lifecycles_per_s, 1),
+        "ops_per_s": round(result.ops_per_s, 1),
+        "latency_ms": {op: {k: round(v, 3) for k, v in d.items() if k != "count"}
+                       for op, d in result.latency_ms().items()},
+        "latency_counts": {op: d["count"] for op, d in result.latency_ms().items()},
+        "peak_rss_bytes": peak_rss_bytes(),
+        "rss_before_bytes": rss_before,
+        "workload": {"sessions": result.sessions, "payload_bytes": options.payload,
+                     "concurrency": options.concurrency, "inbox_messages": result.config.inbox_messages,
+                     "outbox_messages": result.config.outbox_messages, "lifecycles": result.lifecycles,
+                     "ops": result.ops, "elapsed_s": round(result.elapsed_s, 3),
+                     "outbox_messages_stored": result.outbox_messages_stored,
+                     "closed": result.closed, "timed_out": result.timed_out,
+                     "phases_s": {k: round(v, 3) for k, v in result.phases_s.items()}},
+        "errors": result.errors,
+    }
+    if result.error_samples:
+        report["error_samples"] = result.error_samples
+    return result, report
+
+
+def _with_floor(report: dict[str, Any], options: BenchOptions, work_dir: Path) -> None:
+    if not options.floor:
+        report["floor"] = None
+        return
+    from bench.floor import run_floor
+    floor = run_floor(work_dir / "floor", options.workload(), sessions=report["workload"]["sessions"])
+    floor["ratio"] = round(report["ops_per_s"] / floor["ops_per_s"], 4) if floor["ops_per_s"] else None
+    floor["lifecycles_ratio"] = (round(report["lifecycles_per_s"] / floor["lifecycles_per_s"], 4)
+                                 if floor["lifecycles_per_s"] else None)
+    report["floor"] = floor
+
+
+def _work_dir(options: BenchOptions) -> tuple[Path, bool]:
+    if options.data_dir is not None:
+        path = Path(options.data_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        return path, False
+    return Path(tempfile.mkdtemp(prefix="csaf-bench-")), True
+
+
+def run_embedded(options: BenchOptions) -> dict[str, Any]:
+    if options.nodes != 1:
+        raise CsafError("the embedded backend is one node; --nodes needs --backend kafka")
+    work, temporary = _work_dir(options)
+    data = work / f"embedded-{uuid.uuid4().hex[:8]}"
+    try:
+        with open_store("node-0", data) as store:
+            result, report = measure([store], options)
+        disk = dir_bytes(data)  # after close: what stays on disk
+        report["disk_bytes"] = disk
+        report["disk_bytes_per_message"] = round(disk / result.outbox_messages_stored, 1) \
+            if result.outbox_messages_stored else None
+        _with_floor(report, options, work)
+        report["data_dir"] = None if temporary else str(data)
+    finally:
+        if temporary:
+            shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+#: Hook for the Kafka backend: measures the takeover of a partition (events/s) on a
+#: cluster, or returns None when not measured. Set by the Kafka backend's bench code.
+measure_takeover: Callable[[BenchOptions, str], float | None] | None = None
+
+
+def wait_for_stable_ownership(stores: Sequence, timeout: float = 60.0, quiet: float = 2.0) -> float | None:
+    """Wait until every partition has exactly one owner among `stores` and that has not
+    changed for `quiet` seconds (the group's rebalances after boot are over), so the
+    benchmark measures the steady state. Returns the seconds waited, None on timeout."""
+    started = time.monotonic()
+    last, since = None, started
+    while time.monotonic() - started < timeout:
+        owned = [tuple(s.node.owned()) for s in stores]
+        flat = sorted(p for o in owned for p in o)
+        if flat != list(range(stores[0].partitions)):
+            last, since = None, time.monotonic()
+        elif owned != last:
+            last, since = owned, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return round(time.monotonic() - started, 2)
+        time.sleep(0.1)
+    print(f"warning: partition ownership not stable after {timeout:.0f}s; measuring anyway", file=sys.stderr)
+    return None
+
+
+def run_kafka(options: BenchOptions) -> dict[str, Any]:
+    if not options.bootstrap:
+        raise CsafError("--backend kafka needs --bootstrap HOST:PORT (a running Kafka cluster)")
+    work, temporary = _work_dir(options)
+    namespace = f"bench-{uuid.uuid4().hex[:10]}"
+    stores = [open_store(f"node-{i}", work / namespace / f"node-{i}", bootstrap_servers=options.bootstrap,
+                         namespace=namespace) for i in range(options.nodes)]
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:  # boot together: one rebalance, not N
+            list(pool.map(lambda s: s.boot(), stores))
+        settle_s = wait_for_stable_ownership(stores)
+        result, report = measure(stores, options)
+        report["ownership_settle_s"] = settle_s
+    finally:
+        for s in stores:
+            try:
+                s.close()
+            except Exception as e:  # report the figures anyway
+                print(f"warning: closing {s.node_name} failed: {e}", file=sys.stderr)
+    try:
+        disk = dir_bytes(work / namespace)
+        report["nodes"] = options.nodes
+        report["namespace"] = namespace
+        report["disk_bytes"] = disk
+        report["disk_bytes_per_message"] = round(disk / result.outbox_messages_stored, 1) \
+            if result.outbox_messages_stored else None
+        report["disk_note"] = "the nodes' local projections only; the brokers' log segments are not counted"
+        report["floor"] = None  # the Kafka floor (bare produce of the same records) is not defined yet
+        report["takeover_events_per_s"] = (measure_takeover(options, namespace)
+                                           if measure_takeover is not None else None)
+    finally:
+        if temporary:
+            shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+BACKENDS: dict[str, Callable[[BenchOptions], dict[str, Any]]] = {
+    "embedded": run_embedded,
+    "kafka": run_kafka,
+}
+
+
+def run_benchmark(options: BenchOptions) -> dict[str, Any]:
+    """Run one benchmark and return its report (the JSON document)."""
+    try:
+        backend = BACKENDS[options.backend]
+    except KeyError:
+        raise CsafError(f"unknown backend {options.backend!r}; one of {', '.join(BACKENDS)}") from None
+    started = time.time()
+    report = backend(options)
+    report["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
+    report["machine"] = machine()
+    report["versions"] = versions()
+    report["revision"] = source_revision()
+    return report
+
+
+# ----------------------------------------------------------------- output -----------
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / (1 << 20):.1f} MiB"
+
+
+def _gib(n: int | None) -> str:
+    return "-" if n is None else f"{n / (1 << 30):.1f} GiB"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a readable table."""
+    m, v, w = report["machine"], report["versions"], report["workload"]
+    lines = [
+        f"csaf-events lifecycle benchmark — backend {report['backend']}"
+        + (f", {report['nodes']} node(s)" if "nodes" in report else ""),
+        f"machine: {m.get('cpu_model')}, {m.get('cores')} cores, {_gib(m.get('memory_bytes'))} memory; "
+        f"python {v['python']}, rocksdict {v['rocksdict']}, orjson {v['orjson']}, "
+        f"confluent-kafka {v['confluent_kafka']} (librdkafka {v['librdkafka']})",
+        f"workload: {w['sessions']} sessions, {w['payload_bytes']} B payloads, concurrency {w['concurrency']}, "
+        f"K={w['inbox_messages']} M={w['outbox_messages']}; {w['ops']} ops in {w['elapsed_s']:.2f} s"
+        + (" (steps 1-5 {sessions:.2f} s, closes {close:.2f} s, timeout {timeout:.2f} s)".format(**w["phases_s"])
+           if w.get("phases_s") else ""),
+        "",
+        f"  {'lifecycles/s':<26}{report['lifecycles_per_s']:>12,.0f}",
+        f"  {'ops/s':<26}{report['ops_per_s']:>12,.0f}",
+    ]
+    floor = report.get("floor")
+    if floor:
+        lines += [f"  {'floor ops/s':<26}{floor['ops_per_s']:>12,.0f}",
+                  f"  {'ratio (ours / floor)':<26}{floor['ratio']:>12.3f}"]
+    lines += [f"  {'peak RSS':<26}{_mib(report['peak_rss_bytes']):>12}",
+              f"  {'disk bytes / message':<26}{report['disk_bytes_per_message'] or 0:>12,.0f}"]
+    if "takeover_events_per_s" in report:
+        t = report["takeover_events_per_s"]
+        lines.append(f"  {'takeover events/s':<26}{'not measured' if t is None else f'{t:,.0f}':>12}")
+    if report.get("errors"):
+        lines.append(f"  ERRORS (figures are not comparable): {report['errors']}")
+        lines += [f"    {sample}" for sample in report.get("error_samples", [])[:3]]
+    lines += ["", f"  {'latency (ms)':<44}{'count':>8}{'p50':>9}{'p99':>9}{'max':>9}"]
+    for op, d in report["latency_ms"].items():
+        lines.append(f"  {op:<44}{report.get('latency_counts', {}).get(op, 0):>8}"
+                     f"{d['p50']:>9.3f}{d['p99']:>9.3f}{d['max']:>9.2f}")
+    return "\n".join(lines)
+
+
+def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    return BenchOptions(backend=args.backend, nodes=args.nodes, sessions=args.sessions,
+                        concurrency=args.concurrency, payload=args.payload, bootstrap=args.bootstrap,
+                        data_dir=args.data_dir, floor=not args.no_floor,
+                        progress=not getattr(args, "no_progress", False))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the benchmark for parsed `csaf bench` arguments; prints the table, writes --json.
+
+    Exit code 1 if store calls failed (the figures then do not describe the workload);
+    never because of the figures themselves."""
+    report = run_benchmark(options_from_args(args))
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nJSON report written to {args.json}")
+    return 1 if report.get("errors") else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from csaf_events.cli import add_bench_arguments, run_main
+
+    parser = argparse.ArgumentParser(prog="python -m bench.lifecycle", description=__doc__.split("\n\n")[0])
+    add_bench_arguments(parser)
+    return run_main(lambda: run_from_args(parser.parse_args(argv)), parser.prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The ``csaf`` command.
+
+Each subcommand is a small function registered in `SUBCOMMANDS`, the one table at the
+end of this module: a `Subcommand(name, help, add_arguments, run)`. To add one, write
+``_x_arguments(parser)`` and ``_x(args) -> int`` (exit code) and add a row; a module that
+registers several subcommands itself (``register(subparsers)``, each setting ``run``) is
+added as one `SubcommandGroup(register)` row. `main()` builds the parser from the table
+and turns library errors into a one-line message and exit code 1 (argparse's usage
+errors exit 2).
+
+    csaf demo [--data-dir DIR] [--seconds N] [--sessions S] [--concurrency C]
+    csaf bench [--backend embedded|kafka] [--nodes N] [--sessions S] [--concurrency C]
+               [--payload P] [--json FILE] [--bootstrap HOST:PORT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from csaf_events import cli_log
+from csaf_events.errors import CsafError
+
+PROG = "csaf"
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class SubcommandGroup:
+    """Subcommands a module adds itself: `register(subparsers)` calls `add_parser` for each
+    and sets ``run`` (args -> exit code) with `set_defaults`. Import the module inside
+    `register` so ``csaf --help`` stays fast and a broken module names itself."""
+
+    register: Callable[[argparse._SubParsersAction], None]
+
+
+# ---------------------------------------------------------------- argument types --
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def payload_size(text: str) -> int:
+    value = positive_int(text)
+    if value < 16:
+        raise argparse.ArgumentTypeError(f"must be at least 16 bytes, got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------- csaf demo --
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, metavar="DIR",
+                   help="where the embedded store keeps its data (kept afterwards); "
+                        "default: a temporary directory, removed afterwards")
+    p.add_argument("--seconds", type=positive_float, default=5.0, metavar="N",
+                   help="start new sessions for this many seconds (default 5)")
+    p.add_argument("--sessions", type=positive_int, default=1_000_000, metavar="S",
+                   help="stop after this many sessions even if time is left (default: no limit in practice)")
+    p.add_argument("--concurrency", type=positive_int, default=16, metavar="C",
+                   help="sessions in flight at once (default 16)")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from csaf_events.factory import open_store
+    from csaf_events.workload import WorkloadConfig, run_workload
+
+    temporary = args.data_dir is None
+    data_dir = Path(tempfile.mkdtemp(prefix="csaf-demo-")) if temporary else args.data_dir
+    config = WorkloadConfig(sessions=args.sessions, concurrency=args.concurrency, duration=args.seconds)
+    print(f"csaf demo: the MatsSocket session lifecycle on the embedded store for {args.seconds:g} s "
+          f"({args.concurrency} sessions in flight) ...", file=sys.stderr)
+    try:
+        with open_store("demo-node", data_dir) as store, \
+                tqdm(desc="sessions", unit=" sessions", file=sys.stderr, leave=False, mininterval=0.25) as bar:
+            r = run_workload([store], config, progress=bar.update)
+    finally:
+        if temporary:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    lat = r.latency_ms()
+
+    def p99(op: str) -> str:
+        return f"{lat[op]['p99']:.2f} ms" if op in lat else "-"
+
+    k, m = config.inbox_messages, config.outbox_messages
+    print(f"csaf demo: {r.elapsed_s:.1f} s on the embedded store")
+    print(f"  sessions            {r.sessions:,} (registered, reconnected; {r.closed:,} closed, "
+          f"{r.timed_out:,} timed out)")
+    print(f"  messages delivered  {r.lifecycles:,} server->client (stored, fetched, attempted, completed; "
+          f"{m} per session)")
+    print(f"  client messages     {r.sessions * k:,} inbox ids stored, updated and deleted ({k} per session)")
+    print(f"  throughput          {r.ops_per_s:,.0f} ops/s, {r.lifecycles_per_s:,.0f} messages delivered/s "
+          f"({r.ops:,} operations)")
+    print(f"  p99 latency         store_message_in_outbox {p99('store_message_in_outbox')}, "
+          f"get_messages_from_outbox {p99('get_messages_from_outbox')}, "
+          f"register_session_at_this_node {p99('register_session_at_this_node')}")
+    if r.errors:
+        print(f"  errors              {r.errors}")
+        for sample in r.error_samples[:3]:
+            print(f"                      {sample}")
+    where = f"{data_dir} (temporary, removed)" if temporary else f"{data_dir} (kept)"
+    print(f"  data dir            {where}")
+    return 1 if r.errors else 0
+
+
+# -------------------------------------------------------------------- csaf bench --
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options (shared by `csaf bench` and `python -m bench.lifecycle`)."""
+    p.add_argument("--backend", choices=("embedded", "kafka"), default="embedded",
+                   help="the store to measure (default embedded)")
+    p.add_argument("--nodes", type=positive_int, default=1, metavar="N",
+                   help="number of nodes (kafka only; default 1)")
+    p.add_argument("--sessions", type=positive_int, default=2000, metavar="S", help="sessions (default 2000)")
+    p.add_argument("--concurrency", type=positive_int, default=64, metavar="C",
+                   help="sessions in flight at once (default 64)")
+    p.add_argument("--payload", type=payload_size, default=1024, metavar="P",
+                   help="bytes per JSON payload (default 1024)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
+    p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (kafka backend)")
+    p.add_argument("--data-dir", type=Path, metavar="DIR",
+                   help="where to put the stores' data (default: a temporary directory, removed afterwards)")
+    p.add_argument("--no-floor", action="store_true", help="skip measuring the floor")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _import_bench():
+    """`bench.lifecycle` lives in the source repository, not in the installed package."""
+    try:
+        import bench.lifecycle as lifecycle
+        return lifecycle
+    except ModuleNotFoundError as e:
+        if e.name not in ("bench", "bench.lifecycle"):
+            raise
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (root / "bench" / "lifecycle.py").is_file():
+            sys.path.insert(0, str(root))
+            import bench.lifecycle as lifecycle
+            return lifecycle
+    raise CsafError("csaf bench needs the bench/ directory of the csaf-events source repository, which this "
+                    "installation does not have; run it from a checkout (cd csaf-events && csaf bench, or "
+                    "python -m bench.lifecycle)")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.backend == "kafka" and not args.bootstrap:
+        raise CsafError("--backend kafka needs --bootstrap HOST:PORT (a running Kafka cluster)")
+    if args.backend == "embedded" and args.nodes != 1:
+        raise CsafError("the embedded backend is a single node; use --backend kafka for --nodes "
+                        f"{args.nodes}")
+    return _import_bench().run_from_args(args)
+
+
+# ----------------------------------------------------------------- the registry --
+
+SUBCOMMANDS: tuple[Subcommand | SubcommandGroup, ...] = (
+    Subcommand("demo", "run the MatsSocket session lifecycle for a few seconds on an embedded store",
+               _demo_arguments, _demo),
+    Subcommand("bench", "the lifecycle benchmark (WORKLOAD.md): throughput, latency, memory, disk, floor",
+               add_bench_arguments, _bench),
+    SubcommandGroup(cli_log.register),  # replay, rebuild, audit, topics
+)
+
+
+def build_parser(subcommands: Sequence[Subcommand | SubcommandGroup] = SUBCOMMANDS) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="csaf-events: the Cluster Store-and-Forward of a MatsSocket cluster.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for c in subcommands:
+        if isinstance(c, SubcommandGroup):
+            c.register(sub)
+            continue
+        p = sub.add_parser(c.name, help=c.help, description=c.help)
+        c.add_arguments(p)
+        p.set_defaults(run=c.run)
+    return parser
+
+
+def run_main(fn: Callable[[], int], prog: str = PROG) -> int:
+    """Run `fn`, turning library errors into one line on stderr and exit code 1."""
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (CsafError, ValueError, TypeError, OSError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:  # tools report progress and takeovers through logging
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_main(lambda: args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
