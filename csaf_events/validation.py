@@ -17,6 +17,9 @@ class Limits:
     max_ids_per_call: int = 10_000
 
 
+_MAX_INT64 = (1 << 63) - 1
+
+
 def _type_error(name: str, expected: str, value: object) -> TypeError:
     return TypeError(f"{name} must be {expected}, got {type(value).__name__}")
 
@@ -45,7 +48,14 @@ def text(name: str, value: object, limits: Limits, *, optional: bool = False, li
     if not isinstance(value, str):
         raise _type_error(name, "a str" + (" or None" if optional else ""), value)
     cap = limits.max_message_bytes if limit is None else limit
-    if len(value) > cap or len(value.encode()) > cap:
+    if len(value) > cap:
+        raise ValueError(f"{name} is larger than the limit of {cap} bytes")
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} is not valid Unicode text (it cannot be encoded as UTF-8: {e.reason} "
+                         f"at position {e.start})") from None
+    if size > cap:
         raise ValueError(f"{name} is larger than the limit of {cap} bytes")
     return value
 
@@ -69,6 +79,8 @@ def timestamp(name: str, value: object, *, optional: bool = False) -> int | None
         raise _type_error(name, "an int (milliseconds since the epoch)", value)
     if value < 0:
         raise ValueError(f"{name} must not be negative, got {value}")
+    if value > _MAX_INT64:
+        raise ValueError(f"{name} must fit in 64 bits (at most {_MAX_INT64}), got {value}")
     return value
 
 
@@ -77,7 +89,7 @@ def count(name: str, value: object) -> int:
         raise _type_error(name, "an int", value)
     if value < 0:
         raise ValueError(f"{name} must not be negative, got {value}")
-    return value
+    return min(value, _MAX_INT64)  # "more than there can be" means all of them
 
 
 def flag(name: str, value: object) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from typing import Any
 
@@ -26,16 +27,18 @@ from projections.rocks import Projection, ProjectionBatch
 class Pending:
     """A command waiting for its group commit."""
 
-    __slots__ = ("command", "origin", "result", "error", "done", "callback")
+    __slots__ = ("command", "origin", "result", "error", "done", "callback", "waiter", "promoted")
 
     def __init__(self, command: Command, origin: Any = None,
-                 callback: Callable[[Pending], None] | None = None) -> None:
+                 callback: Callable[[Pending], None] | None = None, waiter: bool = False) -> None:
         self.command = command
         self.origin = origin  # where a routed command came from (the log adapter replies there)
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.callback = callback
+        self.waiter = waiter  # a thread waits for it (and so can be asked to lead)
+        self.promoted = False  # woken to lead the next group, not finished
 
     def outcome(self) -> Any:
         if self.error is not None:
@@ -76,10 +79,15 @@ class PartitionWriter:
 
     def execute(self, command: Command) -> Any:
         """Decide and commit `command`, returning its result (or raising its error)."""
-        pending = Pending(command)
+        pending = Pending(command, waiter=True)
         self.submit(pending)
-        pending.done.wait()
-        return pending.outcome()
+        while True:
+            pending.done.wait()
+            if not pending.promoted:
+                return pending.outcome()
+            pending.promoted = False
+            pending.done.clear()
+            self._lead_round()
 
     def submit(self, pending: Pending) -> None:
         """Queue a command; the calling thread leads the group commit if nobody does."""
@@ -92,7 +100,7 @@ class PartitionWriter:
             if self._leading:
                 return
             self._leading = True
-        self._lead()
+        self._lead_round()
 
     def close(self, reason: str) -> None:
         """Refuse new commands (the partition moved away); queued, undecided ones fail with
@@ -104,15 +112,24 @@ class PartitionWriter:
             p.error = NotOwnerError(reason)
             self._finish(p)
 
-    def _lead(self) -> None:
-        while True:
-            with self._lock:
-                if not self._queue:
-                    self._leading = False
-                    return
-                group = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-            self._commit(group)
+    def _lead_round(self) -> None:
+        """Commit one group, then pass the lead on: a leader that kept leading while work
+        kept coming would never return to its own caller. The next leader is a caller
+        waiting in the queue, or (routed commands have no waiting thread) a pool thread."""
+        with self._lock:
+            group = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+        self._commit(group)
+        with self._lock:
+            if not self._queue:
+                self._leading = False
+                return
+            successor = next((p for p in self._queue if p.waiter), None)
+        if successor is not None:
+            successor.promoted = True
+            successor.done.set()
+        else:
+            _HANDOFF.submit(self._lead_round)
 
     def _commit(self, group: list[Pending]) -> None:
         batch = self._projection.batch()
@@ -156,6 +173,9 @@ class PartitionWriter:
         p.done.set()
         if p.callback is not None:
             p.callback(p)
+
+
+_HANDOFF = ThreadPoolExecutor(max_workers=4, thread_name_prefix="csaf-writer")
 
 
 def now_ms() -> int:

@@ -466,6 +466,18 @@ def test_inbox_duplicate_ids_under_concurrency_exactly_one_succeeds(store):
     assert sorted(ok) == sorted(f"id-{k}" for k in range(40))
 
 
+def test_concurrent_first_register_with_different_users_exactly_one_wins(store):
+    for k in range(3):
+        sid = f"contested-{k}"
+        results, errors = run_threads(
+            8, lambda i: store.register_session_at_this_node(sid, f"user-{i}", f"c{i}", "lib", "app", "1"))
+        assert len(errors) == 7 and all(isinstance(e, WrongUserError) for e in errors), errors
+        [winner] = [i for i, r in enumerate(results) if r is not None]
+        [dto] = [s for s in store.get_sessions(False) if s.session_id == sid]
+        assert dto.user_id == f"user-{winner}"
+        assert store.get_current_registered_node_for_session(sid) == CurrentNode(store.node_name, f"c{winner}")
+
+
 # -------------------------------------------------------------------------- outbox ----
 
 def test_outbox_store_returns_current_node(store):
@@ -487,6 +499,16 @@ def test_outbox_store_for_missing_session_stores_nothing(store):
     put_out(store, "nope", "o1")  # no duplicate: nothing was stored before
     assert out_ids(store, "nope") == ["o1"]
     assert store.scavenge_session_remnants() == 0
+
+
+def test_outbox_duplicate_server_message_id_under_concurrency_exactly_one_succeeds(store):
+    register(store, "s1")
+    for k in range(3):
+        results, errors = run_threads(12, lambda i: put_out(store, "s1", f"dup-{k}", json=str(i)))
+        assert len(errors) == 11 and all(isinstance(e, MessageIdAlreadyExistsError) for e in errors), errors
+        [winner] = [i for i, r in enumerate(results) if r is not None]
+        assert store.get_messages_from_outbox("s1", 100)[-1].message_text == str(winner)
+    assert out_ids(store, "s1") == ["dup-0", "dup-1", "dup-2"]
 
 
 def test_outbox_duplicate_server_message_id_raises(store):
@@ -555,10 +577,11 @@ def test_outbox_get_skips_attempted_and_attempted_increments_count(store_factory
         assert raw["delivery_count"] == 2
     assert out_ids(store, "s1") == ["o4"]
     store.outbox_messages_attempted_delivery("s1", [])
+    store.outbox_messages_attempted_delivery("s1", ["o4", "o4"])  # one call, one attempt
     store.outbox_messages_unmark_attempted_delivery("s1")
     msgs = store.get_messages_from_outbox("s1", 10)
     assert [(m.server_message_id, m.delivery_count, m.attempt_timestamp) for m in msgs] == [
-        ("o1", 2, None), ("o2", 1, None), ("o3", 1, None), ("o4", 0, None)]
+        ("o1", 2, None), ("o2", 1, None), ("o3", 1, None), ("o4", 1, None)]
 
 
 def test_outbox_unmark_clears_attempt_but_keeps_count(store):
@@ -778,6 +801,8 @@ BAD_CALLS: list[tuple[str, tuple, dict, type[Exception], str]] = [
     ("delete_message_ids_from_inbox", ("s1", ["m1", 5]), {}, TypeError, "client_message_ids"),
     ("delete_message_ids_from_inbox", ("s1", ["m1", ""]), {}, ValueError, "client_message_ids"),
     ("delete_message_ids_from_inbox", (True, ["m1"]), {}, TypeError, "session_id"),
+    ("delete_message_ids_from_inbox", ("s1", ["m1"] + [f"x{i}" for i in range(10_000)]), {}, ValueError,
+     "client_message_ids"),
     ("store_message_in_outbox", (5, "o9", None, None, "SEND", None, "{}", None, None), {}, TypeError, "session_id"),
     ("store_message_in_outbox", ("s1", "", None, None, "SEND", None, "{}", None, None), {}, ValueError,
      "server_message_id"),
@@ -899,6 +924,46 @@ def test_bad_input_is_refused_naming_the_argument_and_changes_nothing(
     msgs = store.get_messages_from_outbox("s1", 100)
     assert [(m.server_message_id, m.delivery_count) for m in msgs] == [("o1", 1), ("o2", 0), ("o3", 0)]
     assert [s.liveliness_timestamp for s in store.get_sessions(False)] == [clock() - 1_000] * 2
+
+
+def _refused_and_unchanged(store_factory, clock, method, args, argument) -> None:
+    store = store_factory(clock=clock, limits=Limits(max_message_bytes=1000))
+    _populate(store)
+    before = _observable(store)
+    with pytest.raises((TypeError, ValueError)) as exc:
+        getattr(store, method)(*args)
+    assert argument in str(exc.value), f"the message {str(exc.value)!r} does not name {argument!r}"
+    assert _observable(store) == before
+    store.store_message_id_in_inbox("s1", "after")
+
+
+LONE_SURROGATE = "ok\ud800"  # a str Python allows but UTF-8 cannot encode
+
+
+@pytest.mark.parametrize(("method", "args", "argument"), [
+    ("store_message_in_outbox", ("s1", "o9", None, None, "SEND", None, LONE_SURROGATE, None, None), "envelope"),
+    ("store_message_in_outbox", ("s1", "o9", None, LONE_SURROGATE, "SEND", None, "{}", None, None), "trace_id"),
+    ("update_message_in_inbox", ("s1", "m1", LONE_SURROGATE, None), "message_json"),
+    ("register_session_at_this_node", ("s3", "u1", "c1", "lib", LONE_SURROGATE, "1"), "app_name"),
+    ("store_request_correlation", ("s1", "r9", 1, "T", LONE_SURROGATE, None), "correlation_string"),
+    ("get_sessions", (False, None, None, LONE_SURROGATE), "app_version_at_or_above"),
+], ids=lambda v: v if isinstance(v, str) and v.isidentifier() else None)
+def test_text_that_is_not_encodable_is_refused_naming_the_argument(store_factory, clock, method, args, argument):
+    """Free-text arguments with a lone surrogate must be refused like any bad argument.
+    (csaf_events/validation.py `text()` lets `value.encode()` raise a bare UnicodeEncodeError
+    whose message does not name the argument.)"""
+    _refused_and_unchanged(store_factory, clock, method, args, argument)
+
+
+@pytest.mark.parametrize(("method", "args", "argument"), [
+    ("store_message_in_outbox", ("s1", "o9", None, None, "SEND", 2**64, "{}", None, None), "request_timestamp"),
+    ("store_request_correlation", ("s1", "r9", 2**64, "T", None, None), "request_timestamp"),
+], ids=["outbox", "correlation"])
+def test_timestamp_beyond_64_bits_is_refused_naming_the_argument(store_factory, clock, method, args, argument):
+    """Timestamps are Java longs; one that does not fit in 64 bits must be refused by the
+    argument check. (csaf_events/validation.py `timestamp()` has no upper bound, so the
+    value reaches the event encoder, which fails with orjson's "Integer exceeds 64-bit range".)"""
+    _refused_and_unchanged(store_factory, clock, method, args, argument)
 
 
 def test_payload_at_the_limit_is_accepted(store_factory):

@@ -44,6 +44,7 @@ class RegistryTailer:
         self._pos = [0] * partitions
         self._eof = [False] * partitions
         self._cond = threading.Condition()
+        self._wanted: dict[int, int] = {}  # partition -> offset some caller waits for
         self._consumer = Consumer({**client_config, "group.id": f"{topic}.tail.{node_name}",
                                    "enable.auto.commit": False, "isolation.level": "read_committed",
                                    "enable.partition.eof": True, "fetch.wait.max.ms": 5})
@@ -62,23 +63,51 @@ class RegistryTailer:
         while not self._stop.is_set():
             msgs = next_batch(self._consumer, 0.05)
             if not msgs:
+                self._settle_idle()
                 continue
-            changes: dict[str, bytes | None] = {}
-            moved: dict[int, int] = {}
-            for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        moved[m.partition()] = max(moved.get(m.partition(), 0), m.offset())
-                        self._eof[m.partition()] = True
-                    continue
-                changes[orjson.loads(m.key())[1]] = m.value()
-                moved[m.partition()] = max(moved.get(m.partition(), 0), m.offset() + 1)
-            self._registry.apply(changes)
-            with self._cond:
-                for p, off in moved.items():
-                    self._pos[p] = max(self._pos[p], off)
-                self._cond.notify_all()
+            self._apply(msgs)
+
+    def _settle_idle(self) -> None:
+        """Move the position of waited-for partitions past records that are never delivered.
+
+        Control records and aborted transactions advance a partition's end without giving
+        the consumer a message, and then no new end-of-partition event comes either: a
+        waiter whose target lies beyond them would wait for the next real record. When the
+        tail is idle it asks for the last stable offset (this thread owns the consumer),
+        polls once more, and if that brings nothing, everything deliverable below it has
+        been applied."""
+        with self._cond:
+            waiting = [p for p, t in self._wanted.items() if self._pos[p] < t]
+        if not waiting:
+            return
+        stable = {p: self._consumer.get_watermark_offsets(TopicPartition(self._topic, p), 5, cached=False)[1]
+                  for p in waiting}
+        msgs = next_batch(self._consumer, 0.02)
+        if msgs:
+            self._apply(msgs)
+            return
+        with self._cond:
+            for p, off in stable.items():
+                self._pos[p] = max(self._pos[p], off)
+            self._cond.notify_all()
+
+    def _apply(self, msgs: list) -> None:
+        changes: dict[str, bytes | None] = {}
+        moved: dict[int, int] = {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    moved[m.partition()] = max(moved.get(m.partition(), 0), m.offset())
+                    self._eof[m.partition()] = True
+                continue
+            changes[orjson.loads(m.key())[1]] = m.value()
+            moved[m.partition()] = max(moved.get(m.partition(), 0), m.offset() + 1)
+        self._registry.apply(changes)
+        with self._cond:
+            for p, off in moved.items():
+                self._pos[p] = max(self._pos[p], off)
+            self._cond.notify_all()
 
     def wait_caught_up(self, timeout: float) -> None:
         """Initial load: every partition read to its end once."""
@@ -101,6 +130,8 @@ class RegistryTailer:
             raise DataAccessError(f"cannot read the end offsets of {self._topic}: {e}") from e
         deadline = time.monotonic() + timeout
         with self._cond:
+            for p, t in targets.items():
+                self._wanted[p] = max(self._wanted.get(p, 0), t)
             while any(self._pos[p] < t for p, t in targets.items()):
                 if not self._cond.wait(max(0.0, deadline - time.monotonic())):
                     raise DataAccessError("the session registry did not catch up in time")

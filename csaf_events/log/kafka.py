@@ -1,13 +1,18 @@
 """The Kafka log adapter: the events topic, partition ownership and transactional appends.
 
 Ownership comes from a consumer group on the commands topic (cooperative-sticky): the
-member assigned commands partition p owns events partition p. On assignment the node
-first opens partition p's transactional producer (`transactional.id = <ns>.owner.<p>`),
-whose `init_transactions()` fences any previous owner and settles its open transaction;
-only then it restores p's projection from its checkpoint plus the committed log tail.
-Every append is one transaction holding the events, the session rows (for the session
-registry topic), the replies to routed commands and the consumed command offsets
-(with the group metadata, so a node that was rebalanced out cannot commit them).
+member assigned commands partition p owns events partition p.
+
+Writes: one transactional producer per node (`transactional.id = <ns>.node.<node>`; a
+restarted node fences its previous incarnation). The appends pending on all the node's
+partitions are committed together in one transaction (group commit across partitions):
+the events, the session rows (for the session registry topic), the replies to routed
+commands, and the command offsets of every partition in the transaction, sent first with
+fresh consumer group metadata (KIP-447). So a node that was rebalanced out cannot commit
+(the group coordinator refuses the stale generation and the transaction aborts), and a new
+owner's committed-offset fetch (require_stable) waits until any transaction the previous
+owner still had open on that partition is committed or aborted, before it restores the
+projection from its checkpoint plus the committed log tail.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -46,6 +50,28 @@ class Origin(NamedTuple):
     offset: int
 
 
+class _Append:
+    """One partition's share of a node transaction."""
+
+    __slots__ = ("partition", "records", "batch", "routed", "offsets", "error", "done", "promoted")
+
+    def __init__(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
+                 routed: list[Pending]) -> None:
+        self.partition = partition
+        self.records = records
+        self.batch = batch
+        self.routed = routed
+        self.offsets: list[int] = []
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.promoted = False  # woken to lead the next transaction, not finished
+
+
+# Errors of the group coordinator: this member's view of the group is stale (fenced by KIP-447).
+_GROUP_MOVED = {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.FENCED_INSTANCE_ID,
+                KafkaError.REBALANCE_IN_PROGRESS}
+
+
 class KafkaLog:
     def __init__(self, node_name: str, bootstrap: str, topics: Topics, projection: Projection,
                  generation: str, kafka_config: dict[str, Any], request_timeout: float) -> None:
@@ -57,7 +83,13 @@ class KafkaLog:
         self._generation = generation
         self._config = kafka_config
         self._timeout = request_timeout
-        self._producers: dict[int, Producer] = {}
+        self._producer: Producer | None = None
+        self._fenced: str | None = None
+        self._owned: set[int] = set()
+        self._command_offsets: dict[int, int] = {}  # per owned partition: next command offset to commit
+        self._pending: list[_Append] = []
+        self._pending_lock = threading.Lock()
+        self._leading = False
         self.reader = KafkaReader(self._client_config(), topics.events.name, generation,
                                   f"{topics.namespace}.reader.{node_name}", request_timeout)
         self._verified: set[int] = set()  # partitions whose projection was checked by this process
@@ -75,17 +107,17 @@ class KafkaLog:
     def _client_config(self, **extra: Any) -> dict[str, Any]:
         return {"bootstrap.servers": self._bootstrap, "client.id": f"csaf-{self._node}", **self._config, **extra}
 
-    def _new_owner_producer(self, partition: int) -> Producer:
-        p = Producer(self._client_config(**{
-            "transactional.id": f"{self._topics.namespace}.owner.{partition}",
-            "transaction.timeout.ms": 15000, "linger.ms": 1, "acks": "all"}))
-        p.init_transactions(self._timeout)  # fences the previous owner of this partition
-        return p
-
     # ---------------------------------------------------------------- ownership --
     def set_ownership_listener(self, on_assigned: Callable[[list[int]], None],
                                on_revoked: Callable[[list[int]], None]) -> None:
         self._on_assigned, self._on_revoked = on_assigned, on_revoked
+        self._producer = Producer(self._client_config(**{
+            "transactional.id": f"{self._topics.namespace}.node.{self._node}",
+            "transaction.timeout.ms": 15000, "linger.ms": 1, "acks": "all",
+            # Back-to-back transactions meet CONCURRENT_TRANSACTIONS while the previous commit's
+            # markers are written; the default 100 ms backoff would cap a node at ~10 commits/s.
+            "retry.backoff.ms": 1, "retry.backoff.max.ms": 20}))
+        self._producer.init_transactions(self._timeout)  # fences an earlier incarnation of this node
         self._group = Consumer(self._client_config(**{
             "group.id": f"{self._topics.namespace}.owners",
             "partition.assignment.strategy": "cooperative-sticky",
@@ -101,26 +133,28 @@ class KafkaLog:
         ps = sorted(tp.partition for tp in tps)
         if ps:
             t0 = time.monotonic()
-            with ThreadPoolExecutor(max_workers=min(8, len(ps))) as pool:  # fencing is a broker round trip each
-                producers = dict(zip(ps, pool.map(self._new_owner_producer, ps)))
-            fenced = time.monotonic() - t0
+            # The committed offsets are fetched "stable": this waits until a transaction the
+            # previous owner still had open on these partitions is committed or aborted, so
+            # the restore below sees everything it will ever commit.
+            for tp in consumer.committed(tps, timeout=self._timeout):
+                self._command_offsets[tp.partition] = max(tp.offset, 0)
+            settled = time.monotonic() - t0
             for p in ps:
                 t1 = time.monotonic()
                 n = self.restore(p)
-                self._producers[p] = producers[p]
                 took = time.monotonic() - t1
                 self.restore_stats[p] = (n, took)
-                log.info("node %s took over partition %d: fenced the previous owner, applied %d events "
-                         "from the log in %.3fs", self._node, p, n, took)
-            log.info("node %s owns partitions %s now (fencing took %.3fs)", self._node, ps, fenced)
+                log.info("node %s took over partition %d: applied %d events from the log in %.3fs",
+                         self._node, p, n, took)
+            self._owned.update(ps)
+            log.info("node %s owns partitions %s now (previous owners settled in %.3fs)", self._node, ps, settled)
             self._on_assigned(ps)
         self.first_assignment.set()
 
     def _revoked(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         ps = sorted(tp.partition for tp in tps)
+        self._owned.difference_update(ps)
         self._on_revoked(ps)
-        for p in ps:
-            self._producers.pop(p, None)
         if ps:
             log.info("node %s gave up partitions %s", self._node, ps)
 
@@ -133,7 +167,7 @@ class KafkaLog:
                 # Only this thread may touch the group consumer: the client serializes calls
                 # on a handle and a polling thread starves every other caller. So the group
                 # metadata for transactional offset commits is read here, after every poll
-                # (and so after every rebalance callback), and the writers use that copy.
+                # (and so after every rebalance callback), and the appends use that copy.
                 self._group_metadata = self._group.consumer_group_metadata()
             except Exception:  # keep owning; librdkafka reconnects by itself
                 log.exception("polling the owners group failed")
@@ -163,32 +197,89 @@ class KafkaLog:
     # ------------------------------------------------------------------- writes --
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                group: Sequence[Pending] = ()) -> None:
-        producer = self._producers.get(partition)
-        if producer is None:
+        """Join the node's next transaction (the first caller to find none running leads it)."""
+        if self._fenced is not None:
+            raise DataAccessError(self._fenced)
+        if partition not in self._owned:
             raise NotOwnerError(f"node {self._node!r} no longer owns partition {partition}")
+        req = _Append(partition, records, batch, [p for p in group if p.origin is not None])
+        with self._pending_lock:
+            self._pending.append(req)
+            lead = not self._leading
+            self._leading = True
+        if lead:
+            self._lead_round()
+        while True:
+            req.done.wait()
+            if not req.promoted:
+                break
+            req.promoted = False
+            req.done.clear()
+            self._lead_round()
+        if req.error is not None:
+            raise req.error
+
+    def _lead_round(self) -> None:
+        """Commit everything pending in one transaction, then hand the lead to a waiting
+        request, so no caller keeps leading (and waiting) while work keeps coming."""
+        with self._pending_lock:
+            reqs, self._pending = self._pending, []
+        self._commit(reqs)
+        with self._pending_lock:
+            if not self._pending:
+                self._leading = False
+                return
+            successor = self._pending[0]
+        successor.promoted = True
+        successor.done.set()
+
+    def _commit(self, reqs: list[_Append]) -> None:
+        live = []
+        for req in reqs:
+            if req.partition in self._owned:
+                live.append(req)
+            else:
+                req.error = NotOwnerError(f"node {self._node!r} no longer owns partition {req.partition}")
+                req.done.set()
+        if live:
+            try:
+                self._transact(live)
+                self._apply(live)
+            except BaseException as e:  # every request of the transaction shares its fate
+                for req in live:
+                    req.error = e
+            for req in live:
+                req.done.set()
+
+    def _transact(self, reqs: list[_Append]) -> None:
+        producer = self._producer
+        assert producer is not None
         events_topic, sessions_topic = self._topics.events.name, self._topics.sessions.name
-        offsets: list[int] = []
-
-        def delivered(err: KafkaError | None, msg: Any) -> None:
-            if err is None and msg.topic() == events_topic:
-                offsets.append(msg.offset())
-
-        routed = [p for p in group if p.origin is not None]
+        commands_topic = self._topics.commands.name
+        offsets = dict(self._command_offsets)
+        for req in reqs:
+            if req.routed:
+                offsets[req.partition] = max(offsets.get(req.partition, 0), max(p.origin.offset for p in req.routed) + 1)
         try:
             producer.begin_transaction()
-            for r in records:
-                producer.produce(events_topic, r.value, r.key, partition=partition, headers=list(r.headers),
-                                 on_delivery=delivered)
-                if r.key.startswith(_SESSION_KEY_PREFIX):
-                    producer.produce(sessions_topic, r.value, r.key, partition=partition, headers=list(r.headers))
-            for p in routed:
-                producer.produce(p.origin.reply_topic, encode_outcome(p.result, p.error), partition=0,
-                                 headers=[("corr", p.origin.correlation_id)])
-            if routed:
-                next_command = max(p.origin.offset for p in routed) + 1
-                producer.send_offsets_to_transaction(
-                    [TopicPartition(self._topics.commands.name, partition, next_command)],
-                    self._group_metadata, self._timeout)
+            # Offsets first: a member the group has moved on from is refused before any event.
+            producer.send_offsets_to_transaction(
+                [TopicPartition(commands_topic, p, offsets.get(p, 0)) for p in sorted({r.partition for r in reqs})],
+                self._group_metadata, self._timeout)
+            for req in reqs:
+                def delivered(err: KafkaError | None, msg: Any, req: _Append = req) -> None:
+                    if err is None:
+                        req.offsets.append(msg.offset())
+
+                p = req.partition
+                for r in req.records:
+                    producer.produce(events_topic, r.value, r.key, partition=p, headers=list(r.headers),
+                                     on_delivery=delivered)
+                    if r.key.startswith(_SESSION_KEY_PREFIX):
+                        producer.produce(sessions_topic, r.value, r.key, partition=p, headers=list(r.headers))
+                for pend in req.routed:
+                    producer.produce(pend.origin.reply_topic, encode_outcome(pend.result, pend.error), partition=0,
+                                     headers=[("corr", pend.origin.correlation_id)])
             producer.flush(self._timeout)
             for attempt in range(3):
                 try:
@@ -198,34 +289,54 @@ class KafkaLog:
                     if not e.args[0].retriable() or attempt == 2:
                         raise
         except KafkaException as e:
-            self._fail(partition, producer, e)
-        if len(offsets) != len(records):
-            raise DataAccessError(f"partition {partition}: {len(records) - len(offsets)} events were not "
-                                  f"acknowledged, outcome unknown")
-        self._projection.write(batch, {partition: Checkpoint(max(offsets, default=-1) + 1, self._generation)}
-                               if offsets else None)
+            raise self._failure(e, reqs) from e
+        for req in reqs:
+            if req.routed:
+                self._command_offsets[req.partition] = offsets[req.partition]
 
-    def _fail(self, partition: int, producer: Producer, e: KafkaException) -> None:
+    def _failure(self, e: KafkaException, reqs: list[_Append]) -> BaseException:
+        """Settle a failed transaction and say what the callers must be told."""
+        producer = self._producer
         err = e.args[0]
+        partitions = sorted({r.partition for r in reqs})
         if err.txn_requires_abort():
             try:
                 producer.abort_transaction(self._timeout)
-                raise DataAccessError(f"partition {partition}: transaction aborted, nothing was written: {err}") from e
             except KafkaException:
                 pass
+            else:
+                if err.code() in _GROUP_MOVED:  # not written: the caller may retry on the new owner
+                    log.warning("node %s: the owners group moved on; transaction for partitions %s aborted",
+                                self._node, partitions)
+                    return NotOwnerError(f"node {self._node!r} is no longer the owner it was: {err}")
+                return DataAccessError(f"partitions {partitions}: transaction aborted, nothing was written: {err}")
         if err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
                                           KafkaError.INVALID_PRODUCER_EPOCH):
-            # Another node owns this partition now: this node must never write to it again.
-            self._producers.pop(partition, None)
-            log.warning("node %s was fenced from partition %d (a newer owner exists); the transaction "
-                        "was not committed", self._node, partition)
-            raise NotOwnerError(f"node {self._node!r} was fenced from partition {partition}: {err}") from e
-        # Outcome unknown: bring the projection back in line with the log before the next append.
+            self._fenced = (f"node {self._node!r} was fenced (another process runs as this node, or its "
+                            f"producer was taken over): {err}")
+            log.error("%s; this node writes nothing from now on", self._fenced)
+            return DataAccessError(self._fenced)
+        # Outcome unknown: settle the producer, then bring the projections in line with the log.
         try:
-            self.restore(partition)
-        except DataAccessError:
-            self._producers.pop(partition, None)
-        raise DataAccessError(f"partition {partition}: commit outcome unknown: {err}") from e
+            producer.abort_transaction(self._timeout)
+        except KafkaException:
+            pass
+        for p in partitions:
+            try:
+                self.restore(p)
+            except DataAccessError:
+                self._owned.discard(p)  # cannot be trusted to decide until restored on reassignment
+        return DataAccessError(f"partitions {partitions}: commit outcome unknown: {err}")
+
+    def _apply(self, reqs: list[_Append]) -> None:
+        """Write each partition's projection batch and checkpoint, now that the events are committed."""
+        for req in reqs:
+            if len(req.offsets) != len(req.records):
+                self.restore(req.partition)
+                raise DataAccessError(f"partition {req.partition}: {len(req.records) - len(req.offsets)} events "
+                                      f"were not acknowledged, outcome unknown")
+            cp = {req.partition: Checkpoint(max(req.offsets) + 1, self._generation)} if req.offsets else None
+            self._projection.write(req.batch, cp)
 
     # -------------------------------------------------------------------- reads --
     def read(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[LogEntry]:
@@ -238,11 +349,12 @@ class KafkaLog:
         return self._generation
 
     def owned(self) -> list[int]:
-        return sorted(self._producers)
+        return sorted(self._owned)
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(self._timeout)
         self.reader.close()
-        self._producers.clear()
+        if self._producer is not None:
+            self._producer.flush(5)
