@@ -42,8 +42,9 @@ def test_a_fenced_owner_cannot_commit(kafka_bootstrap: str, kafka_namespace: str
         p = partition_for(sid, 2)
         store.register_session_at_this_node(sid, "u", "c", "lib", "app", "1")
         store.store_message_id_in_inbox(sid, "before")
-        # Another owner of partition p appears: opening its transactional producer fences ours.
-        usurper = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": f"{kafka_namespace}.owner.{p}"})
+        # A second process starts as the same node (a restart while the old one still runs):
+        # opening the node's transactional producer fences the old one.
+        usurper = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": f"{kafka_namespace}.node.zombie"})
         usurper.init_transactions(30)
         with pytest.raises(DataAccessError):
             store.store_message_id_in_inbox(sid, "after")

@@ -107,17 +107,21 @@ class KafkaLog:
     def _client_config(self, **extra: Any) -> dict[str, Any]:
         return {"bootstrap.servers": self._bootstrap, "client.id": f"csaf-{self._node}", **self._config, **extra}
 
-    # ---------------------------------------------------------------- ownership --
-    def set_ownership_listener(self, on_assigned: Callable[[list[int]], None],
-                               on_revoked: Callable[[list[int]], None]) -> None:
-        self._on_assigned, self._on_revoked = on_assigned, on_revoked
-        self._producer = Producer(self._client_config(**{
+    def _new_producer(self) -> Producer:
+        producer = Producer(self._client_config(**{
             "transactional.id": f"{self._topics.namespace}.node.{self._node}",
             "transaction.timeout.ms": 15000, "linger.ms": 1, "acks": "all",
             # Back-to-back transactions meet CONCURRENT_TRANSACTIONS while the previous commit's
             # markers are written; the default 100 ms backoff would cap a node at ~10 commits/s.
             "retry.backoff.ms": 1, "retry.backoff.max.ms": 20}))
-        self._producer.init_transactions(self._timeout)  # fences an earlier incarnation of this node
+        producer.init_transactions(self._timeout)  # fences an earlier incarnation of this node
+        return producer
+
+    # ---------------------------------------------------------------- ownership --
+    def set_ownership_listener(self, on_assigned: Callable[[list[int]], None],
+                               on_revoked: Callable[[list[int]], None]) -> None:
+        self._on_assigned, self._on_revoked = on_assigned, on_revoked
+        self._producer = self._new_producer()
         self._group = Consumer(self._client_config(**{
             "group.id": f"{self._topics.namespace}.owners",
             "partition.assignment.strategy": "cooperative-sticky",
@@ -146,6 +150,7 @@ class KafkaLog:
                 self.restore_stats[p] = (n, took)
                 log.info("node %s took over partition %d: applied %d events from the log in %.3fs",
                          self._node, p, n, took)
+            self._group_metadata = consumer.consumer_group_metadata()  # the new generation, before any append
             self._owned.update(ps)
             log.info("node %s owns partitions %s now (previous owners settled in %.3fs)", self._node, ps, settled)
             self._on_assigned(ps)
@@ -200,8 +205,8 @@ class KafkaLog:
         """Join the node's next transaction (the first caller to find none running leads it)."""
         if self._fenced is not None:
             raise DataAccessError(self._fenced)
-        if partition not in self._owned:
-            raise NotOwnerError(f"node {self._node!r} no longer owns partition {partition}")
+        if partition not in self._owned or self._group_metadata is None:
+            raise NotOwnerError(f"node {self._node!r} does not own partition {partition} (now)")
         req = _Append(partition, records, batch, [p for p in group if p.origin is not None])
         with self._pending_lock:
             self._pending.append(req)
@@ -312,21 +317,35 @@ class KafkaLog:
                 return DataAccessError(f"partitions {partitions}: transaction aborted, nothing was written: {err}")
         if err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
                                           KafkaError.INVALID_PRODUCER_EPOCH):
-            self._fenced = (f"node {self._node!r} was fenced (another process runs as this node, or its "
-                            f"producer was taken over): {err}")
-            log.error("%s; this node writes nothing from now on", self._fenced)
-            return DataAccessError(self._fenced)
+            # The producer is dead: its transaction timed out while this node was stalled, or
+            # another process opened this node's transactional id. Nothing was committed. A
+            # fresh producer lets the node go on; the group generation (not the producer
+            # epoch) is what keeps a node that lost partitions from committing to them.
+            log.error("node %s: transactional producer fenced (%s); nothing was committed, "
+                      "opening a new producer", self._node, err)
+            try:
+                self._producer = self._new_producer()
+            except KafkaException as e2:
+                self._fenced = f"node {self._node!r} cannot open a new transactional producer: {e2}"
+                return DataAccessError(self._fenced)
+            self._resync(partitions)
+            return DataAccessError(f"partitions {partitions}: the transaction was fenced, nothing was written: {err}")
         # Outcome unknown: settle the producer, then bring the projections in line with the log.
         try:
             producer.abort_transaction(self._timeout)
         except KafkaException:
             pass
+        self._resync(partitions)
+        return DataAccessError(f"partitions {partitions}: commit outcome unknown: {err}")
+
+    def _resync(self, partitions: list[int]) -> None:
+        """After a transaction of unknown fate: decide nothing more before the projection
+        holds whatever the log now says."""
         for p in partitions:
             try:
                 self.restore(p)
             except DataAccessError:
                 self._owned.discard(p)  # cannot be trusted to decide until restored on reassignment
-        return DataAccessError(f"partitions {partitions}: commit outcome unknown: {err}")
 
     def _apply(self, reqs: list[_Append]) -> None:
         """Write each partition's projection batch and checkpoint, now that the events are committed."""
