@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from brokers import unique_namespace
 from csaf_events import ClusterStoreAndForward, open_store
+from kafka_fixtures import delete_namespace_topics, kafka_bootstrap, kafka_namespace  # noqa: F401 - fixtures
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,18 @@ class BackendSpec:
     marks: tuple = ()
 
 
+def _kafka_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """A real broker (see kafka_fixtures), a namespace of the test's own, and few partitions
+    (every partition is a takeover to do at boot)."""
+    namespace = unique_namespace()
+    bootstrap = request.getfixturevalue("kafka_bootstrap")
+    request.addfinalizer(lambda: delete_namespace_topics(bootstrap, namespace))
+    return {"bootstrap_servers": bootstrap, "namespace": namespace, "partitions": 3, "request_timeout": 20.0}
+
+
 BACKENDS: dict[str, BackendSpec] = {
     "embedded": BackendSpec(),
+    "kafka": BackendSpec(options=_kafka_options, cluster=True, marks=(pytest.mark.kafka,)),
 }
 
 

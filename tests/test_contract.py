@@ -893,14 +893,15 @@ def _populate(store: ClusterStoreAndForward) -> None:
 
 
 def _observable(store: ClusterStoreAndForward) -> tuple:
-    """Everything the API shows without changing anything, plus the log positions."""
+    """Everything the API shows without changing anything, plus how many events each log
+    partition holds (not its end offset: Kafka's transaction markers move that on their own)."""
     return (
         sorted(store.get_sessions(False), key=lambda s: s.session_id),
         [store.get_current_registered_node_for_session(s) for s in ("s1", "s2", "s9")],
         [store.is_session_exists(s) for s in ("s1", "s2", "s9")],
         [store.get_message_from_inbox("s1", m) for m in ("m1", "m2", "m9")],
         store.get_messages_from_outbox("s1", 100),
-        {p: store.node.log.end_offset(p) for p in store.node.owned()},
+        {p: sum(1 for _ in store.node.log.read(p)) for p in store.node.owned()},
     )
 
 
@@ -947,23 +948,34 @@ LONE_SURROGATE = "ok\ud800"  # a str Python allows but UTF-8 cannot encode
     ("register_session_at_this_node", ("s3", "u1", "c1", "lib", LONE_SURROGATE, "1"), "app_name"),
     ("store_request_correlation", ("s1", "r9", 1, "T", LONE_SURROGATE, None), "correlation_string"),
     ("get_sessions", (False, None, None, LONE_SURROGATE), "app_version_at_or_above"),
-], ids=lambda v: v if isinstance(v, str) and v.isidentifier() else None)
+], ids=["envelope", "trace_id", "message_json", "app_name", "correlation_string", "app_version_at_or_above"])
 def test_text_that_is_not_encodable_is_refused_naming_the_argument(store_factory, clock, method, args, argument):
-    """Free-text arguments with a lone surrogate must be refused like any bad argument.
-    (csaf_events/validation.py `text()` lets `value.encode()` raise a bare UnicodeEncodeError
-    whose message does not name the argument.)"""
+    """Free text with a lone surrogate (a str Python allows, UTF-8 cannot encode) is bad
+    input like any other: refused by the argument check, naming the argument."""
     _refused_and_unchanged(store_factory, clock, method, args, argument)
 
 
 @pytest.mark.parametrize(("method", "args", "argument"), [
     ("store_message_in_outbox", ("s1", "o9", None, None, "SEND", 2**64, "{}", None, None), "request_timestamp"),
+    ("store_message_in_outbox", ("s1", "o9", None, None, "SEND", 2**63, "{}", None, None), "request_timestamp"),
     ("store_request_correlation", ("s1", "r9", 2**64, "T", None, None), "request_timestamp"),
-], ids=["outbox", "correlation"])
+    ("store_request_correlation", ("s1", "r9", 2**63, "T", None, None), "request_timestamp"),
+    ("timeout_sessions", (2**63,), "not_live_since_timestamp"),
+], ids=["outbox-2^64", "outbox-2^63", "correlation-2^64", "correlation-2^63", "timeout-2^63"])
 def test_timestamp_beyond_64_bits_is_refused_naming_the_argument(store_factory, clock, method, args, argument):
-    """Timestamps are Java longs; one that does not fit in 64 bits must be refused by the
-    argument check. (csaf_events/validation.py `timestamp()` has no upper bound, so the
-    value reaches the event encoder, which fails with orjson's "Integer exceeds 64-bit range".)"""
+    """Timestamps are Java longs: one that does not fit is refused by the argument check
+    (not by the event encoder, with a message that names nothing)."""
     _refused_and_unchanged(store_factory, clock, method, args, argument)
+
+
+def test_largest_64_bit_timestamp_is_accepted(store):
+    register(store, "s1")
+    put_out(store, "s1", "o1", request_ts=2**63 - 1)
+    assert store.get_messages_from_outbox("s1", 2**63 - 1)[0].request_timestamp == 2**63 - 1
+    store.store_request_correlation("s1", "r1", 2**63 - 1, "T", None, None)
+    assert store.get_and_delete_request_correlation("s1", "r1").request_timestamp == 2**63 - 1
+    assert store.get_messages_from_outbox("s1", 2**70)[0].server_message_id == "o1"  # "all of them"
+    assert store.timeout_sessions(2**63 - 1) == ["s1"]
 
 
 def test_payload_at_the_limit_is_accepted(store_factory):
