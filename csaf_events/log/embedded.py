@@ -160,15 +160,19 @@ class EmbeddedLog:
         end = self._next[partition]  # records appended meanwhile are left for the next run
         last = {e.key: e.offset for e in self.read(partition, 0, end)}
         wb, dropped = WriteBatch(raw_mode=True), 0
+        log_time = 0  # the largest timestamp so far: a clock that stepped back cannot make a record look older
+        kept: set[bytes] = set()  # keys with a record kept by this pass
         for e in self.read(partition, 0, end):
-            ts = int(header(e.headers, "ts") or 0)
+            log_time = max(log_time, int(header(e.headers, "ts") or 0))
             if last[e.key] != e.offset:
-                drop = ts < superseded_before
-            else:
-                drop = e.value is None and ts < tombstones_before
+                drop = log_time < superseded_before
+            else:  # a tombstone goes only with everything before it, or the entity would come back
+                drop = e.value is None and log_time < tombstones_before and e.key not in kept
             if drop:
                 wb.delete(_log_key(partition, e.offset), self._cf)
                 dropped += 1
+            else:
+                kept.add(e.key)
         if dropped:
             wb.put(_end_key(partition), end.to_bytes(8, "big"), self._cf)  # offsets are never reused
             self._projection.db.write(wb)
