@@ -62,6 +62,11 @@ class KafkaRouter:
                 self._waiting.pop(corr, None)
         return decode_outcome(raw)
 
+    def reply(self, reply_topic: str, correlation_id: bytes, outcome: bytes) -> None:
+        """Answer a routed read directly (writes are answered inside the owner's transaction)."""
+        self._producer.produce(reply_topic, outcome, partition=0, headers=[("corr", correlation_id)])
+        self._producer.poll(0)
+
     def _read_replies(self) -> None:
         while not self._stop.is_set():
             msg = self._replies.poll(0.05)

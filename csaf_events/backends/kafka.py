@@ -19,7 +19,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from csaf_events.codec import decode_command
+from csaf_events.codec import decode_command, encode_outcome
 from csaf_events.errors import DataAccessError
 from csaf_events.log import kafka_topics
 from csaf_events.log.kafka import KafkaLog, Origin, next_batch
@@ -195,6 +195,15 @@ class KafkaBackend(Backend):
         except Exception:
             log.exception("dropping an undecodable command at %s[%d]@%d", self.topics.commands.name,
                           partition, origin.offset)
+            return
+        if command.READ_ONLY:
+            # A read needs no transaction: answer from the projection (which waits out an
+            # append in flight) and reply at once. Executed twice after a crash, it is harmless.
+            try:
+                result, error = writer.read(command), None
+            except Exception as e:  # noqa: BLE001 - the caller gets it
+                result, error = None, e
+            self.router.reply(origin.reply_topic, origin.correlation_id, encode_outcome(result, error))
             return
         writer.submit(Pending(command, origin))
 
