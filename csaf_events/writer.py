@@ -3,22 +3,21 @@
 A MatsSocket node calls the store from many threads. Calls on one partition must be
 decided one after another against the latest state (that is what makes uniqueness
 checks exact), but calls on different partitions must not wait on each other, and a
-burst of calls should share one append. Each call joins its partition's queue; the
-first caller that finds no leader becomes the leader, decides everything queued
-(each command sees the events of the ones before it), appends the events in one
-`EventLog.append`, and hands every waiting caller its result. No thread hand-off is
-needed when a partition is quiet: the caller does its own work.
+burst of calls should share one append. Each call joins its partition's group commit
+(`csaf_events.group_commit`): the leader decides everything queued (each command sees the
+events of the ones before it), appends the events in one `EventLog.append`, and hands
+every caller its result.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from typing import Any
 
 from csaf_events.commands import Command, Decision, decide
+from csaf_events.group_commit import GroupCommit
 from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.log.port import EventLog
 from projections.rocks import Projection, ProjectionBatch
@@ -56,8 +55,7 @@ class PartitionWriter:
         self._clock = clock
         self._max_batch = max_batch
         self._lock = threading.Lock()
-        self._queue: list[Pending] = []
-        self._leading = False
+        self._group_commit: GroupCommit[Pending] = GroupCommit(self._commit, max_batch)
         self._appending = False
         self._appends = 0  # appends finished so far
         self._appended = threading.Condition(self._lock)
@@ -81,55 +79,24 @@ class PartitionWriter:
         """Decide and commit `command`, returning its result (or raising its error)."""
         pending = Pending(command, waiter=True)
         self.submit(pending)
-        while True:
-            pending.done.wait()
-            if not pending.promoted:
-                return pending.outcome()
-            pending.promoted = False
-            pending.done.clear()
-            self._lead_round()
+        self._group_commit.wait(pending)
+        return pending.outcome()
 
     def submit(self, pending: Pending) -> None:
         """Queue a command; the calling thread leads the group commit if nobody does."""
-        with self._lock:
-            if self.closed_reason is not None:
-                pending.error = NotOwnerError(self.closed_reason)
-                self._finish(pending)
-                return
-            self._queue.append(pending)
-            if self._leading:
-                return
-            self._leading = True
-        self._lead_round()
+        if self.closed_reason is not None:
+            pending.error = NotOwnerError(self.closed_reason)
+            self._finish(pending)
+            return
+        self._group_commit.add(pending)
 
     def close(self, reason: str) -> None:
         """Refuse new commands (the partition moved away); queued, undecided ones fail with
         `NotOwnerError`, which tells the caller they were not executed and may be re-routed."""
-        with self._lock:
-            self.closed_reason = reason
-            queued, self._queue = self._queue, []
-        for p in queued:
+        self.closed_reason = reason
+        for p in self._group_commit.drain():
             p.error = NotOwnerError(reason)
             self._finish(p)
-
-    def _lead_round(self) -> None:
-        """Commit one group, then pass the lead on: a leader that kept leading while work
-        kept coming would never return to its own caller. The next leader is a caller
-        waiting in the queue, or (routed commands have no waiting thread) a pool thread."""
-        with self._lock:
-            group = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-        self._commit(group)
-        with self._lock:
-            if not self._queue:
-                self._leading = False
-                return
-            successor = next((p for p in self._queue if p.waiter), None)
-        if successor is not None:
-            successor.promoted = True
-            successor.done.set()
-        else:
-            _HANDOFF.submit(self._lead_round)
 
     def _commit(self, group: list[Pending]) -> None:
         batch = self._projection.batch()
@@ -173,9 +140,6 @@ class PartitionWriter:
         p.done.set()
         if p.callback is not None:
             p.callback(p)
-
-
-_HANDOFF = ThreadPoolExecutor(max_workers=4, thread_name_prefix="csaf-writer")
 
 
 def now_ms() -> int:

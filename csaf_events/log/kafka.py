@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from csaf_events.codec import encode_outcome
 from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.events import SESSION, Record
+from csaf_events.group_commit import GroupCommit
 from csaf_events.log.kafka_reader import KafkaReader, next_batch, read_partition  # noqa: F401 - re-exported
 from csaf_events.log.port import LogEntry
 from csaf_events.topics import Topics
@@ -53,7 +54,7 @@ class Origin(NamedTuple):
 class _Append:
     """One partition's share of a node transaction."""
 
-    __slots__ = ("partition", "records", "batch", "routed", "offsets", "error", "done", "promoted")
+    __slots__ = ("partition", "records", "batch", "routed", "offsets", "error", "done", "promoted", "waiter")
 
     def __init__(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                  routed: list[Pending]) -> None:
@@ -65,6 +66,7 @@ class _Append:
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.promoted = False  # woken to lead the next transaction, not finished
+        self.waiter = True  # the partition writer waits for it
 
 
 # Errors of the group coordinator: this member's view of the group is stale (fenced by KIP-447).
@@ -87,9 +89,7 @@ class KafkaLog:
         self._fenced: str | None = None
         self._owned: set[int] = set()
         self._command_offsets: dict[int, int] = {}  # per owned partition: next command offset to commit
-        self._pending: list[_Append] = []
-        self._pending_lock = threading.Lock()
-        self._leading = False
+        self._transactions: GroupCommit[_Append] = GroupCommit(self._commit)
         self.reader = KafkaReader(self._client_config(), topics.events.name, generation,
                                   f"{topics.namespace}.reader.{node_name}", request_timeout)
         self._verified: set[int] = set()  # partitions whose projection was checked by this process
@@ -202,41 +202,17 @@ class KafkaLog:
     # ------------------------------------------------------------------- writes --
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                group: Sequence[Pending] = ()) -> None:
-        """Join the node's next transaction (the first caller to find none running leads it)."""
+        """Join the node's next transaction: the appends of all partitions pending meanwhile
+        are committed together (see `GroupCommit`)."""
         if self._fenced is not None:
             raise DataAccessError(self._fenced)
         if partition not in self._owned or self._group_metadata is None:
             raise NotOwnerError(f"node {self._node!r} does not own partition {partition} (now)")
         req = _Append(partition, records, batch, [p for p in group if p.origin is not None])
-        with self._pending_lock:
-            self._pending.append(req)
-            lead = not self._leading
-            self._leading = True
-        if lead:
-            self._lead_round()
-        while True:
-            req.done.wait()
-            if not req.promoted:
-                break
-            req.promoted = False
-            req.done.clear()
-            self._lead_round()
+        self._transactions.add(req)
+        self._transactions.wait(req)
         if req.error is not None:
             raise req.error
-
-    def _lead_round(self) -> None:
-        """Commit everything pending in one transaction, then hand the lead to a waiting
-        request, so no caller keeps leading (and waiting) while work keeps coming."""
-        with self._pending_lock:
-            reqs, self._pending = self._pending, []
-        self._commit(reqs)
-        with self._pending_lock:
-            if not self._pending:
-                self._leading = False
-                return
-            successor = self._pending[0]
-        successor.promoted = True
-        successor.done.set()
 
     def _commit(self, reqs: list[_Append]) -> None:
         live = []
