@@ -1,5 +1,8 @@
 """The floor: the bare cost of the workload's storage work, without csaf-events.
 
+Two floors: the embedded one (`run_floor`, RocksDB) described here, and the Kafka one
+(`run_kafka_floor`, a bare transactional producer), described at its code below.
+
 For every command the workload has the store decide, the floor does the minimum an
 event-sourced store on RocksDB must do for it, straight on rocksdict (raw mode) with
 orjson: the reads that decide the command (a get, or a prefix scan for an outbox fetch),
@@ -178,7 +181,193 @@ def run_floor(path: Path, config: WorkloadConfig, sessions: int | None = None) -
         elapsed = time.perf_counter() - started
     finally:
         f.close()
-    return {"sessions": len(done), "ops": f.ops, "lifecycles": f.lifecycles, "elapsed_s": round(elapsed, 3),
+    return {"kind": "embedded", "sessions": len(done), "ops": f.ops, "lifecycles": f.lifecycles, "elapsed_s": round(elapsed, 3),
             "ops_per_s": round(f.ops / elapsed, 1), "lifecycles_per_s": round(f.lifecycles / elapsed, 1),
             "method": "same commands, orjson + one rocksdict WriteBatch (raw mode) per command "
                       "(log record + entity state per event), one thread, no library code"}
+
+
+# ------------------------------------------------------------------ Kafka floor -------
+#
+# The bare cost of the same log writes on Kafka, without csaf-events: the very records
+# our run committed to the events topic (read back from it: same count, keys, values,
+# headers, partitions), plus the copy of every session record to the sessions topic
+# that a node writes in the same transaction, produced by one plain transactional
+# producer with the node's producer settings to fresh topics of the same layout.
+#
+# naive:   one transaction per decided command (begin, produce its records, commit), one
+#          command after another on one thread. This is the floor `ratio` divides by.
+# batched: the same records in transactions of BATCH_RECORDS, back to back: what the
+#          producer and broker can take at most, in records/s.
+#
+# Not in the floor: the transactional offset commit (KIP-447 fencing), replies to routed
+# commands, the projection writes, the reads that decide commands, the session registry.
+
+#: The node's transactional producer settings (`csaf_events/log/kafka.py`, `KafkaLog._new_producer`).
+NODE_PRODUCER_SETTINGS = {"transaction.timeout.ms": 15000, "linger.ms": 1, "acks": "all",
+                          "retry.backoff.ms": 1, "retry.backoff.max.ms": 20}
+
+#: Records per transaction of the batched loop.
+BATCH_RECORDS = 5000
+
+# Event types a command emits exactly one of; every other type may come in a run.
+_SINGLE = frozenset({"SessionRegistered", "SessionDeregistered", "InboxStored", "InboxUpdated",
+                     "OutboxStored", "CorrelationStored", "CorrelationTaken"})
+_CHILD = frozenset({"InboxDeleted", "OutboxDiscarded", "CorrelationDiscarded"})  # also emitted by close/timeout
+
+
+def _header(headers, name: str) -> bytes | None:
+    for k, v in headers or ():
+        if k == name:
+            return v
+    return None
+
+
+def split_commands(entries: list) -> list[list]:
+    """Cut one partition's records (in offset order) into the commands that emitted them.
+
+    A command's records are contiguous in its partition and share the `ts` and `node`
+    headers (one decision time per group commit). Within that: each single-event type
+    starts a command; Attempted/Complete/Unmark/DeadLetter emit a run of one type for one
+    session; DeleteInbox and a close emit a run of one session's children (a close ends
+    it with `SessionClosed`); a liveliness notification or a time-out covers many
+    sessions of the partition. Two such commands of one kind, adjacent and decided in the
+    same millisecond, would count as one."""
+    commands: list[list] = []
+    cur: list = []
+    kind = ""  # what the current command is: "drop" (children run), "timeout", or an event type
+    last_type, last_sid, last_stamp = "", None, None
+    for e in entries:
+        t = (_header(e.headers, "type") or b"").decode()
+        sid = orjson.loads(e.key)[1]
+        stamp = (_header(e.headers, "ts"), _header(e.headers, "node"))
+        children_of_same = sid == last_sid and last_type in _CHILD
+        if not cur or stamp != last_stamp or t in _SINGLE:
+            joins = False
+        elif t == "LivelinessNotified":
+            joins = kind == t
+        elif t == "SessionClosed":
+            joins = kind == "drop" and children_of_same
+        elif t == "SessionTimedOut":
+            joins = (kind in ("drop", "timeout") and children_of_same) or \
+                    (kind == "timeout" and last_type == "SessionTimedOut")
+        elif t in _CHILD:
+            joins = (kind in ("drop", "timeout") and children_of_same) or \
+                    (kind == "timeout" and last_type == "SessionTimedOut")
+        else:  # DeliveryAttempted, Completed, DeliveryUnmarked, DeadLettered
+            joins = kind == t and sid == last_sid
+        if joins:
+            cur.append(e)
+            if t == "SessionTimedOut":
+                kind = "timeout"
+        else:
+            if cur:
+                commands.append(cur)
+            cur = [e]
+            kind = "timeout" if t == "SessionTimedOut" else "drop" if t in _CHILD else t
+        last_type, last_sid, last_stamp = t, sid, stamp
+    if cur:
+        commands.append(cur)
+    return commands
+
+
+def read_log(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0) -> tuple[list[list], int]:
+    """Every committed record of `topic`, per partition in offset order, and the number
+    of transaction markers between them (offset gaps: one per transaction and partition)."""
+    from csaf_events.log.kafka_reader import KafkaReader
+
+    reader = KafkaReader({"bootstrap.servers": bootstrap}, topic, "floor", f"{topic}.floor-reader", timeout)
+    out, markers = [], 0
+    try:
+        for p in range(partitions):
+            entries = list(reader.read(p))
+            markers += sum(b.offset - a.offset - 1 for a, b in zip(entries, entries[1:]))
+            if entries:
+                markers += 1  # the last transaction's marker
+            out.append(entries)
+    finally:
+        reader.close()
+    return out, markers
+
+
+def _produce(producer, events_topic: str, sessions_topic: str, e, session_prefix: bytes) -> int:
+    producer.produce(events_topic, e.value, e.key, partition=e.partition, headers=list(e.headers))
+    if e.key.startswith(session_prefix):
+        producer.produce(sessions_topic, e.value, e.key, partition=e.partition, headers=list(e.headers))
+        return 2
+    return 1
+
+
+def run_kafka_floor(bootstrap: str, namespace: str, partitions: int, *, ops: int, lifecycles: int,
+                    timeout: float = 30.0) -> dict:
+    """Produce the records of the run in `namespace` again, bare, in a fresh namespace
+    ``<namespace>-floor`` on the same cluster (its topics are deleted afterwards)."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+
+    from csaf_events.events import SESSION
+    from csaf_events.log import kafka_topics
+    from csaf_events.topics import load_topics
+
+    session_prefix = b'["' + SESSION.encode() + b'",'
+    ours = load_topics(None, namespace).with_partitions(partitions)
+    by_partition, markers = read_log(bootstrap, ours.events.name, partitions, timeout)
+    records = [e for entries in by_partition for e in entries]
+    commands = [c for entries in by_partition for c in split_commands(entries)]
+    # replay in the order the run decided them (decision time), partitions interleaved
+    commands.sort(key=lambda c: (int(_header(c[0].headers, "ts") or b"0"), c[0].partition, c[0].offset))
+    log_bytes = sum(len(e.key) + len(e.value or b"") + sum(len(k) + len(v or b"") for k, v in e.headers)
+                    for e in records)
+
+    floor_ns = f"{namespace}-floor"
+    topics = load_topics(None, floor_ns).with_partitions(partitions)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    kafka_topics.ensure(admin, [topics.events, topics.sessions], timeout)
+    try:
+        producer = Producer({"bootstrap.servers": bootstrap, "client.id": "csaf-floor",
+                             "transactional.id": f"{floor_ns}.floor", **NODE_PRODUCER_SETTINGS})
+        producer.init_transactions(timeout)
+        ev_t, se_t = topics.events.name, topics.sessions.name
+
+        started = time.perf_counter()
+        produced = 0
+        for c in commands:
+            producer.begin_transaction()
+            for e in c:
+                produced += _produce(producer, ev_t, se_t, e, session_prefix)
+            producer.commit_transaction(timeout)
+        naive_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        for i in range(0, len(records), BATCH_RECORDS):
+            producer.begin_transaction()
+            for e in records[i:i + BATCH_RECORDS]:
+                _produce(producer, ev_t, se_t, e, session_prefix)
+                producer.poll(0)
+            producer.commit_transaction(timeout)
+        batched_s = time.perf_counter() - started
+        producer.flush(timeout)
+    finally:
+        from bench.kafka_admin import delete_namespace
+        delete_namespace(bootstrap, floor_ns, timeout)
+
+    def rate(n: float, s: float) -> float:
+        return round(n / s, 1) if s > 0 else 0.0
+
+    return {
+        "kind": "kafka",
+        "events": len(records), "records_produced": produced, "log_bytes": log_bytes,
+        "transactions": len(commands), "our_partition_commits": markers,
+        "elapsed_s": round(naive_s, 3),
+        "ops": ops, "lifecycles": lifecycles,
+        "ops_per_s": rate(ops, naive_s), "lifecycles_per_s": rate(lifecycles, naive_s),
+        "transactions_per_s": rate(len(commands), naive_s), "events_per_s": rate(len(records), naive_s),
+        "batched": {"records_per_transaction": BATCH_RECORDS, "elapsed_s": round(batched_s, 3),
+                    "events_per_s": rate(len(records), batched_s),
+                    "records_per_s": rate(produced, batched_s)},
+        "producer": dict(NODE_PRODUCER_SETTINGS),
+        "method": "the run's committed events read back from its events topic (+ their copies to the "
+                  "sessions topic) produced again by one bare transactional producer with the node's "
+                  "settings: one transaction per decided command, one after another (ops_per_s, ratio); "
+                  f"'batched': the same records in transactions of {BATCH_RECORDS} (events_per_s)",
+    }

@@ -10,7 +10,12 @@ Run from the repository root::
     python -m bench.lifecycle                       # embedded, S=2000 P=1024 C=64
     python -m bench.lifecycle --sessions 500 --json out.json
     python -m bench.lifecycle --backend kafka --bootstrap localhost:9092 --nodes 3
+    python -m bench.lifecycle --backend kafka --bootstrap localhost:9092 --takeover-events 100000
     csaf bench ...                                  # the same, through the CLI
+
+On Kafka the run also measures the Kafka floor (`bench.floor.run_kafka_floor`: the
+run's records produced again by a bare transactional producer) and the takeover of a
+partition (`bench.takeover`), then deletes the namespaces' topics from the broker.
 
 Backends are functions in `BACKENDS`: ``(options) -> report dict``; each creates its
 stores and hands them to `measure()`, which runs the workload on them. A benchmark
@@ -55,6 +60,9 @@ class BenchOptions:
     data_dir: Path | None = None   # default: a temporary directory, removed afterwards
     floor: bool = True
     progress: bool = True
+    takeover_events: int = 1_000_000  # kafka: events in the partition taken over; 0 skips it
+    keep_topics: bool = False         # kafka: keep the run's topics on the broker (default: deleted)
+    partitions: int | None = None     # kafka: partitions of the events topic (default: topics.yaml's)
 
     def workload(self) -> WorkloadConfig:
         return WorkloadConfig(sessions=self.sessions, payload_bytes=self.payload, concurrency=self.concurrency)
@@ -122,6 +130,18 @@ def source_revision() -> str | None:
     return rev + ("-dirty" if dirty else "") if rev else None
 
 
+def changed_files() -> list[str]:
+    """Files of the checkout that differ from its commit (what "-dirty" covers)."""
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
+                             timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line[3:] for line in out.splitlines() if line.strip()]
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -164,11 +184,15 @@ def _progress_bar(total: int, enabled: bool, desc: str):
 
 def measure(stores: Sequence, options: BenchOptions) -> tuple[WorkloadResult, dict[str, Any]]:
     """Run the workload on booted `stores`; returns the result and the report's common part."""
+    from bench.kafka_admin import CpuMeter, local_broker_pids
+
     bar = _progress_bar(options.sessions, options.progress, f"{options.backend} x{len(stores)}")
     rss_before = current_rss_bytes()
+    cpu = CpuMeter(local_broker_pids(options.bootstrap) if options.backend == "kafka" and options.bootstrap else [])
     try:
         result = run_workload(stores, options.workload(), progress=bar.update if bar is not None else None)
     finally:
+        cpu_use = cpu.stop()
         if bar is not None:
             bar.close()
     report: dict[str, Any] = {
@@ -188,6 +212,7 @@ def measure(stores: Sequence, options: BenchOptions) -> tuple[WorkloadResult, di
                      "closed": result.closed, "timed_out": result.timed_out,
                      "phases_s": {k: round(v, 3) for k, v in result.phases_s.items()}},
         "errors": result.errors,
+        "cpu": cpu_use,
     }
     if result.error_samples:
         report["error_samples"] = result.error_samples
@@ -234,9 +259,23 @@ def run_embedded(options: BenchOptions) -> dict[str, Any]:
     return report
 
 
-#: Hook for the Kafka backend: measures the takeover of a partition (events/s) on a
-#: cluster, or returns None when not measured. Set by the Kafka backend's bench code.
-measure_takeover: Callable[[BenchOptions, str], float | None] | None = None
+def _takeover(options: BenchOptions) -> dict[str, Any] | None:
+    """The takeover of a partition of `options.takeover_events` events (`bench.takeover`)."""
+    if options.takeover_events <= 0:
+        return None
+    from bench.takeover import measure_takeover as run
+    return run(options.bootstrap, options.takeover_events, partitions=_partitions(options),
+               payload=options.payload, keep_topics=options.keep_topics)
+
+
+def _partitions(options: BenchOptions) -> int:
+    from csaf_events.topics import load_topics
+    return options.partitions or load_topics(None, "bench").events.partitions
+
+
+#: Hook for the Kafka backend: measures the takeover of a partition on the cluster and
+#: returns its report (``events_per_s`` first), or None when not measured.
+measure_takeover: Callable[[BenchOptions], dict[str, Any] | None] | None = _takeover
 
 
 def wait_for_stable_ownership(stores: Sequence, timeout: float = 60.0, quiet: float = 2.0) -> float | None:
@@ -262,34 +301,57 @@ def wait_for_stable_ownership(stores: Sequence, timeout: float = 60.0, quiet: fl
 def run_kafka(options: BenchOptions) -> dict[str, Any]:
     if not options.bootstrap:
         raise CsafError("--backend kafka needs --bootstrap HOST:PORT (a running Kafka cluster)")
+    from bench.kafka_admin import delete_namespace
+
     work, temporary = _work_dir(options)
     namespace = f"bench-{uuid.uuid4().hex[:10]}"
+    partitions = _partitions(options)
     stores = [open_store(f"node-{i}", work / namespace / f"node-{i}", bootstrap_servers=options.bootstrap,
-                         namespace=namespace) for i in range(options.nodes)]
+                         namespace=namespace, partitions=partitions) for i in range(options.nodes)]
     try:
-        with ThreadPoolExecutor(len(stores)) as pool:  # boot together: one rebalance, not N
-            list(pool.map(lambda s: s.boot(), stores))
-        settle_s = wait_for_stable_ownership(stores)
-        result, report = measure(stores, options)
-        report["ownership_settle_s"] = settle_s
-    finally:
-        for s in stores:
-            try:
-                s.close()
-            except Exception as e:  # report the figures anyway
-                print(f"warning: closing {s.node_name} failed: {e}", file=sys.stderr)
-    try:
+        try:
+            with ThreadPoolExecutor(len(stores)) as pool:  # boot together: one rebalance, not N
+                list(pool.map(lambda s: s.boot(), stores))
+            settle_s = wait_for_stable_ownership(stores)
+            result, report = measure(stores, options)
+            report["ownership_settle_s"] = settle_s
+        finally:
+            for s in stores:
+                try:
+                    s.close()
+                except Exception as e:  # report the figures anyway
+                    print(f"warning: closing {s.node_name} failed: {e}", file=sys.stderr)
         disk = dir_bytes(work / namespace)
         report["nodes"] = options.nodes
         report["namespace"] = namespace
+        report["partitions"] = partitions
         report["disk_bytes"] = disk
         report["disk_bytes_per_message"] = round(disk / result.outbox_messages_stored, 1) \
             if result.outbox_messages_stored else None
         report["disk_note"] = "the nodes' local projections only; the brokers' log segments are not counted"
-        report["floor"] = None  # the Kafka floor (bare produce of the same records) is not defined yet
-        report["takeover_events_per_s"] = (measure_takeover(options, namespace)
-                                           if measure_takeover is not None else None)
+        report["floor"] = None
+        if options.floor:
+            from bench.floor import run_kafka_floor
+            floor = run_kafka_floor(options.bootstrap, namespace, partitions, ops=result.ops,
+                                    lifecycles=result.lifecycles)
+            our_events_per_s = floor["events"] / result.elapsed_s if result.elapsed_s else 0.0
+            floor["ratio"] = round(report["ops_per_s"] / floor["ops_per_s"], 4) if floor["ops_per_s"] else None
+            floor["lifecycles_ratio"] = (round(report["lifecycles_per_s"] / floor["lifecycles_per_s"], 4)
+                                         if floor["lifecycles_per_s"] else None)
+            b = floor["batched"]
+            b["our_events_per_s"] = round(our_events_per_s, 1)
+            b["ratio"] = round(our_events_per_s / b["events_per_s"], 4) if b["events_per_s"] else None
+            report["floor"] = floor
+            report["log_bytes_per_message"] = round(floor["log_bytes"] / result.outbox_messages_stored, 1) \
+                if result.outbox_messages_stored else None
+        takeover = measure_takeover(options) if measure_takeover is not None else None
+        if takeover:
+            takeover["peak_rss_bytes_after"] = peak_rss_bytes()
+        report["takeover"] = takeover
+        report["takeover_events_per_s"] = takeover["events_per_s"] if takeover else None
     finally:
+        if not options.keep_topics:
+            delete_namespace(options.bootstrap, namespace)
         if temporary:
             shutil.rmtree(work, ignore_errors=True)
     return report
@@ -313,6 +375,7 @@ def run_benchmark(options: BenchOptions) -> dict[str, Any]:
     report["machine"] = machine()
     report["versions"] = versions()
     report["revision"] = source_revision()
+    report["changed_files"] = changed_files()
     return report
 
 
@@ -345,13 +408,27 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     floor = report.get("floor")
     if floor:
-        lines += [f"  {'floor ops/s':<26}{floor['ops_per_s']:>12,.0f}",
+        what = " (1 txn/command)" if floor.get("kind") == "kafka" else ""
+        lines += [f"  {'floor ops/s' + what:<26}{floor['ops_per_s']:>12,.0f}",
                   f"  {'ratio (ours / floor)':<26}{floor['ratio']:>12.3f}"]
+        if floor.get("kind") == "kafka":
+            b = floor["batched"]
+            lines += [f"  {'events/s (ours)':<26}{b['our_events_per_s']:>12,.0f}",
+                      f"  {'floor events/s, batched':<26}{b['events_per_s']:>12,.0f}",
+                      f"  {'ratio to batched floor':<26}{b['ratio']:>12.3f}"]
     lines += [f"  {'peak RSS':<26}{_mib(report['peak_rss_bytes']):>12}",
               f"  {'disk bytes / message':<26}{report['disk_bytes_per_message'] or 0:>12,.0f}"]
     if "takeover_events_per_s" in report:
         t = report["takeover_events_per_s"]
-        lines.append(f"  {'takeover events/s':<26}{'not measured' if t is None else f'{t:,.0f}':>12}")
+        lines.append(f"  {'takeover events/s':<26}{'not measured' if t is None else f'{t:,.0f}':>12}"
+                     + (f"  ({report['takeover']['events']:,} events in {report['takeover']['restore_s']:.1f} s)"
+                        if t is not None else ""))
+    cpu = report.get("cpu") or {}
+    if cpu.get("process_cores") is not None:
+        lines.append(f"  {'CPU during the run':<26}{cpu['process_cores']:>9.2f} cores this process"
+                     + (f", {cpu['broker_cores']:.2f} the broker" if cpu.get("broker_cores") is not None else "")
+                     + (f", {cpu['machine_busy_cores']:.2f} the machine (of {report['machine'].get('cores')})"
+                        if cpu.get("machine_busy_cores") is not None else ""))
     if report.get("errors"):
         lines.append(f"  ERRORS (figures are not comparable): {report['errors']}")
         lines += [f"    {sample}" for sample in report.get("error_samples", [])[:3]]
@@ -366,7 +443,20 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     return BenchOptions(backend=args.backend, nodes=args.nodes, sessions=args.sessions,
                         concurrency=args.concurrency, payload=args.payload, bootstrap=args.bootstrap,
                         data_dir=args.data_dir, floor=not args.no_floor,
-                        progress=not getattr(args, "no_progress", False))
+                        progress=not getattr(args, "no_progress", False),
+                        takeover_events=getattr(args, "takeover_events", BenchOptions.takeover_events),
+                        keep_topics=getattr(args, "keep_topics", False),
+                        partitions=getattr(args, "partitions", None))
+
+
+def add_kafka_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the Kafka benchmark beyond `csaf bench`'s common ones."""
+    p.add_argument("--takeover-events", type=int, default=BenchOptions.takeover_events, metavar="N",
+                   help="kafka: events in the partition a fresh node takes over (default 1,000,000; 0 skips)")
+    p.add_argument("--partitions", type=int, metavar="P",
+                   help="kafka: partitions of the namespace's topics (default: topics.yaml's)")
+    p.add_argument("--keep-topics", action="store_true",
+                   help="kafka: keep the run's topics on the broker (default: deleted after the run)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -387,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bench.lifecycle", description=__doc__.split("\n\n")[0])
     add_bench_arguments(parser)
+    add_kafka_arguments(parser)
     return run_main(lambda: run_from_args(parser.parse_args(argv)), parser.prog)
 
 
