@@ -449,16 +449,6 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
                         partitions=getattr(args, "partitions", None))
 
 
-def add_kafka_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of the Kafka benchmark beyond `csaf bench`'s common ones."""
-    p.add_argument("--takeover-events", type=int, default=BenchOptions.takeover_events, metavar="N",
-                   help="kafka: events in the partition a fresh node takes over (default 1,000,000; 0 skips)")
-    p.add_argument("--partitions", type=int, metavar="P",
-                   help="kafka: partitions of the namespace's topics (default: topics.yaml's)")
-    p.add_argument("--keep-topics", action="store_true",
-                   help="kafka: keep the run's topics on the broker (default: deleted after the run)")
-
-
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the benchmark for parsed `csaf bench` arguments; prints the table, writes --json.
 
@@ -477,7 +467,6 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bench.lifecycle", description=__doc__.split("\n\n")[0])
     add_bench_arguments(parser)
-    add_kafka_arguments(parser)
     return run_main(lambda: run_from_args(parser.parse_args(argv)), parser.prog)
 
 

@@ -153,6 +153,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to put the stores' data (default: a temporary directory, removed afterwards)")
     p.add_argument("--no-floor", action="store_true", help="skip measuring the floor")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--takeover-events", type=int, default=1_000_000, metavar="N",
+                   help="kafka: events in the partition a fresh node takes over (default 1,000,000; 0 skips)")
+    p.add_argument("--partitions", type=int, metavar="P",
+                   help="kafka: partitions of the namespace's topics (default: topics.yaml's)")
+    p.add_argument("--keep-topics", action="store_true",
+                   help="kafka: keep the run's topics on the broker (default: deleted after the run)")
 
 
 def _import_bench():

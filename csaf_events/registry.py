@@ -4,7 +4,7 @@
 sessions per user, so it must be answered locally and fast on any node. Session rows are
 small; each node keeps all of them in dicts fed by the session records of the log
 (embedded: its own projection; Kafka: the compacted sessions topic, tailed by all nodes).
-Writers take a lock; readers copy a dict's values (atomic under the GIL) and never wait.
+Readers copy a dict's values (atomic under the GIL) and never wait.
 """
 
 from __future__ import annotations
@@ -25,20 +25,20 @@ class SessionRegistry:
         self._by_user: dict[str, dict[str, SessionDto]] = {}
 
     def apply(self, changes: dict[str, bytes | None]) -> None:
-        """Apply session states (encoded session events; None = gone)."""
-        with self._lock:
-            for sid, value in changes.items():
-                old = self._sessions.pop(sid, None)
-                if old is not None:
-                    users = self._by_user[old.user_id]
-                    users.pop(sid, None)
-                    if not users:
-                        del self._by_user[old.user_id]
-                if value is not None:
-                    s = orjson.loads(value)
-                    dto = SessionDto(**{k: s[k] for k in _DTO_FIELDS})
-                    self._sessions[sid] = dto
-                    self._by_user.setdefault(dto.user_id, {})[sid] = dto
+        """Apply session states (encoded session events; None = gone).
+
+        No lock: one session is only ever changed by one thread (its partition's writer, or
+        the tailer), each dict operation is atomic, and per-user dicts are never removed,
+        so concurrent changes to other sessions of the same user cannot be lost."""
+        for sid, value in changes.items():
+            old = self._sessions.pop(sid, None)
+            if old is not None:
+                self._by_user[old.user_id].pop(sid, None)
+            if value is not None:
+                s = orjson.loads(value)
+                dto = SessionDto(**{k: s[k] for k in _DTO_FIELDS})
+                self._by_user.setdefault(dto.user_id, {})[sid] = dto
+                self._sessions[sid] = dto
 
     def clear(self) -> None:
         with self._lock:

@@ -159,17 +159,12 @@ class Projection:
             del opts
 
     def last(self, prefix: bytes) -> tuple[bytes, bytes] | None:
-        """The entry with the greatest key under `prefix` (one seek)."""
-        opts = _bounded(prefix)
-        it = self.db.iter(opts)
-        try:
-            it.seek_to_last()
-            if it.valid() and it.key().startswith(prefix):
-                return it.key(), it.value()
-            return None
-        finally:
-            del it
-            del opts
+        """The entry with the greatest key under `prefix`. A forward scan: a reverse seek
+        walks back over every tombstone left by deleted entries, which is far slower."""
+        row = None
+        for row in self.scan(prefix):
+            pass
+        return row
 
     # writes
     def batch(self, track: bool = True) -> ProjectionBatch:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,8 @@ class KafkaBackend(Backend):
         self._timeout = request_timeout
         self._config = {"bootstrap.servers": bootstrap, **kafka_config}
         self.registry = SessionRegistry()
-        self._closers: list[Callable[[], None]] = []
+        self._routed = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"csaf-routed-{node_name}")
+        self._closers: list[Callable[[], None]] = [lambda: self._routed.shutdown(wait=True)]
 
     def boot(self) -> None:
         try:
@@ -205,7 +207,9 @@ class KafkaBackend(Backend):
                 result, error = None, e
             self.router.reply(origin.reply_topic, origin.correlation_id, encode_outcome(result, error))
             return
-        writer.submit(Pending(command, origin))
+        # Not on this (polling) thread: the submitting thread may lead the group commit and
+        # its transaction. One thread keeps the commands of the node in the order consumed.
+        self._routed.submit(writer.submit, Pending(command, origin))
 
     def await_registry(self, *session_ids: str) -> None:
         if session_ids:

@@ -243,10 +243,6 @@ class KafkaLog:
                 offsets[req.partition] = max(offsets.get(req.partition, 0), max(p.origin.offset for p in req.routed) + 1)
         try:
             producer.begin_transaction()
-            # Offsets first: a member the group has moved on from is refused before any event.
-            producer.send_offsets_to_transaction(
-                [TopicPartition(commands_topic, p, offsets.get(p, 0)) for p in sorted({r.partition for r in reqs})],
-                self._group_metadata, self._timeout)
             for req in reqs:
                 def delivered(err: KafkaError | None, msg: Any, req: _Append = req) -> None:
                     if err is None:
@@ -261,6 +257,11 @@ class KafkaLog:
                 for pend in req.routed:
                     producer.produce(pend.origin.reply_topic, encode_outcome(pend.result, pend.error), partition=0,
                                      headers=[("corr", pend.origin.correlation_id)])
+            # The offsets go while the records are on their way; a member the group has moved
+            # on from is refused here, and the transaction aborts.
+            producer.send_offsets_to_transaction(
+                [TopicPartition(commands_topic, p, offsets.get(p, 0)) for p in sorted({r.partition for r in reqs})],
+                self._group_metadata, self._timeout)
             producer.flush(self._timeout)
             for attempt in range(3):
                 try:
