@@ -73,11 +73,16 @@ def _read_partition(bootstrap: str, topic: str, ns: str, isolation: str, timeout
         consumer.close()
 
 
-def test_committed_transaction_is_visible_to_read_committed(local_kafka: str) -> None:
-    ns = unique_namespace("kl-commit")
+def _fresh_topic(bootstrap: str, prefix: str) -> tuple[str, str, Producer]:
+    """A namespace, a new topic in it, and a transactional producer of that namespace."""
+    ns = unique_namespace(prefix)
     topic = f"{ns}-events"
-    _create_topic(local_kafka, topic)
-    producer = _producer(local_kafka, ns)
+    _create_topic(bootstrap, topic)
+    return ns, topic, _producer(bootstrap, ns)
+
+
+def test_committed_transaction_is_visible_to_read_committed(local_kafka: str) -> None:
+    ns, topic, producer = _fresh_topic(local_kafka, "kl-commit")
 
     producer.begin_transaction()
     for i in range(3):
@@ -88,10 +93,7 @@ def test_committed_transaction_is_visible_to_read_committed(local_kafka: str) ->
 
 
 def test_aborted_transaction_is_invisible_to_read_committed(local_kafka: str) -> None:
-    ns = unique_namespace("kl-abort")
-    topic = f"{ns}-events"
-    _create_topic(local_kafka, topic)
-    producer = _producer(local_kafka, ns)
+    ns, topic, producer = _fresh_topic(local_kafka, "kl-abort")
 
     producer.begin_transaction()
     producer.produce(topic, value=b"committed-1")
