@@ -14,10 +14,8 @@ alone. See docs/log.md.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from csaf_events.errors import CsafError

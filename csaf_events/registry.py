@@ -45,9 +45,6 @@ class SessionRegistry:
             self._sessions = {}
             self._by_user = {}
 
-    def get(self, session_id: str) -> SessionDto | None:
-        return self._sessions.get(session_id)
-
     def select(self, only_active: bool, user_id: str | None = None, app_name: str | None = None,
                app_version_at_or_above: str | None = None) -> list[SessionDto]:
         if user_id is not None:

@@ -103,9 +103,7 @@ class ClusterStoreAndForward:
             v.text("client_lib_and_versions", client_lib_and_versions, self.limits, limit=self.limits.max_id_length * 4),
             v.text("app_name", app_name, self.limits, limit=self.limits.max_id_length),
             v.text("app_version", app_version, self.limits, limit=self.limits.max_id_length))
-        created = self._run(sid, c)
-        self._backend.await_registry(sid)
-        return created
+        return self._run(sid, c)
 
     def get_current_registered_node_for_session(self, session_id: str) -> CurrentNode | None:
         sid = self._sid(session_id)
@@ -143,13 +141,11 @@ class ClusterStoreAndForward:
         """Clear the session's home only if it is this node with this connection id."""
         sid = self._sid(session_id)
         self._run(sid, cmd.Deregister(sid, self.node_name, v.ident("connection_id", connection_id, self.limits)))
-        self._backend.await_registry(sid)
 
     def close_session(self, session_id: str) -> None:
         """Delete the session and everything stored for it."""
         sid = self._sid(session_id)
         self._run(sid, cmd.Close(sid))
-        self._backend.await_registry(sid)
 
     def notify_session_liveliness(self, session_ids: Iterable[str]) -> None:
         self._check_open()
@@ -168,7 +164,6 @@ class ClusterStoreAndForward:
                       for s in self._backend.registry.select(False) if s.liveliness_timestamp < ts}
         results = self._backend.node.execute_all([(p, cmd.TimeoutSessions("", p, ts)) for p in sorted(partitions)])
         out = [sid for r in results for sid in r]
-        self._backend.await_registry(*out)
         return out
 
     def scavenge_session_remnants(self) -> int:
@@ -277,9 +272,6 @@ class Backend:
 
     def boot(self) -> None:
         raise NotImplementedError
-
-    def await_registry(self, *session_ids: str) -> None:
-        """Return once this node's registry reflects the latest writes to these sessions."""
 
     def sync_registry(self) -> None:
         """Return once this node's registry holds every session write that returned anywhere

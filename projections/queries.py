@@ -18,7 +18,6 @@ _CORR_BIN = frozenset({"correlation_binary"})
 class View(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
     def scan(self, prefix: bytes): ...
-    def last(self, prefix: bytes) -> tuple[bytes, bytes] | None: ...
 
 
 def session(view: View, p: int, sid: str) -> dict | None:
@@ -59,8 +58,12 @@ def outbox_messages(view: View, p: int, sid: str) -> list[dict]:
 
 
 def next_outbox_seq(view: View, p: int, sid: str) -> int:
-    last = view.last(keys.session_prefix(p, OUTBOX, sid))
-    return 0 if last is None else int.from_bytes(last[0][-8:], "big") + 1
+    """One more than the session's greatest seq. A forward scan of the session's outbox: a
+    reverse seek would walk back over every tombstone left by completed messages."""
+    last = None
+    for last, _ in view.scan(keys.session_prefix(p, OUTBOX, sid)):
+        pass
+    return 0 if last is None else int.from_bytes(last[-8:], "big") + 1
 
 
 def correlation(view: View, p: int, sid: str, smid: str) -> dict | None:

@@ -109,12 +109,6 @@ class ProjectionBatch:
             return sorted(rows.items())
         return list(rows.items())
 
-    def last(self, prefix: bytes) -> tuple[bytes, bytes] | None:
-        if self._overlay and any(k.startswith(prefix) for k in self._overlay):
-            rows = self.scan(prefix)
-            return rows[-1] if rows else None
-        return self._projection.last(prefix)
-
 
 class Projection:
     """A node's RocksDB read model; thread-safe for concurrent reads and writes."""
@@ -157,14 +151,6 @@ class Projection:
         finally:
             del it  # a live iterator keeps the database (and its lock) open
             del opts
-
-    def last(self, prefix: bytes) -> tuple[bytes, bytes] | None:
-        """The entry with the greatest key under `prefix`. A forward scan: a reverse seek
-        walks back over every tombstone left by deleted entries, which is far slower."""
-        row = None
-        for row in self.scan(prefix):
-            pass
-        return row
 
     # writes
     def batch(self, track: bool = True) -> ProjectionBatch:

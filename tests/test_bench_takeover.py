@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from kafka_fixtures import kafka_bootstrap  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # bench/ lives in the checkout, not in the installed package

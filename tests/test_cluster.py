@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from csaf_events.store import partition_for
-from kafka_fixtures import kafka_bootstrap, kafka_namespace  # noqa: F401 - fixtures
 from node_process import NodeError, NodeProcess
 
 PARTITIONS = 6

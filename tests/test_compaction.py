@@ -17,7 +17,6 @@ import yaml
 from csaf_events import open_store
 from csaf_events.store import partition_for
 from csaf_events.topics import default_topics_file
-from kafka_fixtures import kafka_bootstrap  # noqa: F401 - fixture
 from log_fixtures import PARTITIONS, LogNode, populate
 from projections.rebuild import catch_up, snapshot
 from projections.rocks import Projection

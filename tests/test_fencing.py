@@ -12,9 +12,8 @@ from confluent_kafka import Consumer, Producer
 
 from csaf_events import DataAccessError, open_store
 from csaf_events.events import header
-from csaf_events.log.kafka import read_partition
+from csaf_events.log.kafka_reader import read_partition
 from csaf_events.store import partition_for
-from kafka_fixtures import kafka_bootstrap, kafka_namespace  # noqa: F401 - fixtures
 from node_process import NodeProcess
 from test_cluster import PARTITIONS, _acks, _verify_acknowledged, spread, wait_for
 

@@ -7,7 +7,6 @@ import pytest
 
 from csaf_events import open_store
 from csaf_events.history import HistoryEntry
-from kafka_fixtures import kafka_bootstrap  # noqa: F401 - fixture used by log_node
 from log_fixtures import LogNode, log_node, sessions_in_partition  # noqa: F401 - fixture
 
 START = 1_700_000_000_000

@@ -15,7 +15,6 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from csaf_events import CsafError
-from kafka_fixtures import kafka_bootstrap  # noqa: F401 - fixture used by log_node
 from log_fixtures import PARTITIONS, LogNode, log_node, populate  # noqa: F401 - fixture
 from projections import keys
 from projections.rocks import Checkpoint

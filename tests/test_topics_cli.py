@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
-from kafka_fixtures import kafka_bootstrap, kafka_namespace  # noqa: F401 - fixtures
 from log_fixtures import LogNode
 
 pytestmark = pytest.mark.kafka

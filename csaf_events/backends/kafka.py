@@ -17,18 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from csaf_events.codec import decode_command, encode_outcome
 from csaf_events.errors import DataAccessError
 from csaf_events.log import kafka_topics
-from csaf_events.log.kafka import KafkaLog, Origin, next_batch
+from csaf_events.log.kafka import KafkaLog, Origin
+from csaf_events.log.kafka_reader import end_offsets, next_batch
 from csaf_events.node import Node
 from csaf_events.projection_files import open_or_set_aside, projection_dir
 from csaf_events.registry import SessionRegistry
 from csaf_events.routing import KafkaRouter
-from csaf_events.store import Backend, partition_for
+from csaf_events.store import Backend
 from csaf_events.topics import Topics
 from csaf_events.writer import Pending
 
@@ -118,17 +119,11 @@ class RegistryTailer:
                 if not self._cond.wait(max(0.0, deadline - time.monotonic())):
                     raise DataAccessError(f"loading the session registry from {self._topic} timed out")
 
-    def wait_for(self, partitions: set[int] | None, timeout: float) -> None:
-        """Return once the registry holds every session write that returned before this call
-        (to these partitions, or all)."""
-        wanted = range(self._partitions) if partitions is None else partitions
-        try:
-            futures = self._admin.list_offsets(
-                {TopicPartition(self._topic, p): OffsetSpec.latest() for p in wanted},
-                isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=timeout)
-            targets = {tp.partition: f.result(timeout).offset for tp, f in futures.items()}
-        except KafkaException as e:
-            raise DataAccessError(f"cannot read the end offsets of {self._topic}: {e}") from e
+    def sync(self, timeout: float) -> None:
+        """Return once the registry holds every session write that returned anywhere before
+        this call."""
+        targets = end_offsets(self._admin, self._topic, range(self._partitions), IsolationLevel.READ_UNCOMMITTED,
+                              timeout)
         deadline = time.monotonic() + timeout
         with self._cond:
             for p, t in targets.items():
@@ -211,13 +206,8 @@ class KafkaBackend(Backend):
         # its transaction. One thread keeps the commands of the node in the order consumed.
         self._routed.submit(writer.submit, Pending(command, origin))
 
-    def await_registry(self, *session_ids: str) -> None:
-        if session_ids:
-            self.tailer.wait_for({partition_for(s, self.topics.events.partitions) for s in session_ids},
-                                 self._timeout)
-
     def sync_registry(self) -> None:
-        self.tailer.wait_for(None, self._timeout)
+        self.tailer.sync(self._timeout)
 
     def close(self) -> None:
         closers, self._closers = self._closers, []

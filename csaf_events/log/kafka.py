@@ -29,7 +29,7 @@ from csaf_events.codec import encode_outcome
 from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.events import SESSION, Record
 from csaf_events.group_commit import GroupCommit
-from csaf_events.log.kafka_reader import KafkaReader, next_batch, read_partition  # noqa: F401 - re-exported
+from csaf_events.log.kafka_reader import KafkaReader
 from csaf_events.log.port import LogEntry
 from csaf_events.topics import Topics
 from projections.rebuild import catch_up

@@ -56,6 +56,18 @@ def read_partition(consumer: Consumer, topic: str, partition: int, start: int, e
         consumer.unassign()
 
 
+def end_offsets(admin: AdminClient, topic: str, partitions, level: IsolationLevel,
+                timeout: float) -> dict[int, int]:
+    """The end offsets of several partitions in one request (high watermark for
+    READ_UNCOMMITTED, last stable offset for READ_COMMITTED)."""
+    try:
+        futures = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
+                                     isolation_level=level, request_timeout=timeout)
+        return {tp.partition: f.result(timeout).offset for tp, f in futures.items()}
+    except KafkaException as e:
+        raise DataAccessError(f"cannot read the end offsets of {topic}: {e}") from e
+
+
 class KafkaReader:
     """Reads one topic's partitions (read_committed, assign only: no group membership).
 
@@ -86,13 +98,7 @@ class KafkaReader:
     def _offset(self, partition: int, level: IsolationLevel) -> int:
         if self._admin is None:
             self._admin = AdminClient(self._config)
-        tp = TopicPartition(self.topic, partition)
-        try:
-            fut = self._admin.list_offsets({tp: OffsetSpec.latest()}, isolation_level=level,
-                                           request_timeout=self._timeout)[tp]
-            return fut.result(self._timeout).offset
-        except KafkaException as e:
-            raise DataAccessError(f"cannot read the end offset of {self.topic}[{partition}]: {e}") from e
+        return end_offsets(self._admin, self.topic, [partition], level, self._timeout)[partition]
 
     def end_offset(self, partition: int) -> int:
         high = self._offset(partition, IsolationLevel.READ_UNCOMMITTED)
