@@ -10,26 +10,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from projections.fold import fold_record
+from projections.fold import Changes, fold_record
 from projections.integrity import first_problem
 from projections.rebuild import LogReader, diff, snapshot
 from projections.rocks import Projection
-
-
-class MemoryState:
-    """A fold target kept in a dict (the fold's put/delete), for folding without RocksDB."""
-
-    def __init__(self, state: dict[bytes, bytes] | None = None) -> None:
-        self.state: dict[bytes, bytes] = dict(state or {})
-
-    def put(self, key: bytes, value: bytes) -> None:
-        self.state[key] = value
-
-    def delete(self, key: bytes) -> None:
-        self.state.pop(key, None)
-
-    def session_changed(self, session_id: str, value: bytes | None) -> None:
-        pass
 
 
 class Audit(NamedTuple):
@@ -67,7 +51,7 @@ def audit_partition(projection: Projection, log_reader: LogReader, partition: in
         problems.append(f"the checkpoint ({cp.next_offset}) is ahead of the log end ({end})")
     else:
         tail_from = cp.next_offset
-    expected, caught_up = MemoryState(), MemoryState(actual)
+    expected, caught_up = Changes(), Changes(actual)
     n = behind = 0
     for e in log_reader.read(partition, 0, end):
         n += 1
@@ -78,4 +62,5 @@ def audit_partition(projection: Projection, log_reader: LogReader, partition: in
                 behind += 1
         except Exception as ex:
             problems.append(f"the log record at offset {e.offset} cannot be folded: {ex}")
-    return Audit(partition, n, len(expected.state), behind, problems + diff(expected.state, caught_up.state))
+    folded = expected.live()
+    return Audit(partition, n, len(folded), behind, problems + diff(folded, caught_up.live()))

@@ -13,6 +13,9 @@ OUTBOX_INDEX = "m"  # server_message_id -> seq
 CHECKPOINT = "~"  # sorts after every entity kind
 
 
+_KIND_BYTES = {kind: kind.encode() for kind in (SESSION, INBOX, OUTBOX, OUTBOX_INDEX, CORRELATION, CHECKPOINT)}
+
+
 def _p(partition: int) -> bytes:
     return partition.to_bytes(2, "big")
 
@@ -31,7 +34,8 @@ def kind_prefix(partition: int, kind: str) -> bytes:
 
 
 def session_prefix(partition: int, kind: str, session_id: str) -> bytes:
-    return _p(partition) + kind.encode() + _sid(session_id)
+    b = session_id.encode()
+    return partition.to_bytes(2, "big") + _KIND_BYTES[kind] + len(b).to_bytes(2, "big") + b
 
 
 def session_key(partition: int, session_id: str) -> bytes:
@@ -48,6 +52,14 @@ def outbox_key(partition: int, session_id: str, seq: int) -> bytes:
 
 def outbox_index_key(partition: int, session_id: str, server_message_id: str) -> bytes:
     return session_prefix(partition, OUTBOX_INDEX, session_id) + server_message_id.encode()
+
+
+def outbox_keys(partition: int, session_id: str, seq: int, server_message_id: str) -> tuple[bytes, bytes]:
+    """`outbox_key` and `outbox_index_key` of one message, the session part encoded once."""
+    b = session_id.encode()
+    p, sid = partition.to_bytes(2, "big"), len(b).to_bytes(2, "big") + b
+    return (p + _KIND_BYTES[OUTBOX] + sid + seq.to_bytes(8, "big"),
+            p + _KIND_BYTES[OUTBOX_INDEX] + sid + server_message_id.encode())
 
 
 def correlation_key(partition: int, session_id: str, server_message_id: str) -> bytes:

@@ -12,14 +12,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple, Protocol
 
+from csaf_events.log.port import Chunk
 from projections import keys
-from projections.fold import fold_record
+from projections.fold import Changes, fold_records
 from projections.integrity import first_problem
 from projections.rocks import Checkpoint, Projection
 
 log = logging.getLogger(__name__)
 
-RESTORE_BATCH = 5_000  # records per RocksDB write while restoring (never one write per record)
+RESTORE_BATCH = 50_000  # records folded in memory per RocksDB write while restoring
 NO_PROJECTION = "there is no projection of it here yet"
 
 
@@ -27,6 +28,7 @@ class LogReader(Protocol):
     """What catching up needs from a log (both log adapters, and the offline readers)."""
 
     def read(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[Any]: ...
+    def read_chunks(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[Chunk]: ...
     def end_offset(self, partition: int) -> int: ...
     def generation(self, partition: int) -> str: ...
 
@@ -40,27 +42,39 @@ class CatchUp(NamedTuple):
     reason: str | None  # why it was refolded from the start of the log; None: only the tail was applied
 
 
-def apply_entries(projection: Projection, partition: int, entries: Iterable, generation: str,
-                  progress: Callable[[int], None] | None = None) -> int:
-    """Fold log entries (with .offset/.key/.value/.headers) into the projection in batches,
-    each batch written together with the checkpoint after its last entry. Returns the count."""
-    n = 0
-    batch = projection.batch(track=False)
-    last = None
-    for e in entries:
-        fold_record(e.key, e.value, partition, batch)
-        last = e.offset
-        n += 1
-        if n % RESTORE_BATCH == 0:
-            projection.write(batch, {partition: Checkpoint(last + 1, generation)})
-            batch = projection.batch(track=False)
+def apply_chunks(projection: Projection, partition: int, chunks: Iterable[Chunk], generation: str,
+                 progress: Callable[[int], None] | None = None) -> int:
+    """Fold chunks of log records into the projection; returns the count.
+
+    Records are folded in memory first and written every `RESTORE_BATCH` records with the
+    checkpoint after the last one, without RocksDB's WAL (the log has them all), and the
+    projection is flushed at the end: after a crash, the projection holds a prefix of the
+    writes with the checkpoint that goes with it."""
+    n = pending = 0
+    changes = Changes()
+    next_offset = 0
+    for chunk in chunks:
+        fold_records(chunk.keys, chunk.values, partition, changes)
+        n += len(chunk.keys)
+        pending += len(chunk.keys)
+        next_offset = chunk.next_offset
+        if pending >= RESTORE_BATCH:
+            _write(projection, partition, changes, Checkpoint(next_offset, generation))
+            changes = Changes()
             if progress:
-                progress(RESTORE_BATCH)
-    if last is not None:
-        projection.write(batch, {partition: Checkpoint(last + 1, generation)})
+                progress(pending)
+            pending = 0
+    if pending:
+        _write(projection, partition, changes, Checkpoint(next_offset, generation))
         if progress:
-            progress(n % RESTORE_BATCH)
+            progress(pending)
+    if n:
+        projection.flush()
     return n
+
+
+def _write(projection: Projection, partition: int, changes: Changes, checkpoint: Checkpoint) -> None:
+    projection.write(changes.into(projection.batch(track=False)), {partition: checkpoint}, wal=False)
 
 
 def rebuild_reason(projection: Projection, partition: int, end: int, generation: str,
@@ -104,7 +118,7 @@ def catch_up(projection: Projection, log_reader: LogReader, partition: int, *, v
         start = 0 if cp is None else cp.next_offset
     n = 0
     if start < end:
-        n = apply_entries(projection, partition, log_reader.read(partition, start, end), generation, progress)
+        n = apply_chunks(projection, partition, log_reader.read_chunks(partition, start, end), generation, progress)
         # the last records may be compaction gaps or transaction markers: the checkpoint is the end
         projection.write(projection.batch(track=False), {partition: Checkpoint(end, generation)})
     took = time.monotonic() - t0

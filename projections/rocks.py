@@ -126,6 +126,8 @@ class Projection:
                         column_families={cf: _options(cache_bytes) for cf in extra_column_families})
         self._write_options = WriteOptions()
         self._write_options.sync = sync
+        self._unlogged = WriteOptions()
+        self._unlogged.disable_wal = True
         self.on_sessions_changed: Callable[[dict[str, bytes | None]], None] | None = None
 
     def close(self) -> None:
@@ -156,13 +158,22 @@ class Projection:
     def batch(self, track: bool = True) -> ProjectionBatch:
         return ProjectionBatch(self, track)
 
-    def write(self, batch: ProjectionBatch, checkpoints: dict[int, Checkpoint] | None = None) -> None:
-        """Write the batch and the partitions' checkpoints atomically, then tell the registry."""
+    def write(self, batch: ProjectionBatch, checkpoints: dict[int, Checkpoint] | None = None, *,
+              wal: bool = True) -> None:
+        """Write the batch and the partitions' checkpoints atomically, then tell the registry.
+
+        `wal=False` (a restore: the log can give it all again) skips RocksDB's write-ahead
+        log; such writes must be made durable with `flush` before a logged write follows,
+        or a crash could keep the later write and lose the earlier ones."""
         for partition, cp in (checkpoints or {}).items():
             batch.write_batch.put(keys.checkpoint_key(partition), orjson.dumps(cp._asdict()))
-        self.db.write(batch.write_batch, self._write_options)
+        self.db.write(batch.write_batch, self._write_options if wal else self._unlogged)
         if batch.sessions and self.on_sessions_changed is not None:
             self.on_sessions_changed(batch.sessions)
+
+    def flush(self) -> None:
+        """Persist the memtables (and so every write made without the WAL) to disk."""
+        self.db.flush(wait=True)
 
     def checkpoint(self, partition: int) -> Checkpoint | None:
         raw = self.db.get(keys.checkpoint_key(partition))

@@ -21,7 +21,7 @@ import pytest
 from csaf_events import MessageIdAlreadyExistsError, open_store
 from csaf_events.log.embedded import LOG_CF, EmbeddedLog
 from csaf_events.projection_files import projection_dir
-from projections.rebuild import apply_entries, diff, snapshot
+from projections.rebuild import apply_chunks, diff, snapshot
 from projections.rocks import Projection
 
 WRITER = Path(__file__).with_name("crash_writer.py")
@@ -131,7 +131,7 @@ def check_projection_is_fold_of_log(projection: Projection, event_log, scratch: 
     try:
         total = 0
         for p in range(event_log.partitions):
-            n = apply_entries(rebuilt, p, event_log.read(p), event_log.generation(p))
+            n = apply_chunks(rebuilt, p, event_log.read_chunks(p), event_log.generation(p))
             total += n
             problems = diff(snapshot(rebuilt, p), snapshot(projection, p))
             assert not problems, f"partition {p}: projection is not the fold of its log:\n" + "\n".join(problems[:20])

@@ -29,7 +29,7 @@ from csaf_events import (
 )
 from csaf_events.store import partition_for
 from projections import queries
-from projections.rebuild import apply_entries, diff, snapshot
+from projections.rebuild import apply_chunks, diff, snapshot
 from projections.rocks import Projection
 
 PARTITIONS = 4
@@ -440,7 +440,7 @@ class StoreMachine(RuleBasedStateMachine):
         rebuilt = Projection(rebuilt_dir)
         try:
             for p in range(self.store.partitions):
-                apply_entries(rebuilt, p, node.log.read(p), node.log.generation(p))
+                apply_chunks(rebuilt, p, node.log.read_chunks(p), node.log.generation(p))
                 problems = diff(snapshot(rebuilt, p), snapshot(node.projection, p))
                 assert not problems, f"partition {p}: projection differs from the fold of its log:\n" + \
                     "\n".join(problems[:20])
@@ -488,7 +488,7 @@ def test_compaction_never_resurrects_a_deleted_entity_when_the_clock_steps_back(
         store.node.log.compact(clock() + 1, 0, 0)
         rebuilt = Projection(tmp_path / "rebuilt")
         try:
-            apply_entries(rebuilt, p, store.node.log.read(p), store.node.log.generation(p))
+            apply_chunks(rebuilt, p, store.node.log.read_chunks(p), store.node.log.generation(p))
             assert queries.session(rebuilt, p, "s1") is None, "the closed session came back from the log"
             assert queries.inbox(rebuilt, p, "s1", "m1") is None, "its inbox entry came back"
             assert queries.outbox_messages(rebuilt, p, "s1") == [], "its outbox message came back"

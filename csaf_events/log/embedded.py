@@ -22,7 +22,7 @@ from rocksdict import ReadOptions, WriteBatch
 
 from csaf_events.errors import CsafError, DataAccessError
 from csaf_events.events import Record, header
-from csaf_events.log.port import LogEntry
+from csaf_events.log.port import Chunk, LogEntry, chunked
 from csaf_events.topics import TopicSpec
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
 
@@ -138,6 +138,9 @@ class EmbeddedLog:
                 it.next()
         finally:
             del it
+
+    def read_chunks(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[Chunk]:
+        return chunked(self.read(partition, start, end))
 
     def end_offset(self, partition: int) -> int:
         return self._next[partition]

@@ -30,7 +30,7 @@ from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.events import SESSION, Record
 from csaf_events.group_commit import GroupCommit
 from csaf_events.log.kafka_reader import KafkaReader
-from csaf_events.log.port import LogEntry
+from csaf_events.log.port import Chunk, LogEntry
 from csaf_events.topics import Topics
 from projections.rebuild import catch_up
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
@@ -337,6 +337,9 @@ class KafkaLog:
     # -------------------------------------------------------------------- reads --
     def read(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[LogEntry]:
         return self.reader.read(partition, start, end)
+
+    def read_chunks(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[Chunk]:
+        return self.reader.read_chunks(partition, start, end)
 
     def end_offset(self, partition: int) -> int:
         return self.reader.end_offset(partition)

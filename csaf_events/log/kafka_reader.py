@@ -11,11 +11,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from csaf_events.errors import DataAccessError
-from csaf_events.log.port import LogEntry
+from csaf_events.log.port import Chunk, LogEntry
+
+#: Messages taken from librdkafka per call while reading a partition through.
+RESTORE_FETCH = 10_000
 
 
 def next_batch(consumer: Consumer, timeout: float, max_messages: int = 2000) -> list[Any]:
@@ -29,31 +32,49 @@ def next_batch(consumer: Consumer, timeout: float, max_messages: int = 2000) -> 
     return [first, *consumer.consume(num_messages=max_messages - 1, timeout=0)]
 
 
-def read_partition(consumer: Consumer, topic: str, partition: int, start: int, end: int | None,
-                   timeout: float) -> Iterator[LogEntry]:
-    """Committed records of one partition from `start` to `end` (or the end seen when reading).
+def read_chunks(consumer: Consumer, topic: str, partition: int, start: int, end: int | None,
+                timeout: float) -> Iterator[list[Message]]:
+    """Committed records of one partition from `start` to `end` (or the end seen when
+    reading), as the lists of messages librdkafka hands over: a restore pays per record
+    only for what it uses.
 
     Stops at partition EOF, so a transaction's control record after the last data record
     cannot make it wait forever."""
-    consumer.assign([TopicPartition(topic, partition, start if start > 0 else OFFSET_BEGINNING)])
+    # an offset, not OFFSET_BEGINNING: resolving that costs a lookup of about 0.5 s; an offset
+    # the log no longer has is reset to the earliest one (auto.offset.reset)
+    consumer.assign([TopicPartition(topic, partition, max(start, 0))])
     deadline = time.monotonic() + timeout
     try:
         while True:
-            msgs = next_batch(consumer, 0.5)
-            if not msgs and time.monotonic() > deadline:
-                raise DataAccessError(f"reading {topic}[{partition}] from {start} timed out")
-            for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        return
-                    raise DataAccessError(f"reading {topic}[{partition}]: {err}")
-                if end is not None and m.offset() >= end:
-                    return
-                deadline = time.monotonic() + timeout
-                yield LogEntry(partition, m.offset(), m.key(), m.value(), tuple(m.headers() or ()))
+            msgs = next_batch(consumer, 0.5, RESTORE_FETCH)
+            if not msgs:
+                if time.monotonic() > deadline:
+                    raise DataAccessError(f"reading {topic}[{partition}] from {start} timed out")
+                continue
+            deadline = time.monotonic() + timeout
+            chunk, stop = msgs, False
+            errors = list(map(Message.error, msgs))  # per message in C: this loop is the restore's
+            if any(errors):  # an error, or the end of the partition
+                cut = next(i for i, err in enumerate(errors) if err is not None)
+                if errors[cut].code() != KafkaError._PARTITION_EOF:
+                    raise DataAccessError(f"reading {topic}[{partition}]: {errors[cut]}")
+                chunk, stop = msgs[:cut], True
+            if end is not None and chunk and chunk[-1].offset() >= end:
+                chunk, stop = [m for m in chunk if m.offset() < end], True
+            if chunk:
+                yield chunk
+            if stop:
+                return
     finally:
         consumer.unassign()
+
+
+def read_partition(consumer: Consumer, topic: str, partition: int, start: int, end: int | None,
+                   timeout: float) -> Iterator[LogEntry]:
+    """The records of `read_chunks` one by one, with their headers."""
+    for chunk in read_chunks(consumer, topic, partition, start, end, timeout):
+        for m in chunk:
+            yield LogEntry(partition, m.offset(), m.key(), m.value(), tuple(m.headers() or ()))
 
 
 def end_offsets(admin: AdminClient, topic: str, partitions, level: IsolationLevel,
@@ -92,7 +113,11 @@ class KafkaReader:
         if self._consumer is None:
             self._consumer = Consumer({**self._config, "group.id": self._group_id, "enable.auto.commit": False,
                                        "isolation.level": "read_committed", "enable.partition.eof": True,
-                                       "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
+                                       "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10,
+                                       # a restore reads a partition through: large fetches, and the
+                                       # next one at once when the queue has room (the default
+                                       # waits up to 1 s once the queue was full)
+                                       "max.partition.fetch.bytes": 16 << 20, "fetch.queue.backoff.ms": 1})
         return self._consumer
 
     def _offset(self, partition: int, level: IsolationLevel) -> int:
@@ -117,6 +142,15 @@ class KafkaReader:
             return
         with self._lock:
             yield from read_partition(self._reader(), self.topic, partition, start, end, self._timeout)
+
+    def read_chunks(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[Chunk]:
+        if end is None:
+            end = self.end_offset(partition)
+        if start >= end:
+            return
+        with self._lock:
+            for msgs in read_chunks(self._reader(), self.topic, partition, start, end, self._timeout):
+                yield Chunk(msgs[-1].offset() + 1, list(map(Message.key, msgs)), list(map(Message.value, msgs)))
 
     def generation(self, partition: int) -> str:
         return self._generation
