@@ -63,9 +63,11 @@ class BenchOptions:
     takeover_events: int = 1_000_000  # kafka: events in the partition taken over; 0 skips it
     keep_topics: bool = False         # kafka: keep the run's topics on the broker (default: deleted)
     partitions: int | None = None     # kafka: partitions of the events topic (default: topics.yaml's)
+    mint_session_ids: bool = False    # each session's id minted by its home node (`new_session_id`)
 
     def workload(self) -> WorkloadConfig:
-        return WorkloadConfig(sessions=self.sessions, payload_bytes=self.payload, concurrency=self.concurrency)
+        return WorkloadConfig(sessions=self.sessions, payload_bytes=self.payload, concurrency=self.concurrency,
+                              mint_session_ids=self.mint_session_ids)
 
 
 # ------------------------------------------------------------------- facts ----------
@@ -205,7 +207,8 @@ def measure(stores: Sequence, options: BenchOptions) -> tuple[WorkloadResult, di
         "peak_rss_bytes": peak_rss_bytes(),
         "rss_before_bytes": rss_before,
         "workload": {"sessions": result.sessions, "payload_bytes": options.payload,
-                     "concurrency": options.concurrency, "inbox_messages": result.config.inbox_messages,
+                     "concurrency": options.concurrency, "mint_session_ids": options.mint_session_ids,
+                     "inbox_messages": result.config.inbox_messages,
                      "outbox_messages": result.config.outbox_messages, "lifecycles": result.lifecycles,
                      "ops": result.ops, "elapsed_s": round(result.elapsed_s, 3),
                      "outbox_messages_stored": result.outbox_messages_stored,
@@ -399,7 +402,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"python {v['python']}, rocksdict {v['rocksdict']}, orjson {v['orjson']}, "
         f"confluent-kafka {v['confluent_kafka']} (librdkafka {v['librdkafka']})",
         f"workload: {w['sessions']} sessions, {w['payload_bytes']} B payloads, concurrency {w['concurrency']}, "
-        f"K={w['inbox_messages']} M={w['outbox_messages']}; {w['ops']} ops in {w['elapsed_s']:.2f} s"
+        f"K={w['inbox_messages']} M={w['outbox_messages']}"
+        + (", session ids minted by their home node" if w.get("mint_session_ids") else "")
+        + f"; {w['ops']} ops in {w['elapsed_s']:.2f} s"
         + (" (steps 1-5 {sessions:.2f} s, closes {close:.2f} s, timeout {timeout:.2f} s)".format(**w["phases_s"])
            if w.get("phases_s") else ""),
         "",
@@ -446,7 +451,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
                         progress=not getattr(args, "no_progress", False),
                         takeover_events=getattr(args, "takeover_events", BenchOptions.takeover_events),
                         keep_topics=getattr(args, "keep_topics", False),
-                        partitions=getattr(args, "partitions", None))
+                        partitions=getattr(args, "partitions", None),
+                        mint_session_ids=getattr(args, "mint_session_ids", False))
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -159,6 +159,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="kafka: partitions of the namespace's topics (default: topics.yaml's)")
     p.add_argument("--keep-topics", action="store_true",
                    help="kafka: keep the run's topics on the broker (default: deleted after the run)")
+    p.add_argument("--mint-session-ids", action="store_true",
+                   help="each session's id minted by its home node, in a partition it owns "
+                        "(default: ids that ignore ownership)")
 
 
 def _import_bench():

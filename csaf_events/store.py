@@ -8,6 +8,7 @@ Cluster-wide reads come from the session registry.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,6 +26,9 @@ from csaf_events.registry import SessionRegistry
 from csaf_events.validation import Limits
 
 log = logging.getLogger(__name__)
+
+
+_MINTED = 16  # random characters of a minted session id (96 bits)
 
 
 def partition_for(session_id: str, partitions: int) -> int:
@@ -91,6 +95,28 @@ class ClusterStoreAndForward:
         self._check_open()
         sid = self._sid(session_id)
         return history.session_history(self.node.log.read(partition_for(sid, self.partitions)), sid)
+
+    def new_session_id(self, prefix: str = "") -> str:
+        """A fresh random session id (after `prefix`) in a partition this node owns now.
+
+        MatsSocket servers mint session ids themselves. An id minted here makes the node that
+        holds the client's WebSocket the owner of the session, so its calls are decided here
+        without a trip to another node, until ownership moves in a rebalance (then they are
+        routed, as for any id). A node that owns no partition gets a random id."""
+        self._check_open()
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+        if len(prefix) + _MINTED > self.limits.max_id_length:
+            raise ValueError(f"prefix is {len(prefix)} characters: with the {_MINTED} random ones the session id "
+                             f"would be over the limit of {self.limits.max_id_length}")
+        if not prefix.isprintable():
+            raise ValueError(f"prefix must be printable text, got {prefix!r}")
+        owned = set(self.node.owned())
+        for _ in range(64 * self.partitions if owned else 1):
+            sid = prefix + secrets.token_urlsafe(_MINTED * 3 // 4)
+            if partition_for(sid, self.partitions) in owned:
+                break
+        return sid
 
     # ------------------------------------------------------------------- sessions --
     def register_session_at_this_node(self, session_id: str, user_id: str, connection_id: str,

@@ -78,6 +78,7 @@ class WorkloadConfig:
     liveliness_batch: int = 100      # sessions per notify_session_liveliness call
     duration: float | None = None    # seconds: stop starting sessions after this (demo)
     seed: int | None = None          # for the random choice of the outbox node
+    mint_session_ids: bool = False   # session ids minted by the home node (in its partitions)
 
     def __post_init__(self) -> None:
         for name in ("sessions", "payload_bytes", "inbox_messages", "outbox_messages",
@@ -88,6 +89,8 @@ class WorkloadConfig:
             minimum = 0 if name in ("inbox_messages", "outbox_messages", "correlations") else 1
             if value < minimum:
                 raise ValueError(f"{name} must be at least {minimum}, got {value}")
+        if not isinstance(self.mint_session_ids, bool):
+            raise TypeError(f"mint_session_ids must be a bool, got {type(self.mint_session_ids).__name__}")
         if self.payload_bytes < 16:
             raise ValueError(f"payload_bytes must be at least 16, got {self.payload_bytes}")
         if self.duration is not None and not (isinstance(self.duration, (int, float)) and self.duration > 0):
@@ -207,7 +210,7 @@ def run_workload(stores: Sequence[ClusterStoreAndForward], config: WorkloadConfi
     next_index = iter(range(config.sessions))
     index_lock = threading.Lock()
     done_lock = threading.Lock()
-    finished: list[str] = []          # every session that went through steps 1-5
+    finished: list[tuple[int, str]] = []  # (index, id) of every session that went through steps 1-5
     pending_live: dict[int, list[str]] = defaultdict(list)  # home -> sessions awaiting liveliness
     recorders: list[_Recorder] = []
 
@@ -217,9 +220,8 @@ def run_workload(stores: Sequence[ClusterStoreAndForward], config: WorkloadConfi
         with rng_lock:
             return rng.choice(stores)
 
-    def session_work(rec: _Recorder, i: int) -> str:
+    def session_work(rec: _Recorder, i: int, sid: str) -> None:
         home = stores[i % len(stores)]
-        sid = f"w{run_id}-{i:07d}"
         user = f"u{i % config.users}"
         op = "register_session_at_this_node"
         try:
@@ -278,7 +280,6 @@ def run_workload(stores: Sequence[ClusterStoreAndForward], config: WorkloadConfi
             rec.call(op, home.outbox_messages_unmark_attempted_delivery, sid)
         except Exception as e:
             raise _Failed(op, e) from e
-        return sid
 
     def flush_liveliness(rec: _Recorder, home: int, sids: list[str]) -> None:
         try:
@@ -299,17 +300,18 @@ def run_workload(stores: Sequence[ClusterStoreAndForward], config: WorkloadConfi
                 i = next(next_index, None)
             if i is None:
                 return rec
+            home = i % len(stores)
+            prefix = f"w{run_id}-{i:07d}"
+            sid = stores[home].new_session_id(prefix + "-") if config.mint_session_ids else prefix
             try:
-                sid = session_work(rec, i)
+                session_work(rec, i, sid)
             except _Failed as f:
                 rec.errors[f.op] += 1
                 if len(rec.samples) < 5:
                     rec.samples.append(str(f))
-                sid = f"w{run_id}-{i:07d}"  # still clean it up at the end
-            home = i % len(stores)
             batch: list[str] | None = None
             with done_lock:
-                finished.append(sid)
+                finished.append((i, sid))
                 pending_live[home].append(sid)
                 if len(pending_live[home]) >= config.liveliness_batch:
                     batch, pending_live[home] = pending_live[home], []
@@ -332,9 +334,10 @@ def run_workload(stores: Sequence[ClusterStoreAndForward], config: WorkloadConfi
         by_index = sorted(finished)
         to_close = by_index[0::2]
 
-        def close(sid: str) -> int:
+        def close(session: tuple[int, str]) -> int:
+            i, sid = session
             rec = _Recorder()
-            home = stores[int(sid.rsplit("-", 1)[1]) % len(stores)]
+            home = stores[i % len(stores)]
             try:
                 rec.call("close_session", home.close_session, sid)
             except Exception as e:

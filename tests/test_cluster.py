@@ -136,6 +136,24 @@ def test_cluster_wide_session_reads_on_every_node(cluster) -> None:
     wait_for(lambda: a.call("get_sessions_count", True) == 9, 10, "node a to see the deregistration")
 
 
+def test_each_node_mints_session_ids_in_its_own_partitions(cluster) -> None:
+    """A session minted on the node that holds its socket is owned there: nodes mint in
+    disjoint partitions, and the session works from every node."""
+    a, b = cluster("a"), cluster("b")
+    wait_for(lambda: spread([a, b]), 60, "the partitions to spread over both nodes")
+    minted = {}
+    for node in (a, b):
+        owned = set(node.call("owned"))
+        ids = [node.call("new_session_id", "m-") for _ in range(20)]
+        assert {partition_for(sid, PARTITIONS) for sid in ids} <= owned, f"node {node.name} minted elsewhere"
+        minted[node.name] = ids
+    assert not set(minted["a"]) & set(minted["b"])
+    sid = minted["a"][0]
+    register(a, sid)
+    b.call("store_message_in_outbox", sid, "sm1", None, None, "SEND", None, "{}", "hello", None)
+    assert [m["server_message_id"] for m in a.call("get_messages_from_outbox", sid, 10)] == ["sm1"]
+
+
 def test_timeout_sessions_on_several_nodes_never_reports_a_session_twice(cluster) -> None:
     a, b, c = cluster("a"), cluster("b"), cluster("c")
     sids = [f"to-{i}" for i in range(30)]

@@ -170,6 +170,23 @@ def test_reregister_with_other_user_raises_and_changes_nothing(store_factory, cl
     assert register(store, "s1", "alice", "c3") == before[0].created_timestamp
 
 
+def test_minted_session_ids_are_fresh_and_in_partitions_this_node_owns(store):
+    owned = set(store.node.owned())
+    ids = [store.new_session_id() for _ in range(50)] + [store.new_session_id("ws-") for _ in range(50)]
+    assert len(set(ids)) == 100, "no id twice"
+    assert all(partition_for(sid, store.partitions) in owned for sid in ids)
+    assert all(sid.startswith("ws-") and len(sid) == 19 for sid in ids[50:])
+    register(store, ids[0])
+    assert store.get_current_registered_node_for_session(ids[0]) == CurrentNode(store.node_name, "c1")
+
+
+@pytest.mark.parametrize("prefix, error", [(7, TypeError), ("x" * 241, ValueError), ("a\nb", ValueError)])
+def test_a_bad_session_id_prefix_is_refused(store, prefix: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="prefix"):
+        store.new_session_id(prefix)
+    assert store.new_session_id("ok-").startswith("ok-"), "the store still works"
+
+
 def test_current_node_none_when_missing_or_deregistered(store):
     assert store.get_current_registered_node_for_session("nope") is None
     register(store, "s1", conn="c1")
