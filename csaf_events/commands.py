@@ -16,12 +16,14 @@ from csaf_events import events as ev
 from csaf_events.dtos import CurrentNode, RequestCorrelation, StoredInMessage, StoredOutMessage, MessageType
 from csaf_events.errors import MessageIdAlreadyExistsError, WrongUserError
 from projections import queries
-from projections.fold import fold
+from projections.fold import fold_key
 from projections.rocks import ProjectionBatch
 
 
 class Decision:
     """The state one group commit decides against, and the events it emits."""
+
+    __slots__ = ("partition", "view", "node_name", "now", "records", "_stamp")
 
     def __init__(self, partition: int, batch: ProjectionBatch, node_name: str, now: int) -> None:
         self.partition = partition
@@ -29,12 +31,15 @@ class Decision:
         self.node_name = node_name
         self.now = now
         self.records: list[ev.Record] = []
+        self._stamp: ev.Headers | None = None  # built at the first emit: most decisions of reads emit nothing
 
     def emit(self, event: ev.Event) -> None:
         """Record the event and fold it at once, so later commands of the batch see it."""
-        record = ev.to_record(event, self.node_name, self.now)
+        if self._stamp is None:
+            self._stamp = ev.stamp(self.node_name, self.now)
+        record = ev.stamped_record(event, self._stamp)
         self.records.append(record)
-        fold(event, record.value, self.partition, self.view)
+        fold_key(event.ENTITY, event.ids(), record.value, self.partition, self.view)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,8 +312,10 @@ def _unmark(c: Unmark, d: Decision) -> None:
 
 @handles(Complete)
 def _complete(c: Complete, d: Decision) -> None:
-    for m in _each_outbox(c, d, c.server_message_ids):
-        d.emit(ev.Completed(c.session_id, m["seq"], m["server_message_id"]))
+    for smid in dict.fromkeys(c.server_message_ids):  # the index alone: the tombstone needs no state
+        seq = queries.outbox_seq(d.view, d.partition, c.session_id, smid)
+        if seq is not None:
+            d.emit(ev.Completed(c.session_id, seq, smid))
 
 
 @handles(DeadLetter)

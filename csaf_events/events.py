@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import ClassVar, NamedTuple
 
 import orjson
@@ -52,9 +53,12 @@ class Event:
     TOMBSTONE: ClassVar[bool] = False
     BINARY_FIELDS: ClassVar[frozenset[str]] = frozenset()
 
-    def key(self) -> bytes:
-        return orjson.dumps([self.ENTITY, *(getattr(self, f) for f in self.KEY_FIELDS)])
+    def ids(self) -> tuple:
+        """The values of `KEY_FIELDS`: which entity of its kind the event is about."""
+        return _IDS[type(self)](self)
 
+    def key(self) -> bytes:
+        return orjson.dumps([self.ENTITY, *self.ids()])
 
 
 def _b64(obj: object) -> str:
@@ -260,6 +264,22 @@ CATALOG: dict[str, type[Event]] = {
 }
 
 
+def _ids_getter(fields: tuple[str, ...]):
+    get = attrgetter(*fields)
+    return get if len(fields) > 1 else lambda event: (get(event),)
+
+
+def _event_classes(base: type[Event] = Event) -> list[type[Event]]:
+    return [c for sub in base.__subclasses__() for c in (sub, *_event_classes(sub))]
+
+
+# Per event class, built once: the entity id getter, and the headers naming the type.
+_IDS = {cls: _ids_getter(cls.KEY_FIELDS) for cls in _event_classes()}
+_TYPE_HEADERS = {cls: (("type", cls.TYPE.encode()), ("v", str(cls.VERSION).encode())) for cls in CATALOG.values()}
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
 # --- encoding -------------------------------------------------------------------------
 
 def encode_value(event: Event) -> bytes | None:
@@ -269,13 +289,17 @@ def encode_value(event: Event) -> bytes | None:
 
 def to_record(event: Event, node: str, timestamp: int) -> Record:
     """The record for an event: key = entity, value = whole state, headers = type and metadata."""
-    headers = (
-        ("type", event.TYPE.encode()),
-        ("v", str(event.VERSION).encode()),
-        ("node", node.encode()),
-        ("ts", str(timestamp).encode()),
-    )
-    return Record(event.key(), encode_value(event), headers)
+    return stamped_record(event, stamp(node, timestamp))
+
+
+def stamp(node: str, timestamp: int) -> Headers:
+    """The headers after the type: who wrote the event and when (shared by a decision's events)."""
+    return ("node", node.encode()), ("ts", str(timestamp).encode())
+
+
+def stamped_record(event: Event, stamp: Headers) -> Record:
+    """`to_record` with the `stamp` headers encoded once for many events."""
+    return Record(event.key(), encode_value(event), _TYPE_HEADERS[type(event)] + stamp)
 
 
 def header(headers: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]] | None, name: str) -> str | None:

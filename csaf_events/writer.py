@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from csaf_events.commands import Command, Decision, decide
-from csaf_events.group_commit import GroupCommit
+from csaf_events.group_commit import GroupCommit, Signal
 from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.log.port import EventLog
 from projections.rocks import Projection, ProjectionBatch
@@ -34,7 +34,7 @@ class Pending:
         self.origin = origin  # where a routed command came from (the log adapter replies there)
         self.result: Any = None
         self.error: BaseException | None = None
-        self.done = threading.Event()
+        self.done = Signal()
         self.callback = callback
         self.waiter = waiter  # a thread waits for it (and so can be asked to lead)
         self.promoted = False  # woken to lead the next group, not finished
@@ -59,6 +59,7 @@ class PartitionWriter:
         self._appending = False
         self._appends = 0  # appends finished so far
         self._appended = threading.Condition(self._lock)
+        self._readers = 0  # reads waiting for the append in flight
         self.closed_reason: str | None = None
 
     def read(self, command: Command) -> Any:
@@ -68,11 +69,13 @@ class PartitionWriter:
         transaction can be visible to other nodes (a routed writer got its reply and
         returned) before this node has applied it to its projection, and a read that starts
         after a write returned anywhere must see it."""
-        with self._lock:
-            if self._appending:  # wait for that append only: the next one may start at once
+        if self._appending:  # (no lock to look: an append that starts later was visible nowhere)
+            with self._lock:  # wait for that append only: the next one may start at once
                 started = self._appends
+                self._readers += 1
                 while self._appending and self._appends == started:
                     self._appended.wait()
+                self._readers -= 1
         return decide(command, Decision(self.partition, self._projection, self._node, self._clock()))
 
     def execute(self, command: Command) -> Any:
@@ -120,8 +123,7 @@ class PartitionWriter:
             self._finish(p)
 
     def _append(self, d: Decision, batch: ProjectionBatch, group: list[Pending]) -> None:
-        with self._lock:
-            self._appending = True
+        self._appending = True  # before the append can be visible anywhere
         try:
             self._log.append(self.partition, d.records, batch, group)
         except BaseException as e:
@@ -133,7 +135,8 @@ class PartitionWriter:
             with self._lock:
                 self._appending = False
                 self._appends += 1
-                self._appended.notify_all()
+                if self._readers:
+                    self._appended.notify_all()
 
     @staticmethod
     def _finish(p: Pending) -> None:

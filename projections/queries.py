@@ -18,6 +18,7 @@ _CORR_BIN = frozenset({"correlation_binary"})
 class View(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
     def scan(self, prefix: bytes): ...
+    def last_key(self, prefix: bytes) -> bytes | None: ...
 
 
 def session(view: View, p: int, sid: str) -> dict | None:
@@ -58,11 +59,8 @@ def outbox_messages(view: View, p: int, sid: str) -> list[dict]:
 
 
 def next_outbox_seq(view: View, p: int, sid: str) -> int:
-    """One more than the session's greatest seq. A forward scan of the session's outbox: a
-    reverse seek would walk back over every tombstone left by completed messages."""
-    last = None
-    for last, _ in view.scan(keys.session_prefix(p, OUTBOX, sid)):
-        pass
+    """One more than the session's greatest seq (its last outbox key, read without values)."""
+    last = view.last_key(keys.session_prefix(p, OUTBOX, sid))
     return 0 if last is None else int.from_bytes(last[-8:], "big") + 1
 
 

@@ -61,6 +61,9 @@ class Checkpoint(NamedTuple):
     next_offset: int
     generation: str
 
+    def encode(self) -> bytes:
+        return orjson.dumps({"next_offset": self.next_offset, "generation": self.generation})
+
 
 class ProjectionBatch:
     """Pending changes to the projection: a RocksDB write batch that can also be read.
@@ -98,16 +101,34 @@ class ProjectionBatch:
         return self._projection.get(key)
 
     def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
-        rows = dict(self._projection.scan(prefix))
-        if self._overlay:
-            for k, v in self._overlay.items():
-                if k.startswith(prefix):
-                    if v is None:
-                        rows.pop(k, None)
-                    else:
-                        rows[k] = v
-            return sorted(rows.items())
-        return list(rows.items())
+        rows = list(self._projection.scan(prefix))
+        changed = self._changed(prefix)
+        if not changed:
+            return rows
+        merged = dict(rows)
+        for k, v in changed:
+            if v is None:
+                merged.pop(k, None)
+            else:
+                merged[k] = v
+        return sorted(merged.items())
+
+    def last_key(self, prefix: bytes) -> bytes | None:
+        """The greatest key under `prefix`, read without the values."""
+        found = self._projection.scan_keys(prefix)
+        changed = self._changed(prefix)
+        if not changed:
+            return found[-1] if found else None
+        live = set(found)
+        for k, v in changed:
+            if v is None:
+                live.discard(k)
+            else:
+                live.add(k)
+        return max(live, default=None)
+
+    def _changed(self, prefix: bytes) -> list[tuple[bytes, bytes | None]]:
+        return [(k, v) for k, v in self._overlay.items() if k.startswith(prefix)] if self._overlay else []
 
 
 class Projection:
@@ -154,6 +175,19 @@ class Projection:
             del it  # a live iterator keeps the database (and its lock) open
             del opts
 
+    def scan_keys(self, prefix: bytes) -> list[bytes]:
+        """The keys under `prefix` in order, without reading their values."""
+        opts = _bounded(prefix)  # referenced until the keys are read: the iterator uses its bound
+        found = list(self.db.keys(from_key=prefix, read_opt=opts))
+        del opts
+        return found
+
+    def last_key(self, prefix: bytes) -> bytes | None:
+        """The greatest key under `prefix`. A forward scan of the keys: a reverse seek would
+        walk back over every tombstone before the prefix."""
+        found = self.scan_keys(prefix)
+        return found[-1] if found else None
+
     # writes
     def batch(self, track: bool = True) -> ProjectionBatch:
         return ProjectionBatch(self, track)
@@ -166,7 +200,7 @@ class Projection:
         log; such writes must be made durable with `flush` before a logged write follows,
         or a crash could keep the later write and lose the earlier ones."""
         for partition, cp in (checkpoints or {}).items():
-            batch.write_batch.put(keys.checkpoint_key(partition), orjson.dumps(cp._asdict()))
+            batch.write_batch.put(keys.checkpoint_key(partition), cp.encode())
         self.db.write(batch.write_batch, self._write_options if wal else self._unlogged)
         if batch.sessions and self.on_sessions_changed is not None:
             self.on_sessions_changed(batch.sessions)

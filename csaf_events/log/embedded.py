@@ -60,10 +60,9 @@ class CompactionPolicy(NamedTuple):
                    int(spec.configs.get("delete.retention.ms", 86_400_000)))
 
 
-def encode_entry(record: Record) -> bytes:
-    """headers JSON, newline, key, newline, value (JSON never holds a raw newline)."""
-    head = orjson.dumps([record.value is not None, [[k, v.decode()] for k, v in record.headers]])
-    return head + b"\n" + record.key + b"\n" + (record.value or b"")
+def _entry_head(has_value: bool, headers: tuple[tuple[str, bytes], ...]) -> bytes:
+    """An entry is: headers JSON, newline, key, newline, value (JSON never holds a raw newline)."""
+    return orjson.dumps([has_value, [[k, v.decode()] for k, v in headers]]) + b"\n"
 
 
 def decode_entry(partition: int, offset: int, raw: bytes) -> LogEntry:
@@ -112,8 +111,14 @@ class EmbeddedLog:
                group: Sequence[Pending] = ()) -> None:
         offset = self._next[partition]
         wb, cf = batch.write_batch, self._cf
+        prefix = partition.to_bytes(2, "big")
+        heads: dict[tuple[bool, tuple[tuple[str, bytes], ...]], bytes] = {}  # a decision's events share headers
         for r in records:
-            wb.put(_log_key(partition, offset), encode_entry(r), cf)
+            has_value = r.value is not None
+            head = heads.get((has_value, r.headers))
+            if head is None:
+                head = heads[has_value, r.headers] = _entry_head(has_value, r.headers)
+            wb.put(prefix + offset.to_bytes(8, "big"), head + r.key + b"\n" + (r.value or b""), cf)
             offset += 1
         try:
             self._projection.write(batch, {partition: Checkpoint(offset, self._generation)})
