@@ -72,9 +72,13 @@ def read_chunks(consumer: Consumer, topic: str, partition: int, start: int, end:
 def read_partition(consumer: Consumer, topic: str, partition: int, start: int, end: int | None,
                    timeout: float) -> Iterator[LogEntry]:
     """The records of `read_chunks` one by one, with their headers."""
-    for chunk in read_chunks(consumer, topic, partition, start, end, timeout):
-        for m in chunk:
-            yield LogEntry(partition, m.offset(), m.key(), m.value(), tuple(m.headers() or ()))
+    for msgs in read_chunks(consumer, topic, partition, start, end, timeout):
+        yield from entries(partition, msgs)
+
+
+def entries(partition: int, msgs: list[Message]) -> Iterator[LogEntry]:
+    for m in msgs:
+        yield LogEntry(partition, m.offset(), m.key(), m.value(), tuple(m.headers() or ()))
 
 
 def end_offsets(admin: AdminClient, topic: str, partitions, level: IsolationLevel,
@@ -136,21 +140,20 @@ class KafkaReader:
         return high
 
     def read(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[LogEntry]:
-        if end is None:
-            end = self.end_offset(partition)
-        if start >= end:
-            return
-        with self._lock:
-            yield from read_partition(self._reader(), self.topic, partition, start, end, self._timeout)
+        for msgs in self._messages(partition, start, end):
+            yield from entries(partition, msgs)
 
     def read_chunks(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[Chunk]:
+        for msgs in self._messages(partition, start, end):
+            yield Chunk(msgs[-1].offset() + 1, list(map(Message.key, msgs)), list(map(Message.value, msgs)))
+
+    def _messages(self, partition: int, start: int, end: int | None) -> Iterator[list[Message]]:
         if end is None:
             end = self.end_offset(partition)
         if start >= end:
             return
         with self._lock:
-            for msgs in read_chunks(self._reader(), self.topic, partition, start, end, self._timeout):
-                yield Chunk(msgs[-1].offset() + 1, list(map(Message.key, msgs)), list(map(Message.value, msgs)))
+            yield from read_chunks(self._reader(), self.topic, partition, start, end, self._timeout)
 
     def generation(self, partition: int) -> str:
         return self._generation
