@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from itertools import repeat
 
 import orjson
 
@@ -22,19 +23,18 @@ def fold(event: Event, value: bytes | None, partition: int, out: ProjectionBatch
     fold_key(event.ENTITY, [getattr(event, f) for f in event.KEY_FIELDS], value, partition, out)
 
 
+def fold_key(entity: str, ids: Sequence, value: bytes | None, partition: int, out: ProjectionBatch) -> None:
+    _apply([(entity, ids[0], *_entity_keys(entity, ids, partition))], [value], out)
+
+
 def fold_record(key: bytes, value: bytes | None, partition: int, out: ProjectionBatch) -> None:
     """Apply a raw log record (restore and rebuild: no event object needed)."""
-    _apply(*_targets(key, partition), value, out)
+    _apply([_targets(key, partition)], [value], out)
 
 
 def fold_records(keys: Iterable[bytes], values: Iterable[bytes | None], partition: int, out: ProjectionBatch) -> None:
-    """`fold_record` for many records, in order."""
-    for key, value in zip(keys, values):
-        _apply(*_targets(key, partition), value, out)
-
-
-def fold_key(entity: str, ids: Sequence, value: bytes | None, partition: int, out: ProjectionBatch) -> None:
-    _apply(entity, ids[0], *_entity_keys(entity, ids, partition), value, out)
+    """`fold_record` for many records, in order (a restore: one loop for them all)."""
+    _apply(map(_targets, keys, repeat(partition)), values, out)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -60,18 +60,21 @@ def _entity_keys(entity: str, ids: Sequence, partition: int) -> tuple[bytes, byt
     raise ValueError(f"unknown entity kind {entity!r} in a log record")
 
 
-def _apply(entity: str, sid: str, key: bytes, index: bytes | None, index_value: bytes | None,
-           value: bytes | None, out: ProjectionBatch) -> None:
-    if value is None:
-        out.delete(key)
-        if index is not None:
-            out.delete(index)
-    else:
-        out.put(key, value)
-        if index is not None:
-            out.put(index, index_value)
-    if entity == SESSION:
-        out.session_changed(sid, value)
+def _apply(targets: Iterable[tuple[str, str, bytes, bytes | None, bytes | None]], values: Iterable[bytes | None],
+           out: ProjectionBatch) -> None:
+    """Put (or delete, for a tombstone) each record's entity and index entry."""
+    put, delete = out.put, out.delete
+    for (entity, sid, key, index, index_value), value in zip(targets, values):
+        if value is None:
+            delete(key)
+            if index is not None:
+                delete(index)
+        else:
+            put(key, value)
+            if index is not None:
+                put(index, index_value)
+        if entity == SESSION:
+            out.session_changed(sid, value)
 
 
 class Changes:
@@ -80,14 +83,12 @@ class Changes:
     that changed many times costs one write (an outbox message that came and went: two
     deletes instead of six writes); the audit folds whole logs here."""
 
-    __slots__ = ("state", "sessions")
+    __slots__ = ("state", "sessions", "put")
 
     def __init__(self, state: dict[bytes, bytes] | None = None) -> None:
         self.state: dict[bytes, bytes | None] = dict(state or {})
         self.sessions: dict[str, bytes | None] = {}
-
-    def put(self, key: bytes, value: bytes) -> None:
-        self.state[key] = value
+        self.put = self.state.__setitem__  # the dict's own: a restore puts once or twice per record
 
     def delete(self, key: bytes) -> None:
         self.state[key] = None
