@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from csaf_events.codec import decode_outcome, encode_command
 from csaf_events.commands import Command
 from csaf_events.errors import DataAccessError
+from csaf_events.log.kafka_reader import TAIL_FETCH_WAIT_MS
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class KafkaRouter:
         self._producer = Producer({**client_config, "linger.ms": 0, "acks": "all", "enable.idempotence": True})
         self._replies = Consumer({**client_config, "group.id": f"{reply_topic}.reader",
                                   "enable.auto.commit": False, "isolation.level": "read_committed",
-                                  "fetch.wait.max.ms": 5})
+                                  "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS})
         # Start at the current end, resolved now: OFFSET_END would be resolved at the first
         # fetch, and a reply written before that would be skipped.
         _, end = self._replies.get_watermark_offsets(TopicPartition(reply_topic, 0), timeout=30, cached=False)

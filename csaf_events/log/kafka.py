@@ -29,7 +29,7 @@ from csaf_events.codec import encode_outcome
 from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.events import SESSION, Record
 from csaf_events.group_commit import GroupCommit
-from csaf_events.log.kafka_reader import KafkaReader
+from csaf_events.log.kafka_reader import TAIL_FETCH_WAIT_MS, KafkaReader
 from csaf_events.log.port import Chunk, LogEntry
 from csaf_events.topics import Topics
 from projections.rebuild import catch_up
@@ -127,7 +127,7 @@ class KafkaLog:
             "partition.assignment.strategy": "cooperative-sticky",
             "enable.auto.commit": False, "isolation.level": "read_committed",
             "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 5}))
+            "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS}))
         self._group.subscribe([self._topics.commands.name], on_assign=self._assigned,
                               on_revoke=self._revoked, on_lost=self._revoked)
         self._thread = threading.Thread(target=self._poll_loop, name=f"csaf-owner-{self._node}", daemon=True)
