@@ -37,9 +37,10 @@ class Decision:
         """Record the event and fold it at once, so later commands of the batch see it."""
         if self._stamp is None:
             self._stamp = ev.stamp(self.node_name, self.now)
-        record = ev.stamped_record(event, self._stamp)
+        ids = event.ids()
+        record = ev.stamped_record(event, self._stamp, ids)
         self.records.append(record)
-        fold_key(event.ENTITY, event.ids(), record.value, self.partition, self.view)
+        fold_key(event.ENTITY, ids, record.value, self.partition, self.view)
 
 
 @dataclass(frozen=True, slots=True)

@@ -264,9 +264,12 @@ CATALOG: dict[str, type[Event]] = {
 }
 
 
+def _session_ids(event: Event) -> tuple[str]:
+    return (event.session_id,)
+
+
 def _ids_getter(fields: tuple[str, ...]):
-    get = attrgetter(*fields)
-    return get if len(fields) > 1 else lambda event: (get(event),)
+    return attrgetter(*fields) if len(fields) > 1 else _session_ids
 
 
 def _event_classes(base: type[Event] = Event) -> list[type[Event]]:
@@ -297,9 +300,11 @@ def stamp(node: str, timestamp: int) -> Headers:
     return ("node", node.encode()), ("ts", str(timestamp).encode())
 
 
-def stamped_record(event: Event, stamp: Headers) -> Record:
-    """`to_record` with the `stamp` headers encoded once for many events."""
-    return Record(event.key(), encode_value(event), _TYPE_HEADERS[type(event)] + stamp)
+def stamped_record(event: Event, stamp: Headers, ids: tuple | None = None) -> Record:
+    """`to_record` with the `stamp` headers encoded once for many events (and the event's
+    `ids`, when the caller has them already)."""
+    key = orjson.dumps([event.ENTITY, *(event.ids() if ids is None else ids)])
+    return Record(key, encode_value(event), _TYPE_HEADERS[type(event)] + stamp)
 
 
 def header(headers: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]] | None, name: str) -> str | None:

@@ -69,11 +69,11 @@ class GroupCommit(Generic[T]):
     def add(self, item: T) -> None:
         """Queue an item; the calling thread leads a round if nobody does."""
         with self._lock:
-            self._queue.append(item)
             if self._leading:
+                self._queue.append(item)
                 return
-            self._leading = True
-        self._round()
+            self._leading = True  # and nothing is queued: a leader leaves only an empty queue
+        self._lead([item])
 
     def wait(self, item: T) -> None:
         """Wait until `item` is finished, leading rounds whenever asked to."""
@@ -96,6 +96,10 @@ class GroupCommit(Generic[T]):
             n = len(self._queue) if self._max_batch is None else self._max_batch
             group = self._queue[:n]
             del self._queue[:n]
+        self._lead(group)
+
+    def _lead(self, group: list[T]) -> None:
+        """Commit `group`, then pass the lead on (or give it up when nothing is queued)."""
         if group:
             self._commit(group)
         with self._lock:

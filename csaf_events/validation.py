@@ -50,6 +50,8 @@ def text(name: str, value: object, limits: Limits, *, optional: bool = False, li
     cap = limits.max_message_bytes if limit is None else limit
     if len(value) > cap:
         raise ValueError(f"{name} is larger than the limit of {cap} bytes")
+    if value.isascii():  # one byte a character: no need to encode it to know its size
+        return value
     try:
         size = len(value.encode())
     except UnicodeEncodeError as e:

@@ -95,6 +95,9 @@ class EmbeddedLog:
                             f"not the {partitions} asked for; sessions would map to other partitions")
         self.partitions = partitions
         self._next = [self._find_end(p) for p in range(partitions)]
+        # Encoded entry heads by headers: the events of a millisecond share their headers.
+        # Appends of different partitions may share it: a lost race costs one more encoding.
+        self._heads: dict[tuple[bool, tuple[tuple[str, bytes], ...]], bytes] = {}
 
     def _find_end(self, partition: int) -> int:
         it = self._db.iter(ReadOptions())
@@ -112,7 +115,9 @@ class EmbeddedLog:
         offset = self._next[partition]
         wb, cf = batch.write_batch, self._cf
         prefix = partition.to_bytes(2, "big")
-        heads: dict[tuple[bool, tuple[tuple[str, bytes], ...]], bytes] = {}  # a decision's events share headers
+        heads = self._heads
+        if len(heads) > 256:
+            heads.clear()
         for r in records:
             has_value = r.value is not None
             head = heads.get((has_value, r.headers))
