@@ -10,7 +10,7 @@ rebuilds the entity; a tombstone event has a null value and travels as its heade
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from operator import attrgetter
 from typing import ClassVar, NamedTuple
 
@@ -273,8 +273,28 @@ def _ids_getter(fields: tuple[str, ...]):
 
 
 def _event_classes(base: type[Event] = Event) -> list[type[Event]]:
-    return [c for sub in base.__subclasses__() for c in (sub, *_event_classes(sub))]
+    """Every event class, abstract ones too (dataclass(slots=True) replaces each class it
+    makes; the replaced ones, without __slots__, are left out)."""
+    return [c for sub in base.__subclasses__() if "__slots__" in sub.__dict__ for c in (sub, *_event_classes(sub))]
 
+
+def fast_init(cls: type) -> None:
+    """Give a frozen, slotted dataclass without defaults an `__init__` that stores each field
+    through its slot descriptor. The generated frozen `__init__` calls `object.__setattr__`
+    per field, about twice the cost, and events and commands are made on every call."""
+    names = [f.name for f in fields(cls)]
+    if any(f.default is not MISSING or f.default_factory is not MISSING for f in fields(cls)):
+        return
+    setters = {f"_set_{n}": getattr(cls, n).__set__ for n in names}
+    body = "".join(f"    _set_{n}(self, {n})\n" for n in names) or "    pass\n"
+    exec(f"def __init__(self, {', '.join(names)}):\n{body}", setters)  # noqa: S102 - fixed field names
+    init = setters["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init
+
+
+for _cls in _event_classes():
+    fast_init(_cls)
 
 # Per event class, built once: the entity id getter, and the headers naming the type.
 _IDS = {cls: _ids_getter(cls.KEY_FIELDS) for cls in _event_classes()}
