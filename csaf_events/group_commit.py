@@ -41,9 +41,6 @@ class Signal:
     def clear(self) -> None:
         self._lock.acquire(False)
 
-    def is_set(self) -> bool:
-        return not self._lock.locked()
-
     def wait(self) -> None:
         self._lock.acquire()
         self._lock.release()
