@@ -24,7 +24,7 @@ from csaf_events.codec import decode_command, encode_outcome
 from csaf_events.errors import DataAccessError
 from csaf_events.log import kafka_topics
 from csaf_events.log.kafka import KafkaLog, Origin
-from csaf_events.log.kafka_reader import TAIL_FETCH_WAIT_MS, end_offsets, next_batch
+from csaf_events.log.kafka_reader import end_offsets, next_batch
 from csaf_events.node import Node
 from csaf_events.projection_files import open_or_set_aside, projection_dir
 from csaf_events.registry import SessionRegistry
@@ -49,7 +49,11 @@ class RegistryTailer:
         self._wanted: dict[int, int] = {}  # partition -> offset some caller waits for
         self._consumer = Consumer({**client_config, "group.id": f"{topic}.tail.{node_name}",
                                    "enable.auto.commit": False, "isolation.level": "read_committed",
-                                   "enable.partition.eof": True, "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS})
+                                   "enable.partition.eof": True,
+                                   # short, unlike the other tails: `_settle_idle` asks this consumer's
+                                   # broker connection for offsets, and the broker answers a connection
+                                   # in order, so a long fetch wait would delay every registry read
+                                   "fetch.wait.max.ms": 5})
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         # End offsets come from an admin client (the tailing consumer is busy in consume()),
         # one request for all partitions. It asks for the high watermark, not the last stable

@@ -20,10 +20,12 @@ from csaf_events.log.port import Chunk, LogEntry
 #: Messages taken from librdkafka per call while reading a partition through.
 RESTORE_FETCH = 10_000
 
-#: fetch.wait.max.ms of the consumers that wait for new records (routed commands, replies,
-#: session rows). The broker answers a waiting fetch as soon as a record arrives, so a long
-#: wait costs no latency; a short one makes every idle consumer ask the broker hundreds of
-#: times a second (an idle node cost the broker 0.19 cores at 5 ms, 0.03 at 500 ms).
+#: fetch.wait.max.ms of the consumers that wait for new records (routed commands, replies).
+#: The broker answers a waiting fetch as soon as a record arrives, so a long wait costs no
+#: latency; a short one makes every idle consumer ask the broker hundreds of times a second
+#: (an idle node cost the broker 0.19 cores with all its tails at 5 ms, 0.03 at 500 ms).
+#: Not for a consumer whose connection is also asked for offsets: the broker answers one
+#: connection's requests in order, so those answers would wait for the fetch.
 TAIL_FETCH_WAIT_MS = 500
 
 
