@@ -7,7 +7,9 @@ and by `csaf rebuild`.
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple, Protocol
@@ -50,6 +52,12 @@ def apply_chunks(projection: Projection, partition: int, chunks: Iterable[Chunk]
     checkpoint after the last one, without RocksDB's WAL (the log has them all), and the
     projection is flushed at the end: after a crash, the projection holds a prefix of the
     writes with the checkpoint that goes with it."""
+    with _PAUSED_COLLECTOR:
+        return _apply_chunks(projection, partition, chunks, generation, progress)
+
+
+def _apply_chunks(projection: Projection, partition: int, chunks: Iterable[Chunk], generation: str,
+                  progress: Callable[[int], None] | None) -> int:
     n = pending = 0
     changes = Changes()
     next_offset = 0
@@ -71,6 +79,34 @@ def apply_chunks(projection: Projection, partition: int, chunks: Iterable[Chunk]
     if n:
         projection.flush()
     return n
+
+
+class _CollectorPause:
+    """Python's cyclic garbage collector paused while folding: a restore allocates millions
+    of short-lived objects and makes no cycles, and the collector's passes over them cost
+    10-25 % of a restore. Concurrent restores share one pause; the collector runs again
+    when the last one ends (if it ran before the first began)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._was_enabled = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._was_enabled:
+                gc.enable()
+
+
+_PAUSED_COLLECTOR = _CollectorPause()
 
 
 def _write(projection: Projection, partition: int, changes: Changes, checkpoint: Checkpoint) -> None:

@@ -274,3 +274,35 @@ def test_a_crash_during_or_after_a_restore_leaves_a_consistent_projection(tmp_pa
             assert state == _fold_of(5000), "every restored record survived the crash"
     finally:
         projection.close()
+
+
+def test_a_restore_gives_the_garbage_collector_back_as_it_found_it(tmp_path: Path) -> None:
+    """The fold pauses Python's cyclic collector; it runs again afterwards, also after an
+    error, and stays off if the application had turned it off."""
+    import gc
+
+    from projections.rebuild import apply_chunks
+    from projections.rocks import Projection
+
+    projection = Projection(tmp_path / "projection")
+    try:
+        assert gc.isenabled()
+        apply_chunks(projection, 0, iter(()), "g")
+        assert gc.isenabled()
+
+        def broken():
+            assert not gc.isenabled(), "paused while folding"
+            raise RuntimeError("the log went away")
+            yield
+
+        with pytest.raises(RuntimeError):
+            apply_chunks(projection, 0, broken(), "g")
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            apply_chunks(projection, 0, iter(()), "g")
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    finally:
+        projection.close()
