@@ -181,9 +181,7 @@ class GetOutbox(Command):
     READ_ONLY = True
 
 
-for _cls in Command.__subclasses__():
-    if "__slots__" in _cls.__dict__:  # the classes dataclass(slots=True) made
-        ev.fast_init(_cls)
+ev.fast_inits(Command)
 
 
 # ---------------------------------------------------------------------- handlers ----

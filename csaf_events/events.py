@@ -57,8 +57,9 @@ class Event:
         """The values of `KEY_FIELDS`: which entity of its kind the event is about."""
         return _IDS[type(self)](self)
 
-    def key(self) -> bytes:
-        return orjson.dumps([self.ENTITY, *self.ids()])
+    def key(self, ids: tuple | None = None) -> bytes:
+        """The record key: the entity kind and its ids (pass `ids` when you have them)."""
+        return orjson.dumps([self.ENTITY, *(self.ids() if ids is None else ids)])
 
 
 def _b64(obj: object) -> str:
@@ -272,10 +273,16 @@ def _ids_getter(fields: tuple[str, ...]):
     return attrgetter(*fields) if len(fields) > 1 else _session_ids
 
 
-def _event_classes(base: type[Event] = Event) -> list[type[Event]]:
-    """Every event class, abstract ones too (dataclass(slots=True) replaces each class it
-    makes; the replaced ones, without __slots__, are left out)."""
-    return [c for sub in base.__subclasses__() if "__slots__" in sub.__dict__ for c in (sub, *_event_classes(sub))]
+def dataclasses_under(base: type) -> list[type]:
+    """Every dataclass below `base`, abstract ones too (dataclass(slots=True) replaces each
+    class it makes; the replaced ones, without __slots__, are left out)."""
+    return [c for sub in base.__subclasses__() if "__slots__" in sub.__dict__ for c in (sub, *dataclasses_under(sub))]
+
+
+def fast_inits(base: type) -> None:
+    """`fast_init` for every dataclass below `base`."""
+    for cls in dataclasses_under(base):
+        fast_init(cls)
 
 
 def fast_init(cls: type) -> None:
@@ -293,11 +300,10 @@ def fast_init(cls: type) -> None:
     cls.__init__ = init
 
 
-for _cls in _event_classes():
-    fast_init(_cls)
+fast_inits(Event)
 
 # Per event class, built once: the entity id getter, and the headers naming the type.
-_IDS = {cls: _ids_getter(cls.KEY_FIELDS) for cls in _event_classes()}
+_IDS = {cls: _ids_getter(cls.KEY_FIELDS) for cls in dataclasses_under(Event)}
 _TYPE_HEADERS = {cls: (("type", cls.TYPE.encode()), ("v", str(cls.VERSION).encode())) for cls in CATALOG.values()}
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -323,8 +329,7 @@ def stamp(node: str, timestamp: int) -> Headers:
 def stamped_record(event: Event, stamp: Headers, ids: tuple | None = None) -> Record:
     """`to_record` with the `stamp` headers encoded once for many events (and the event's
     `ids`, when the caller has them already)."""
-    key = orjson.dumps([event.ENTITY, *(event.ids() if ids is None else ids)])
-    return Record(key, encode_value(event), _TYPE_HEADERS[type(event)] + stamp)
+    return Record(event.key(ids), encode_value(event), _TYPE_HEADERS[type(event)] + stamp)
 
 
 def header(headers: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]] | None, name: str) -> str | None:

@@ -47,7 +47,7 @@ class Signal:
 
 
 class Item(Protocol):
-    done: threading.Event | Signal  # set when finished, or when promoted to lead
+    done: Signal  # set when finished, or when promoted to lead
     promoted: bool  # woken to lead the next round, not finished
     waiter: bool  # a thread waits for it (and so can be asked to lead)
 

@@ -9,8 +9,6 @@ Readers copy a dict's values (atomic under the GIL) and never wait.
 
 from __future__ import annotations
 
-import threading
-
 import orjson
 
 from csaf_events.dtos import SessionDto
@@ -20,7 +18,6 @@ _DTO_FIELDS = tuple(SessionDto.__dataclass_fields__)
 
 class SessionRegistry:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._sessions: dict[str, SessionDto] = {}
         self._by_user: dict[str, dict[str, SessionDto]] = {}
 
@@ -39,11 +36,6 @@ class SessionRegistry:
                 dto = SessionDto(**{k: s[k] for k in _DTO_FIELDS})
                 self._by_user.setdefault(dto.user_id, {})[sid] = dto
                 self._sessions[sid] = dto
-
-    def clear(self) -> None:
-        with self._lock:
-            self._sessions = {}
-            self._by_user = {}
 
     def select(self, only_active: bool, user_id: str | None = None, app_name: str | None = None,
                app_version_at_or_above: str | None = None) -> list[SessionDto]:

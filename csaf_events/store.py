@@ -104,13 +104,7 @@ class ClusterStoreAndForward:
         without a trip to another node, until ownership moves in a rebalance (then they are
         routed, as for any id). A node that owns no partition gets a random id."""
         self._check_open()
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
-        if len(prefix) + _MINTED > self.limits.max_id_length:
-            raise ValueError(f"prefix is {len(prefix)} characters: with the {_MINTED} random ones the session id "
-                             f"would be over the limit of {self.limits.max_id_length}")
-        if not prefix.isprintable():
-            raise ValueError(f"prefix must be printable text, got {prefix!r}")
+        v.ident("prefix", prefix, self.limits, prefix_of=_MINTED)
         owned = set(self.node.owned())
         for _ in range(64 * self.partitions if owned else 1):
             sid = prefix + secrets.token_urlsafe(_MINTED * 3 // 4)

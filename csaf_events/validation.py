@@ -24,14 +24,16 @@ def _type_error(name: str, expected: str, value: object) -> TypeError:
     return TypeError(f"{name} must be {expected}, got {type(value).__name__}")
 
 
-def ident(name: str, value: object, limits: Limits) -> str:
-    """A non-empty id of printable text."""
+def ident(name: str, value: object, limits: Limits, *, prefix_of: int = 0) -> str:
+    """A non-empty id of printable text; with `prefix_of`, the start (maybe empty) of an id
+    that many characters longer."""
     if not isinstance(value, str):
         raise _type_error(name, "a str", value)
-    if not value:
+    if not value and not prefix_of:
         raise ValueError(f"{name} must not be empty")
-    if len(value) > limits.max_id_length:
-        raise ValueError(f"{name} is {len(value)} characters, over the limit of {limits.max_id_length}")
+    limit = limits.max_id_length - prefix_of
+    if len(value) > limit:
+        raise ValueError(f"{name} is {len(value)} characters, over the limit of {limit}")
     if not value.isprintable():
         raise ValueError(f"{name} must be printable text, got {value!r}")
     return value

@@ -59,7 +59,6 @@ class PartitionWriter:
         self._appending = False
         self._appends = 0  # appends finished so far
         self._appended = threading.Condition(self._lock)
-        self._readers = 0  # reads waiting for the append in flight
         self.closed_reason: str | None = None
 
     def read(self, command: Command) -> Any:
@@ -72,10 +71,8 @@ class PartitionWriter:
         if self._appending:  # (no lock to look: an append that starts later was visible nowhere)
             with self._lock:  # wait for that append only: the next one may start at once
                 started = self._appends
-                self._readers += 1
                 while self._appending and self._appends == started:
                     self._appended.wait()
-                self._readers -= 1
         return decide(command, Decision(self.partition, self._projection, self._node, self._clock()))
 
     def execute(self, command: Command) -> Any:
@@ -135,8 +132,7 @@ class PartitionWriter:
             with self._lock:
                 self._appending = False
                 self._appends += 1
-                if self._readers:
-                    self._appended.notify_all()
+                self._appended.notify_all()
 
     @staticmethod
     def _finish(p: Pending) -> None:

@@ -20,7 +20,7 @@ from projections.rocks import ProjectionBatch
 
 def fold(event: Event, value: bytes | None, partition: int, out: ProjectionBatch) -> None:
     """Apply `event` (whose encoded state is `value`) to the projection of `partition`."""
-    fold_key(event.ENTITY, [getattr(event, f) for f in event.KEY_FIELDS], value, partition, out)
+    fold_key(event.ENTITY, event.ids(), value, partition, out)
 
 
 def fold_key(entity: str, ids: Sequence, value: bytes | None, partition: int, out: ProjectionBatch) -> None:

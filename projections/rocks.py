@@ -115,11 +115,10 @@ class ProjectionBatch:
 
     def last_key(self, prefix: bytes) -> bytes | None:
         """The greatest key under `prefix`, read without the values."""
-        found = self._projection.scan_keys(prefix)
         changed = self._changed(prefix)
         if not changed:
-            return found[-1] if found else None
-        live = set(found)
+            return self._projection.last_key(prefix)
+        live = set(self._projection.scan_keys(prefix))
         for k, v in changed:
             if v is None:
                 live.discard(k)

@@ -114,7 +114,6 @@ class EmbeddedLog:
                group: Sequence[Pending] = ()) -> None:
         offset = self._next[partition]
         wb, cf = batch.write_batch, self._cf
-        prefix = partition.to_bytes(2, "big")
         heads = self._heads
         if len(heads) > 256:
             heads.clear()
@@ -123,7 +122,7 @@ class EmbeddedLog:
             head = heads.get((has_value, r.headers))
             if head is None:
                 head = heads[has_value, r.headers] = _entry_head(has_value, r.headers)
-            wb.put(prefix + offset.to_bytes(8, "big"), head + r.key + b"\n" + (r.value or b""), cf)
+            wb.put(_log_key(partition, offset), head + r.key + b"\n" + (r.value or b""), cf)
             offset += 1
         try:
             self._projection.write(batch, {partition: Checkpoint(offset, self._generation)})

@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from csaf_events.codec import encode_outcome
 from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.events import SESSION, Record
-from csaf_events.group_commit import GroupCommit
+from csaf_events.group_commit import GroupCommit, Signal
 from csaf_events.log.kafka_reader import TAIL_FETCH_WAIT_MS, KafkaReader
 from csaf_events.log.port import Chunk, LogEntry
 from csaf_events.topics import Topics
@@ -64,7 +64,7 @@ class _Append:
         self.routed = routed
         self.offsets: list[int] = []
         self.error: BaseException | None = None
-        self.done = threading.Event()
+        self.done = Signal()
         self.promoted = False  # woken to lead the next transaction, not finished
         self.waiter = True  # the partition writer waits for it
 
