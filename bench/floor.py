@@ -203,7 +203,7 @@ def run_floor(path: Path, config: WorkloadConfig, sessions: int | None = None) -
 # Not in the floor: the transactional offset commit (KIP-447 fencing), replies to routed
 # commands, the projection writes, the reads that decide commands, the session registry.
 
-#: The node's transactional producer settings (`csaf_events/log/kafka.py`, `KafkaLog._new_producer`).
+#: The node's transactional producer settings (`csaf_events/kafka/transaction.py`, `KafkaLog._new_producer`).
 NODE_PRODUCER_SETTINGS = {"transaction.timeout.ms": 15000, "linger.ms": 1, "acks": "all",
                           "retry.backoff.ms": 1, "retry.backoff.max.ms": 20}
 
@@ -274,7 +274,7 @@ def split_commands(entries: list) -> list[list]:
 def read_log(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0) -> tuple[list[list], int]:
     """Every committed record of `topic`, per partition in offset order, and the number
     of transaction markers between them (offset gaps: one per transaction and partition)."""
-    from csaf_events.log.kafka_reader import KafkaReader
+    from csaf_events.kafka.reader import KafkaReader
 
     reader = KafkaReader({"bootstrap.servers": bootstrap}, topic, "floor", f"{topic}.floor-reader", timeout)
     out, markers = [], 0
@@ -306,7 +306,7 @@ def run_kafka_floor(bootstrap: str, namespace: str, partitions: int, *, ops: int
     from confluent_kafka.admin import AdminClient
 
     from csaf_events.events import SESSION
-    from csaf_events.log import kafka_topics
+    from csaf_events.kafka import topics as kafka_topics
     from csaf_events.topics import load_topics
 
     session_prefix = b'["' + SESSION.encode() + b'",'

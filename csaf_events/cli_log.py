@@ -148,7 +148,7 @@ def _admin(args: argparse.Namespace):
 
 
 def _topics_describe(args: argparse.Namespace) -> int:
-    from csaf_events.log import kafka_topics
+    from csaf_events.kafka import topics as kafka_topics
 
     specs, admin = _topic_specs(args), _admin(args)
     states = kafka_topics.describe(admin, specs)
@@ -169,7 +169,7 @@ def _topics_describe(args: argparse.Namespace) -> int:
 
 
 def _topics_apply(args: argparse.Namespace) -> int:
-    from csaf_events.log import kafka_topics
+    from csaf_events.kafka import topics as kafka_topics
 
     changes, left = kafka_topics.apply(_admin(args), _topic_specs(args))
     for c in changes:
@@ -182,7 +182,7 @@ def _topics_apply(args: argparse.Namespace) -> int:
 
 
 def _topics_verify(args: argparse.Namespace) -> int:
-    from csaf_events.log import kafka_topics
+    from csaf_events.kafka import topics as kafka_topics
 
     specs, admin = _topic_specs(args), _admin(args)
     states = kafka_topics.describe(admin, specs)

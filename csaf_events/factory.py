@@ -39,14 +39,14 @@ def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | No
         topics = topics.with_partitions(partitions)
     limits = limits or Limits()
     if bootstrap_servers is None:
-        from csaf_events.backends.embedded import EmbeddedBackend
-        from csaf_events.log.embedded import CompactionPolicy
+        from csaf_events.embedded.backend import EmbeddedBackend
+        from csaf_events.embedded.log import CompactionPolicy
         backend = EmbeddedBackend(node_name, Path(data_dir), topics.events.partitions, clock, sync,
                                   compaction=CompactionPolicy.of(topics.events))
     else:
         if not isinstance(bootstrap_servers, str) or not bootstrap_servers.strip():
             raise ValueError(f"bootstrap_servers must be 'host:port[,host:port...]', got {bootstrap_servers!r}")
-        from csaf_events.backends.kafka import KafkaBackend
+        from csaf_events.kafka.backend import KafkaBackend
         backend = KafkaBackend(node_name, Path(data_dir), bootstrap_servers, topics, clock,
                                request_timeout=request_timeout, kafka_config=kafka_config or {})
     return ClusterStoreAndForward(node_name, topics.events.partitions, backend, limits)

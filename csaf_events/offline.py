@@ -18,9 +18,9 @@ from typing import Literal
 from confluent_kafka.admin import AdminClient
 
 from csaf_events.errors import CsafError
-from csaf_events.log import kafka_topics
-from csaf_events.log.embedded import LOG_CF, EmbeddedLog
-from csaf_events.log.kafka_reader import KafkaReader
+from csaf_events.kafka import topics as kafka_topics
+from csaf_events.embedded.log import LOG_CF, EmbeddedLog
+from csaf_events.kafka.reader import KafkaReader
 from csaf_events.projection_files import (
     DatabaseLocked, open_or_repair, open_or_set_aside, open_read_view, projection_dir,
 )

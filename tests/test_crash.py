@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from csaf_events import MessageIdAlreadyExistsError, open_store
-from csaf_events.log.embedded import LOG_CF, EmbeddedLog
+from csaf_events.embedded.log import LOG_CF, EmbeddedLog
 from csaf_events.projection_files import projection_dir
 from projections.rebuild import apply_chunks, diff, snapshot
 from projections.rocks import Projection

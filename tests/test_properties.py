@@ -463,7 +463,7 @@ def test_compaction_never_resurrects_a_deleted_entity_when_the_clock_steps_back(
     tombstone while keeping an earlier record of that key, or a rebuild from the log
     brings the deleted session, inbox entry and outbox message back.
 
-    Bug: csaf_events/log/embedded.py `EmbeddedLog._compact_partition` decides per record
+    Bug: csaf_events/embedded/log.py `EmbeddedLog._compact_partition` decides per record
     by its own timestamp: the last record (the tombstone, ts T-1) goes when older than
     `tombstones_before`, but an earlier record of the key (ts T) is kept because it is not
     older than `superseded_before`. Fix: when a key's last record is a tombstone being

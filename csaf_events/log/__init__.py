@@ -1,4 +1,5 @@
-"""The log port and its adapters (embedded RocksDB log, Kafka)."""
+"""The log port: what command handling and projections need from a log. Its adapters live
+beside it, one folder each (`csaf_events.embedded`, `csaf_events.kafka`)."""
 
 from csaf_events.log.port import EventLog, LogEntry
 

@@ -22,13 +22,13 @@ from confluent_kafka.admin import AdminClient
 
 from csaf_events.codec import decode_command, encode_outcome
 from csaf_events.errors import DataAccessError
-from csaf_events.log import kafka_topics
-from csaf_events.log.kafka import KafkaLog, Origin
-from csaf_events.log.kafka_reader import end_offsets, next_batch
+from csaf_events.kafka import topics as kafka_topics
+from csaf_events.kafka.log import KafkaLog, Origin
+from csaf_events.kafka.reader import end_offsets, next_batch
 from csaf_events.node import Node
 from csaf_events.projection_files import open_or_set_aside, projection_dir
 from csaf_events.registry import SessionRegistry
-from csaf_events.routing import KafkaRouter
+from csaf_events.kafka.routing import KafkaRouter
 from csaf_events.store import Backend
 from csaf_events.topics import Topics
 from csaf_events.writer import Pending

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from csaf_events.log.embedded import LOG_CF, CompactionPolicy, EmbeddedLog
+from csaf_events.embedded.log import LOG_CF, CompactionPolicy, EmbeddedLog
 from csaf_events.node import Node
 from csaf_events.projection_files import open_or_repair, open_projection, projection_dir
 from csaf_events.registry import SessionRegistry

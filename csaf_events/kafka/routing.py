@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from csaf_events.codec import decode_outcome, encode_command
 from csaf_events.commands import Command
 from csaf_events.errors import DataAccessError
-from csaf_events.log.kafka_reader import TAIL_FETCH_WAIT_MS
+from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from csaf_events.codec import encode_outcome
 from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.events import SESSION, Record
 from csaf_events.group_commit import GroupCommit, Signal
-from csaf_events.log.kafka_reader import TAIL_FETCH_WAIT_MS, KafkaReader
+from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS, KafkaReader
 from csaf_events.log.port import Chunk, LogEntry
 from csaf_events.topics import Topics
 from projections.rebuild import catch_up

@@ -1,1 +1,0 @@
-"""Backends: what a store runs on (embedded single node, or a Kafka cluster)."""
