@@ -30,7 +30,7 @@ from confluent_kafka import Producer
 from csaf_events import events as ev
 from csaf_events import open_store
 from csaf_events.events import Record
-from csaf_events.store import partition_for
+from csaf_events.partitioning import partition_for
 from csaf_events.topics import load_topics
 from csaf_events.workload import make_payloads
 

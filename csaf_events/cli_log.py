@@ -51,7 +51,7 @@ def _target(args: argparse.Namespace) -> Target:
 
 def _replay(args: argparse.Namespace) -> int:
     from csaf_events.history import format_text, session_history, to_json
-    from csaf_events.store import partition_for
+    from csaf_events.partitioning import partition_for
 
     if args.bootstrap is None and args.data_dir is None:
         raise CsafError("replay needs --bootstrap (a Kafka cluster) or --data-dir (an embedded store)")

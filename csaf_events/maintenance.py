@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from csaf_events.writer import now_ms
+from csaf_events.clock import now_ms
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import murmur2
-
 from csaf_events import commands as cmd
 from csaf_events import history
 from csaf_events import validation as v
 from csaf_events.dtos import CurrentNode, MessageType, RequestCorrelation, SessionDto, StoredInMessage, StoredOutMessage
 from csaf_events.errors import CsafError
 from csaf_events.history import HistoryEntry
+from csaf_events.backend import Backend
 from csaf_events.node import Node
+from csaf_events.partitioning import partition_for
 from csaf_events.registry import SessionRegistry
 from csaf_events.validation import Limits
 
@@ -29,11 +29,6 @@ log = logging.getLogger(__name__)
 
 
 _MINTED = 16  # random characters of a minted session id (96 bits)
-
-
-def partition_for(session_id: str, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2 of the key), so Java clients agree."""
-    return murmur2(session_id.encode(), partitions)
 
 
 class ClusterStoreAndForward:
@@ -283,19 +278,3 @@ class ClusterStoreAndForward:
         sid = self._sid(session_id)
         return self._run(sid, cmd.TakeCorrelation(sid, v.ident("server_message_id", server_message_id, self.limits)))
 
-
-class Backend:
-    """What a store runs on: a node (projection, log, writers, router) and a session registry."""
-
-    node: Node
-    registry: SessionRegistry
-
-    def boot(self) -> None:
-        raise NotImplementedError
-
-    def sync_registry(self) -> None:
-        """Return once this node's registry holds every session write that returned anywhere
-        in the cluster before this call (embedded: always true)."""
-
-    def close(self) -> None:
-        raise NotImplementedError

@@ -47,7 +47,7 @@ from typing import Any
 
 from csaf_events.dtos import MessageType
 from csaf_events.store import ClusterStoreAndForward
-from csaf_events.writer import now_ms
+from csaf_events.clock import now_ms
 
 #: The operation kinds the workload times, in the order a session uses them.
 OPS = (

@@ -12,7 +12,6 @@ every caller its result.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -139,7 +138,3 @@ class PartitionWriter:
         p.done.set()
         if p.callback is not None:
             p.callback(p)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000

@@ -18,8 +18,8 @@ import pytest
 from brokers import unique_namespace
 from csaf_events import ClusterStoreAndForward, open_store
 from csaf_events.cli import main as cli_main
-from csaf_events.projection_files import projection_dir
-from csaf_events.store import partition_for
+from projections.files import projection_dir
+from csaf_events.partitioning import partition_for
 from projections.rebuild import snapshot
 from projections.rocks import Projection
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from csaf_events.store import partition_for
+from csaf_events.partitioning import partition_for
 from node_process import NodeError, NodeProcess
 
 PARTITIONS = 6

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from csaf_events import open_store
-from csaf_events.store import partition_for
+from csaf_events.partitioning import partition_for
 from csaf_events.topics import default_topics_file
 from log_fixtures import PARTITIONS, LogNode, populate
 from projections.rebuild import catch_up, snapshot

@@ -17,7 +17,7 @@ from csaf_events import (
     ClusterStoreAndForward, CsafError, CurrentNode, Limits, MessageIdAlreadyExistsError, MessageType,
     RequestCorrelation, SessionDto, StoredInMessage, StoredOutMessage, WrongUserError,
 )
-from csaf_events.store import partition_for
+from csaf_events.partitioning import partition_for
 from projections import queries
 
 # Bytes that break naive encodings: NULs, newlines, every byte value, invalid UTF-8.

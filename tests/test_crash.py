@@ -20,7 +20,7 @@ import pytest
 
 from csaf_events import MessageIdAlreadyExistsError, open_store
 from csaf_events.embedded.log import LOG_CF, EmbeddedLog
-from csaf_events.projection_files import projection_dir
+from projections.files import projection_dir
 from projections.rebuild import apply_chunks, diff, snapshot
 from projections.rocks import Projection
 

@@ -27,7 +27,7 @@ from csaf_events import (
     CurrentNode, MessageIdAlreadyExistsError, MessageType, RequestCorrelation, SessionDto, StoredInMessage,
     StoredOutMessage, WrongUserError, open_store,
 )
-from csaf_events.store import partition_for
+from csaf_events.partitioning import partition_for
 from projections import queries
 from projections.rebuild import apply_chunks, diff, snapshot
 from projections.rocks import Projection

@@ -145,7 +145,7 @@ def test_an_embedded_store_that_cannot_be_repaired_is_a_clear_error(tmp_path: Pa
     def fail(path) -> None:
         raise RuntimeError("Corruption: simulated unrepairable damage")
 
-    monkeypatch.setattr("csaf_events.projection_files.repair_database", fail)
+    monkeypatch.setattr("projections.files.repair_database", fail)
     with pytest.raises(CsafError, match=r"corrupt .* could not repair it .* restore .* from a backup"):
         node.open()
     node.close_all()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from csaf_events.embedded.log import LOG_CF, CompactionPolicy, EmbeddedLog
 from csaf_events.node import Node
-from csaf_events.projection_files import open_or_repair, open_projection, projection_dir
+from projections.files import open_or_repair, open_projection, projection_dir
 from csaf_events.registry import SessionRegistry
-from csaf_events.store import Backend
+from csaf_events.backend import Backend
 from projections import queries
 from projections.rebuild import catch_up
 

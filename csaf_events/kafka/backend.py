@@ -26,10 +26,10 @@ from csaf_events.kafka import topics as kafka_topics
 from csaf_events.kafka.log import KafkaLog, Origin
 from csaf_events.kafka.reader import end_offsets, next_batch
 from csaf_events.node import Node
-from csaf_events.projection_files import open_or_set_aside, projection_dir
+from projections.files import open_or_set_aside, projection_dir
 from csaf_events.registry import SessionRegistry
 from csaf_events.kafka.routing import KafkaRouter
-from csaf_events.store import Backend
+from csaf_events.backend import Backend
 from csaf_events.topics import Topics
 from csaf_events.writer import Pending
 
