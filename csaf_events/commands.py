@@ -127,7 +127,7 @@ class DeadLetter(Command):
 class StoreCorrelation(Command):
     server_message_id: str
     request_timestamp: int
-    reply_terminator_id: str
+    reply_terminator_id: str | None
     correlation_string: str | None
     correlation_binary: bytes | None
 

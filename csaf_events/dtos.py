@@ -79,6 +79,6 @@ class RequestCorrelation:
     session_id: str
     server_message_id: str
     request_timestamp: int
-    reply_terminator_id: str
+    reply_terminator_id: str | None
     correlation_string: str | None
     correlation_binary: bytes | None

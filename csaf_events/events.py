@@ -225,7 +225,7 @@ class OutboxDiscarded(_OutboxGone):
 class CorrelationStored(Event):
     server_message_id: str
     request_timestamp: int
-    reply_terminator_id: str
+    reply_terminator_id: str | None
     correlation_string: str | None
     correlation_binary: bytes | None
 

@@ -263,13 +263,13 @@ class ClusterStoreAndForward:
 
     # --------------------------------------------------------------- correlations --
     def store_request_correlation(self, session_id: str, server_message_id: str, request_timestamp: int,
-                                  reply_terminator_id: str, correlation_string: str | None,
+                                  reply_terminator_id: str | None, correlation_string: str | None,
                                   correlation_binary: bytes | None) -> None:
         sid = self._sid(session_id)
         self._run(sid, cmd.StoreCorrelation(
             sid, v.ident("server_message_id", server_message_id, self.limits),
             v.timestamp("request_timestamp", request_timestamp),
-            v.ident("reply_terminator_id", reply_terminator_id, self.limits),
+            v.optional_ident("reply_terminator_id", reply_terminator_id, self.limits),
             v.text("correlation_string", correlation_string, self.limits, optional=True),
             v.binary("correlation_binary", correlation_binary, self.limits)))
 

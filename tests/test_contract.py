@@ -693,6 +693,19 @@ def test_request_correlation_store_and_take_once(store):
     assert store.get_and_delete_request_correlation("s1", "r2") == RequestCorrelation("s1", "r2", 5, "T", None, None)
 
 
+def test_request_correlation_without_reply_terminator(store_factory):
+    """The reference schema's reply_terminator_id column is nullable: None is stored and
+    given back as None, also through another node (routed, or after a restart)."""
+    nodes = Nodes(store_factory)
+    nodes["node-a"].store_request_correlation("s1", "r1", 7, None, "corr", None)
+    nodes["node-a"].store_request_correlation("s1", "r2", 8, None, None, None)
+    assert nodes["node-a"].get_and_delete_request_correlation("s1", "r1") == RequestCorrelation(
+        "s1", "r1", 7, None, "corr", None)
+    assert nodes["node-b"].get_and_delete_request_correlation("s1", "r2") == RequestCorrelation(
+        "s1", "r2", 8, None, None, None)
+    assert nodes["node-b"].get_and_delete_request_correlation("s1", "r2") is None
+
+
 def test_request_correlation_concurrent_take_exactly_one(store):
     for k in range(3):
         store.store_request_correlation("s1", f"r{k}", 1, "T", f"c{k}", None)
