@@ -10,9 +10,10 @@ rebuilds the entity; a tombstone event has a null value and travels as its heade
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from dataclasses import MISSING, dataclass, fields
-from operator import attrgetter
-from typing import ClassVar, NamedTuple
+from operator import attrgetter, itemgetter
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import orjson
 
@@ -31,13 +32,7 @@ class Record(NamedTuple):
     headers: tuple[tuple[str, bytes], ...]
 
 
-class Meta(NamedTuple):
-    """What the log knows about an event besides its content."""
-
-    partition: int
-    offset: int
-    timestamp: int
-    node: str
+E = TypeVar("E", bound="Event")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +55,11 @@ class Event:
     def key(self, ids: tuple | None = None) -> bytes:
         """The record key: the entity kind and its ids (pass `ids` when you have them)."""
         return orjson.dumps([self.ENTITY, *(self.ids() if ids is None else ids)])
+
+    def successor(self, cls: type[E], **changes: Any) -> E:
+        """The `cls` event of the same entity: this state with `changes` (the whole new state
+        a state event carries, made from the state read back)."""
+        return cls(**{**{name: getattr(self, name) for name in _FIELDS[type(self)]}, **changes})
 
 
 def _b64(obj: object) -> str:
@@ -304,6 +304,7 @@ fast_inits(Event)
 
 # Per event class, built once: the entity id getter, and the headers naming the type.
 _IDS = {cls: _ids_getter(cls.KEY_FIELDS) for cls in dataclasses_under(Event)}
+_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in dataclasses_under(Event)}
 _TYPE_HEADERS = {cls: (("type", cls.TYPE.encode()), ("v", str(cls.VERSION).encode())) for cls in CATALOG.values()}
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -332,28 +333,51 @@ def stamped_record(event: Event, stamp: Headers, ids: tuple | None = None) -> Re
     return Record(event.key(ids), encode_value(event), _TYPE_HEADERS[type(event)] + stamp)
 
 
-def header(headers: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]] | None, name: str) -> str | None:
+def header(headers: Headers | list[tuple[str, bytes]] | None, name: str) -> str | None:
+    """The value of header `name` as text, None when the record has none."""
     for k, v in headers or ():
         if k == name:
             return v.decode() if v is not None else None
     return None
 
 
+# --- reading records back -------------------------------------------------------------
+
 class UnknownEventError(ValueError):
-    """A record whose type or schema version this code does not know."""
+    """A record whose type or schema version this code does not know. Folding it would build
+    a state this code may misread, so whatever folds the log stops at it."""
 
 
-def from_record(key: bytes, value: bytes | None, headers) -> Event:
-    """Decode one record back into its event (inverse of `to_record`)."""
+def event_class(headers: Headers | list[tuple[str, bytes]] | None) -> type[Event]:
+    """The event class a record's `type` and `v` headers name; `UnknownEventError` for an
+    unknown type, a missing or unreadable version, or a version newer than this code's."""
     type_name = header(headers, "type")
     cls = CATALOG.get(type_name or "")
     if cls is None:
-        raise UnknownEventError(f"unknown event type {type_name!r} for key {key!r}")
-    version = int(header(headers, "v") or "1")
-    if version > cls.VERSION:
-        raise UnknownEventError(f"{type_name} schema v{version} is newer than this code (v{cls.VERSION})")
-    if value is None:
-        return cls(**dict(zip(cls.KEY_FIELDS, orjson.loads(key)[1:])))
+        raise UnknownEventError(f"its event type {type_name!r} is unknown to this code")
+    version = header(headers, "v")
+    if version is None or not version.isdigit():
+        raise UnknownEventError(f"its {type_name} record has no schema version (header v: {version!r})")
+    if int(version) > cls.VERSION:
+        raise UnknownEventError(f"its {type_name} schema v{version} is newer than this code's (v{cls.VERSION})")
+    return cls
+
+
+# The first two headers of every record this code can read, as `stamped_record` writes them.
+_KNOWN_HEADS = frozenset((("type", cls.TYPE.encode()), ("v", str(v).encode()))
+                         for cls in CATALOG.values() for v in range(1, cls.VERSION + 1))
+_HEAD = itemgetter(slice(0, 2))
+
+
+def known_types(headers: Iterable[Headers | list[tuple[str, bytes]]]) -> bool:
+    """Whether every record's headers name a type and version this code reads: one set
+    lookup a record, cheap enough for a restore. False: look closer with `event_class`
+    (it names what is wrong; headers in another order pass there)."""
+    return _KNOWN_HEADS.issuperset(map(tuple, map(_HEAD, headers)))
+
+
+def decode(cls: type[E], value: bytes) -> E:
+    """An entity's state read back: the `cls` (a state class) its encoded value holds."""
     return cls(**decode_state(value, cls.BINARY_FIELDS))
 
 
@@ -364,7 +388,3 @@ def decode_state(value: bytes, binary_fields: frozenset[str] = frozenset()) -> d
         if state.get(name) is not None:
             state[name] = base64.b64decode(state[name])
     return state
-
-
-def meta_from_headers(headers, partition: int, offset: int) -> Meta:
-    return Meta(partition, offset, int(header(headers, "ts") or 0), header(headers, "node") or "")

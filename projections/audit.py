@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from csaf_events.log.entries import LogReader
 from projections.fold import Changes, fold_record
 from projections.integrity import first_problem
-from projections.rebuild import LogReader, diff, snapshot
+from projections.rebuild import checked, diff, snapshot
 from projections.rocks import Projection
 
 
@@ -27,7 +28,8 @@ class Audit(NamedTuple):
 def audit_partition(projection: Projection, log_reader: LogReader, partition: int, *,
                     holds: bool) -> Audit | None:
     """Compare one partition; None when this node has never held it (`holds` False and no
-    trace of it in the projection)."""
+    trace of it in the projection). A record of a type or version this code does not read
+    stops the audit (`UnknownEventError`): the fold it would be compared with means nothing."""
     end = log_reader.end_offset(partition)
     generation = log_reader.generation(partition)
     problems: list[str] = []
@@ -54,6 +56,7 @@ def audit_partition(projection: Projection, log_reader: LogReader, partition: in
     expected, caught_up = Changes(), Changes(actual)
     n = behind = 0
     for e in log_reader.read(partition, 0, end):
+        checked(log_reader.topic, e)
         n += 1
         try:
             fold_record(e.key, e.value, partition, expected)

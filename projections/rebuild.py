@@ -12,9 +12,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple
 
-from csaf_events.log.port import Chunk
+from csaf_events.events import UnknownEventError, event_class, known_types
+from csaf_events.log.entries import Chunk, LogEntry, LogReader
 from projections import keys
 from projections.fold import Changes, fold_records
 from projections.integrity import first_problem
@@ -24,15 +25,6 @@ log = logging.getLogger(__name__)
 
 RESTORE_BATCH = 50_000  # records folded in memory per RocksDB write while restoring
 NO_PROJECTION = "there is no projection of it here yet"
-
-
-class LogReader(Protocol):
-    """What catching up needs from a log (both log adapters, and the offline readers)."""
-
-    def read(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[Any]: ...
-    def read_chunks(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[Chunk]: ...
-    def end_offset(self, partition: int) -> int: ...
-    def generation(self, partition: int) -> str: ...
 
 
 class CatchUp(NamedTuple):
@@ -154,7 +146,7 @@ def catch_up(projection: Projection, log_reader: LogReader, partition: int, *, v
         start = 0 if cp is None else cp.next_offset
     n = 0
     if start < end:
-        n = apply_chunks(projection, partition, log_reader.read_chunks(partition, start, end), generation, progress)
+        n = apply_chunks(projection, partition, checked_chunks(log_reader, partition, start, end), generation, progress)
         # the last records may be compaction gaps or transaction markers: the checkpoint is the end
         projection.write(projection.batch(track=False), {partition: Checkpoint(end, generation)})
     took = time.monotonic() - t0
@@ -162,6 +154,41 @@ def catch_up(projection: Projection, log_reader: LogReader, partition: int, *, v
         log.log(level, "partition %d: projection rebuilt from the log (%s): %d events in %.3fs (%.0f events/s)",
                 partition, reason, n, took, n / took if took > 0 else 0.0)
     return CatchUp(partition, n, took, reason)
+
+
+def checked_chunks(log_reader: LogReader, partition: int, start: int, end: int) -> Iterator[Chunk]:
+    """The records from `start` to `end`, a chunk at a time, each checked to be of a type and
+    schema version this code reads; at the first that is not, `UnknownEventError` naming
+    topic, partition and offset, before anything of its chunk is folded. Chunks that come
+    without headers (Kafka's: librdkafka builds them per message, at about the cost of the
+    fold itself) are folded as they are."""
+    while start < end:
+        chunks = log_reader.read_chunks(partition, start, end)
+        try:
+            for chunk in chunks:
+                if chunk.headers is not None and not known_types(chunk.headers):
+                    break
+                start = chunk.next_offset
+                yield chunk
+            else:
+                return
+        finally:
+            chunks.close()
+        for entry in log_reader.read(partition, start, chunk.next_offset):  # which record, and what is wrong
+            checked(log_reader.topic, entry)
+        start = chunk.next_offset
+        yield chunk  # readable: its headers were only in another order than this code writes them
+
+
+def checked(topic: str, entry: LogEntry) -> LogEntry:
+    """`entry`, when its type and schema version are ones this code reads; else
+    `UnknownEventError` naming where it is in the log."""
+    try:
+        event_class(entry.headers)
+    except UnknownEventError as e:
+        raise UnknownEventError(f"{topic} partition {entry.partition} offset {entry.offset}: {e}; this code "
+                                f"cannot fold it and stops there (run a version of csaf-events that knows it)") from None
+    return entry
 
 
 def has_state(projection: Projection, partition: int) -> bool:

@@ -22,7 +22,7 @@ from rocksdict import ReadOptions, WriteBatch
 
 from csaf_events.errors import CsafError, DataAccessError
 from csaf_events.events import Record, header
-from csaf_events.log.port import Chunk, LogEntry, chunked
+from csaf_events.log.entries import Chunk, LogEntry, chunked
 from csaf_events.topics import TopicSpec
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
 
@@ -76,6 +76,7 @@ class EmbeddedLog:
     def __init__(self, projection: Projection, partitions: int | None) -> None:
         """`partitions` None: as many as the log has (for tools that open an existing log)."""
         self._projection = projection
+        self.topic = f"the embedded log in {projection.path}"
         self._db = projection.db.get_column_family(LOG_CF)
         self._cf = projection.column_family(LOG_CF)
         gen = self._db.get(_GENERATION_KEY)

@@ -1,6 +1,3 @@
-"""The log port: what command handling and projections need from a log. Its adapters live
-beside it, one folder each (`csaf_events.embedded`, `csaf_events.kafka`)."""
-
-from csaf_events.log.port import EventLog, LogEntry
-
-__all__ = ["EventLog", "LogEntry"]
+"""The log: its plain types (`entries`, what the projections read) and the port command
+handling appends through (`port`). The adapters live beside it, one folder each
+(`csaf_events.embedded`, `csaf_events.kafka`)."""
