@@ -1,0 +1,138 @@
+"""Incoming endpoints: the async handlers user code registers for client messages.
+
+A client SEND or REQUEST targets an endpoint id. Its handler gets an `IncomingContext` and
+settles the message through it, which decides the answer the client gets:
+
+- returns without a call: SEND is ACKed; REQUEST is NACKed (nobody will ever reply);
+- ``ctx.deny()``: NACK;
+- ``ctx.resolve(msg)`` / ``ctx.reject(msg)`` (REQUEST only): RESOLVE / REJECT at once;
+- ``later = ctx.answer_later()`` (REQUEST only): ACK now; ``await later.resolve(msg)`` or
+  ``await later.reject(msg)`` any time afterwards, from anywhere, stores the answer in the
+  session's outbox, so it reaches the client even across reconnects and nodes;
+- raises: NACK with the error as description.
+
+The answer (other than a plain ACK) is stored in the store's inbox entry of the message, so
+a client that sends the same message again gets the same answer without the handler running
+twice.
+
+A *terminator* is an endpoint that never replies: a REQUEST to it is NACKed before the
+handler runs. Terminators also receive the client's RESOLVE/REJECT answers to
+server-initiated requests (the ``reply_to`` of `MatsSocketServer.request`); for those,
+``ctx.message_type`` is RESOLVE or REJECT and ``ctx.correlation_string`` /
+``ctx.correlation_binary`` carry what the request stored.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from csaf_events.dtos import MessageType
+from csaf_events.matssocket.protocol import DebugOption
+
+if TYPE_CHECKING:
+    from csaf_events.matssocket.server import MatsSocketServer
+
+
+class Resolution(enum.Enum):
+    """How a handler settled an incoming message."""
+
+    NO_ACTION = "no action"
+    DENY = "deny"
+    RESOLVE = "resolve"
+    REJECT = "reject"
+    LATER = "later"
+
+
+IncomingHandler = Callable[["IncomingContext"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A registered endpoint id and its handler; `replies` False makes it a terminator."""
+
+    endpoint_id: str
+    handler: IncomingHandler
+    replies: bool
+
+
+@dataclass
+class IncomingContext:
+    """One incoming client message, and the means to answer it."""
+
+    session_id: str
+    user_id: str
+    principal: Any
+    authorization: str
+    endpoint_id: str
+    message_type: MessageType
+    trace_id: str
+    message: Any
+    client_message_id: str | int
+    received_ms: int
+    debug_options: DebugOption = DebugOption(0)
+    correlation_string: str | None = None
+    correlation_binary: bytes | None = None
+    _server: MatsSocketServer | None = field(default=None, repr=False)
+    resolution: Resolution = Resolution.NO_ACTION
+    reply: Any = None
+
+    def _settle(self, resolution: Resolution, reply: Any = None) -> None:
+        if self.resolution is not Resolution.NO_ACTION:
+            raise RuntimeError(f"this {self.message_type} was already settled ({self.resolution.value})")
+        self.resolution, self.reply = resolution, reply
+
+    def _request_only(self, what: str) -> None:
+        if self.message_type != MessageType.REQUEST:
+            raise RuntimeError(f"only a REQUEST can be {what}; this is a {self.message_type}")
+
+    def deny(self) -> None:
+        """Refuse the message: the client gets NACK."""
+        self._settle(Resolution.DENY)
+
+    def resolve(self, message: Any) -> None:
+        """Answer the REQUEST with RESOLVE carrying `message` (any JSON value)."""
+        self._request_only("resolved")
+        self._settle(Resolution.RESOLVE, message)
+
+    def reject(self, message: Any) -> None:
+        """Answer the REQUEST with REJECT carrying `message` (any JSON value)."""
+        self._request_only("rejected")
+        self._settle(Resolution.REJECT, message)
+
+    def answer_later(self) -> LaterReply:
+        """ACK the REQUEST now and answer it later through the returned `LaterReply`."""
+        self._request_only("answered later")
+        assert self._server is not None
+        self._settle(Resolution.LATER)
+        return LaterReply(self._server, self.session_id, self.client_message_id, self.trace_id,
+                          self.received_ms, self.debug_options)
+
+
+@dataclass
+class LaterReply:
+    """The pending answer of a REQUEST; settle it once, from any coroutine on the server's loop."""
+
+    _server: MatsSocketServer
+    session_id: str
+    client_message_id: str | int
+    trace_id: str
+    received_ms: int
+    debug_options: DebugOption
+    _done: bool = False
+
+    async def resolve(self, message: Any) -> None:
+        """Send RESOLVE with `message` to the client (through the session's outbox)."""
+        await self._answer(MessageType.RESOLVE, message)
+
+    async def reject(self, message: Any) -> None:
+        """Send REJECT with `message` to the client (through the session's outbox)."""
+        await self._answer(MessageType.REJECT, message)
+
+    async def _answer(self, type_: MessageType, message: Any) -> None:
+        if self._done:
+            raise RuntimeError("this REQUEST was already answered")
+        self._done = True
+        await self._server._store_later_reply(self, type_, message)

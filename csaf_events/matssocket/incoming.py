@@ -1,0 +1,139 @@
+"""Client SEND/REQUEST and the client's RESOLVE/REJECT of server requests.
+
+SEND and REQUEST are first put in the store's inbox under the client message id: a second
+copy (a client that resent after a lost ACK, possibly to another node) is caught there and
+answered with the stored answer, without running the handler again. RESOLVE and REJECT
+answer a server-initiated REQUEST: its correlation is taken from the store exactly once,
+so a resent reply is ACKed and not handled twice.
+
+A store failure answers RETRY (the client sends again later); a handler that raises is
+answered NACK.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from csaf_events.dtos import MessageType as T
+from csaf_events.errors import CsafError, MessageIdAlreadyExistsError
+from csaf_events.matssocket.endpoints import IncomingContext, Resolution
+from csaf_events.matssocket.protocol import DebugOption, Envelope, ProtocolError, message_id
+from csaf_events.clock import now_ms
+
+if TYPE_CHECKING:
+    from csaf_events.matssocket.connection import Connection
+
+log = logging.getLogger(__name__)
+
+
+async def handle(conn: Connection, envelope: Envelope, received: int) -> None:
+    """Handle one SEND, REQUEST, RESOLVE or REJECT, and send the client its answer."""
+    t = envelope["t"]
+    if not isinstance(envelope.get("tid"), str) or not envelope["tid"]:
+        raise ProtocolError(f"Missing 'tid' (TraceId) on {t}, cmid:[{envelope.get('cmid')}].")
+    cmid_key = message_id(envelope, "cmid")
+    if t in (T.RESOLVE, T.REJECT):
+        answer = await _reply(conn, envelope, received)
+    else:
+        answer = await _send_or_request(conn, envelope, cmid_key, received)
+    answer["cmid"] = envelope["cmid"]
+    await conn.send([answer])
+
+
+def _debug_options(conn: Connection, envelope: Envelope) -> DebugOption:
+    rd = envelope.get("rd")
+    if not isinstance(rd, int) or isinstance(rd, bool):
+        return DebugOption(0)
+    return DebugOption(rd & 0xFF) & conn.allowed_debug
+
+
+def _context(conn: Connection, envelope: Envelope, endpoint_id: str, received: int, **extra: Any) -> IncomingContext:
+    return IncomingContext(
+        session_id=conn.session_id, user_id=conn.user_id, principal=conn.principal,
+        authorization=conn.authorization, endpoint_id=endpoint_id, message_type=T(envelope["t"]),
+        trace_id=envelope["tid"], message=envelope.get("msg"), client_message_id=envelope["cmid"],
+        received_ms=received, debug_options=_debug_options(conn, envelope), _server=conn.server, **extra)
+
+
+async def _send_or_request(conn: Connection, envelope: Envelope, cmid: str, received: int) -> Envelope:
+    server, store, sid, t = conn.server, conn.server.store, conn.session_id, envelope["t"]
+    try:
+        await server.io(store.store_message_id_in_inbox, sid, cmid)
+    except MessageIdAlreadyExistsError:
+        return await _stored_answer(conn, t, cmid)
+    except CsafError as e:
+        log.warning("could not store %s %s of session %s in the inbox; asking for RETRY", t, cmid, sid)
+        return {"t": T.RETRY, "desc": f"{type(e).__name__}: {e}"}
+    endpoint = server.endpoints.get(envelope.get("eid")) if isinstance(envelope.get("eid"), str) else None
+    if endpoint is None:
+        answer: Envelope = {"t": T.NACK, "desc": f"An incoming {t} envelope targeted a non-existing MatsSocketEndpoint"}
+    elif t == T.REQUEST and not endpoint.replies:
+        answer = {"t": T.NACK, "desc": "An incoming REQUEST envelope targeted a MatsSocketEndpoint which is a"
+                                       " Terminator, i.e. it won't ever reply"}
+    else:
+        ctx = _context(conn, envelope, endpoint.endpoint_id, received)
+        answer = await _run_handler(conn, endpoint.handler, ctx)
+    if answer["t"] != T.ACK:
+        try:  # so that a resend gets this same answer
+            await server.io(store.update_message_in_inbox, sid, cmid,
+                            orjson.dumps({**answer, "cmid": envelope["cmid"]}).decode(), None)
+        except CsafError:
+            log.warning("could not store the answer to %s %s of session %s; a resend will get a plain ACK",
+                        t, cmid, sid, exc_info=True)
+    return answer
+
+
+async def _stored_answer(conn: Connection, t: str, cmid: str) -> Envelope:
+    """A double delivery: the answer given the first time (ACK if none was stored)."""
+    try:
+        stored = await conn.server.io(conn.server.store.get_message_from_inbox, conn.session_id, cmid)
+    except CsafError as e:
+        return {"t": T.RETRY, "desc": f"{type(e).__name__}: {e}"}
+    log.info("double delivery of %s %s on session %s", t, cmid, conn.session_id)
+    if stored is None or stored.full_envelope is None:
+        return {"t": T.ACK, "desc": f"dupe {t} ACK"}
+    answer = orjson.loads(stored.full_envelope)
+    answer["desc"] = f"dupe {t} stored"
+    return answer
+
+
+async def _reply(conn: Connection, envelope: Envelope, received: int) -> Envelope:
+    server, t = conn.server, envelope["t"]
+    smid = message_id(envelope, "smid")
+    try:
+        correlation = await server.io(server.store.get_and_delete_request_correlation, conn.session_id, smid)
+    except CsafError as e:
+        return {"t": T.RETRY, "desc": f"{type(e).__name__}: {e}"}
+    if correlation is None:
+        return {"t": T.ACK, "desc": f"dupe {t}"}
+    endpoint = server.endpoints.get(correlation.reply_terminator_id)
+    if endpoint is None:
+        log.warning("no terminator %r for the %s of server request %s", correlation.reply_terminator_id, t, smid)
+        return {"t": T.NACK, "desc": f"An incoming {t} targeted a non-existing MatsSocketEndpoint"}
+    ctx = _context(conn, envelope, endpoint.endpoint_id, received, correlation_string=correlation.correlation_string,
+                   correlation_binary=correlation.correlation_binary)
+    return await _run_handler(conn, endpoint.handler, ctx)
+
+
+async def _run_handler(conn: Connection, handler: Any, ctx: IncomingContext) -> Envelope:
+    try:
+        await handler(ctx)
+    except Exception as e:
+        log.warning("handler of %s raised; answering NACK", ctx.endpoint_id, exc_info=True)
+        return {"t": T.NACK, "desc": f"{type(e).__name__}: {e}"}
+    resolution = ctx.resolution
+    if resolution is Resolution.DENY:
+        return {"t": T.NACK}
+    if resolution in (Resolution.RESOLVE, Resolution.REJECT):
+        answer: Envelope = {"t": T.RESOLVE if resolution is Resolution.RESOLVE else T.REJECT, "tid": ctx.trace_id,
+                            "msg": ctx.reply}
+        if ctx.debug_options:
+            answer["debug"] = conn.server.debug_fields(ctx.debug_options, client_received=ctx.received_ms,
+                                                       sent=now_ms())
+        return answer
+    if resolution is Resolution.NO_ACTION and ctx.message_type == T.REQUEST:
+        return {"t": T.NACK, "desc": "An incoming REQUEST envelope was ignored by the MatsSocket incoming handler."}
+    return {"t": T.ACK}

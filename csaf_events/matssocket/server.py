@@ -1,0 +1,287 @@
+"""`MatsSocketServer`: a MatsSocket node on the `websockets` library, on top of the CSAF store.
+
+The server accepts WebSocket connections speaking the ``matssocket`` subprotocol, keeps
+one `Connection` per socket and one `OutboxForwarder` per live session, runs the store's
+periodic jobs (`csaf_events.maintenance.Maintenance`) and talks to the other nodes of the
+cluster through a `NodeChannel`. Store calls block, so they run in a thread pool of their
+own (`store_threads`), never on the event loop.
+
+User code plugs in through endpoints (`endpoint`, `terminator`), an `Authenticator`, and
+the server-initiated `send`, `request`, `publish` and `close_session`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from csaf_events.channel import InProcessChannel, NodeChannel
+from csaf_events.dtos import MessageType as T
+from csaf_events.maintenance import Maintenance
+from csaf_events.matssocket.auth import Authenticator
+from csaf_events.matssocket.connection import Connection
+from csaf_events.matssocket.endpoints import Endpoint, IncomingHandler, LaterReply
+from csaf_events.matssocket.nodes import NodeMessages
+from csaf_events.matssocket.protocol import SUBPROTOCOL, CloseCode, DebugOption, Envelope, random_id
+from csaf_events.matssocket.topics import Topics
+from csaf_events.store import ClusterStoreAndForward
+from csaf_events.clock import now_ms
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+HttpHandler = Callable[[ServerConnection, Request], Response | None]
+
+
+def _json(name: str, value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError as e:
+        raise TypeError(f"{name} must be a JSON value: {e}") from None
+
+
+class MatsSocketServer:
+    """A MatsSocket node. Create, register endpoints, ``await start()``; ``await stop()`` at the end.
+
+    `store` is a booted store (the caller opens and closes it). `channel` reaches the other
+    nodes; the default reaches only this node (the embedded store is one node).
+    `maintenance` is passed to `Maintenance` as keyword arguments (None: no periodic jobs).
+    """
+
+    def __init__(self, store: ClusterStoreAndForward, authenticator: Authenticator, *,
+                 channel: NodeChannel | None = None, path: str = "/matssocket",
+                 max_sessions_per_user: int = 75, store_threads: int = 16, max_frame_bytes: int = 1 << 20,
+                 maintenance: dict[str, Any] | None = None, http_handler: HttpHandler | None = None) -> None:
+        if not isinstance(authenticator, Authenticator):
+            raise TypeError("authenticator must be an Authenticator")
+        if not isinstance(max_sessions_per_user, int) or max_sessions_per_user < 1:
+            raise ValueError(f"max_sessions_per_user must be a positive int, got {max_sessions_per_user!r}")
+        self.store = store
+        self.authenticator = authenticator
+        self.node_name: str = store.node_name
+        self.channel = channel if channel is not None else InProcessChannel(self.node_name)
+        self.path = path
+        self.max_sessions_per_user = max_sessions_per_user
+        self.max_frame_bytes = max_frame_bytes
+        self.endpoints: dict[str, Endpoint] = {}
+        self.topics = Topics()
+        self.nodes = NodeMessages(self, self.channel)
+        self.http_handler = http_handler  # other HTTP paths: None answers 404
+        self._executor = ThreadPoolExecutor(store_threads, thread_name_prefix=f"csaf-store-{self.node_name}")
+        self._maintenance = Maintenance(store, self.live_session_ids, **maintenance) if maintenance is not None else None
+        self._local: dict[str, Connection] = {}
+        self._connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ws_server: Server | None = None
+
+    # ------------------------------------------------------------ registration --
+    def endpoint(self, endpoint_id: str, handler: IncomingHandler | None = None) -> Any:
+        """Register an endpoint for client SEND and REQUEST (also usable as a decorator)."""
+        return self._register(endpoint_id, handler, replies=True)
+
+    def terminator(self, endpoint_id: str, handler: IncomingHandler | None = None) -> Any:
+        """Register an endpoint that never replies: client SENDs, and the client's answers to
+        server-initiated requests (`request`'s ``reply_to``)."""
+        return self._register(endpoint_id, handler, replies=False)
+
+    def _register(self, endpoint_id: str, handler: IncomingHandler | None, replies: bool) -> Any:
+        if not isinstance(endpoint_id, str) or not endpoint_id:
+            raise ValueError(f"endpoint_id must be a non-empty str, got {endpoint_id!r}")
+        if endpoint_id in self.endpoints:
+            raise ValueError(f"endpoint {endpoint_id!r} is already registered")
+
+        def add(fn: IncomingHandler) -> IncomingHandler:
+            if not asyncio.iscoroutinefunction(fn):
+                raise TypeError(f"the handler of {endpoint_id!r} must be an async function")
+            self.endpoints[endpoint_id] = Endpoint(endpoint_id, fn, replies)
+            return fn
+        return add(handler) if handler is not None else add
+
+    # ---------------------------------------------------------------- lifecycle --
+    async def start(self, host: str = "localhost", port: int = 8080) -> MatsSocketServer:
+        """Listen on `host`:`port` (port 0: any free port, see `port`)."""
+        self.nodes.start(asyncio.get_running_loop())
+        self._ws_server = await serve(self._serve_socket, host, port, subprotocols=[SUBPROTOCOL],
+                                      process_request=self._process_request, max_size=self.max_frame_bytes)
+        if self._maintenance is not None:
+            self._maintenance.start()
+        log.info("MatsSocket node %s listening on %s:%d%s", self.node_name, host, self.port, self.path)
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._ws_server is not None, "not started"
+        return self._ws_server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Close every socket with SERVICE_RESTART (the sessions stay in the store, and the
+        clients reconnect to another node), then stop. The store stays open."""
+        self.nodes.stop()
+        if self._ws_server is not None:
+            self._ws_server.close(close_connections=False)
+        await asyncio.gather(*(c.deregister_and_close(CloseCode.SERVICE_RESTART, "MatsSocket node stopping")
+                               for c in list(self._connections)), return_exceptions=True)
+        if self._ws_server is not None:
+            await self._ws_server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._maintenance is not None:
+            await asyncio.to_thread(self._maintenance.stop)
+        self._executor.shutdown(wait=True)
+
+    async def _serve_socket(self, ws: ServerConnection) -> None:
+        if ws.subprotocol != SUBPROTOCOL:
+            await ws.close(int(CloseCode.MATS_SOCKET_PROTOCOL_ERROR), "subprotocol 'matssocket' required")
+            return
+        conn = Connection(self, ws)
+        self._connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self._connections.discard(conn)
+
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        if request.path.split("?", 1)[0] == self.path:
+            return None
+        if self.http_handler is not None:
+            response = self.http_handler(ws, request)
+            if response is not None:
+                return response
+        return ws.respond(HTTPStatus.NOT_FOUND, f"No MatsSocket endpoint at {request.path}\n")
+
+    # ------------------------------------------------------------------ helpers --
+    async def io(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run a blocking store call in the store thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` as a task the server keeps (and cancels at stop); failures are logged."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task failed", exc_info=t.exception())
+        task.add_done_callback(done)
+
+    def live_session_ids(self) -> list[str]:
+        """The sessions whose socket this node holds (for the liveliness job; any thread)."""
+        return list(self._local)
+
+    def local_connection(self, session_id: str) -> Connection | None:
+        return self._local.get(session_id)
+
+    def register_local(self, conn: Connection) -> None:
+        self._local[conn.session_id] = conn
+
+    def unregister_local(self, conn: Connection) -> None:
+        if self._local.get(conn.session_id) is conn:
+            del self._local[conn.session_id]
+
+    def debug_fields(self, options: DebugOption, *, client_received: int | None = None,
+                     sent: int | None = None) -> dict[str, Any]:
+        """The ``debug`` object of an answer: the fields `options` asks for."""
+        debug: dict[str, Any] = {"resd": int(options)}
+        if DebugOption.TIMESTAMPS in options:
+            debug.update(cmrts=client_received, mscts=sent)
+        if DebugOption.NODES in options:
+            debug.update(cmrnn=self.node_name if client_received is not None else None, mscnn=self.node_name)
+        return {k: v for k, v in debug.items() if v is not None}
+
+    @staticmethod
+    def debug_option_of(debug: dict[str, Any]) -> DebugOption:
+        resd = debug.get("resd")
+        return DebugOption(resd & 0xFF) if isinstance(resd, int) else DebugOption(0)
+
+    def with_server_debug(self, envelope: Envelope, options: DebugOption) -> Envelope:
+        """A server-initiated envelope (SEND, REQUEST, PUB) with the debug fields the receiving
+        session asked for (none if it asked for none)."""
+        created = envelope.get("debug") or {}
+        envelope = {k: v for k, v in envelope.items() if k != "debug"}
+        if options:
+            debug: dict[str, Any] = {"resd": int(options)}
+            if DebugOption.TIMESTAMPS in options:
+                debug.update(smcts=created.get("smcts"), mscts=now_ms())
+            if DebugOption.NODES in options:
+                debug.update(smcnn=created.get("smcnn"), mscnn=self.node_name)
+            envelope["debug"] = debug
+        return envelope
+
+    # ------------------------------------------------------- server-initiated --
+    async def send(self, session_id: str, trace_id: str, client_terminator_id: str, message: Any) -> bool:
+        """SEND `message` to a client terminator of the session, through its outbox (delivered
+        when the client is connected, on whatever node). False if the session does not exist."""
+        return await self._outbox(session_id, T.SEND, {"eid": client_terminator_id, "tid": trace_id}, message)
+
+    async def request(self, session_id: str, trace_id: str, client_endpoint_id: str, message: Any, reply_to: str,
+                      correlation_string: str | None = None, correlation_binary: bytes | None = None) -> bool:
+        """REQUEST from a client endpoint; its RESOLVE/REJECT goes to the server terminator
+        `reply_to` with the correlation data. False if the session does not exist."""
+        smid = random_id()
+        await self.io(self.store.store_request_correlation, session_id, smid, now_ms(), reply_to,
+                      correlation_string, correlation_binary)
+        stored = await self._outbox(session_id, T.REQUEST, {"eid": client_endpoint_id, "tid": trace_id}, message,
+                                    smid=smid)
+        if not stored:
+            await self.io(self.store.get_and_delete_request_correlation, session_id, smid)
+        return stored
+
+    async def publish(self, topic: str, trace_id: str, message: Any) -> None:
+        """PUB `message` to every session subscribed to `topic`, on every node (not stored:
+        a subscriber that is not connected misses it, and learns so by SUB_LOST)."""
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"topic must be a non-empty str, got {topic!r}")
+        envelope = {"t": T.PUB, "eid": topic, "smid": random_id(), "tid": trace_id,
+                    "msg": orjson.loads(_json("message", message)),
+                    "debug": {"smcts": now_ms(), "smcnn": self.node_name}}
+        self.nodes.publish(topic, envelope)
+        await self.topics.deliver(topic, envelope)
+
+    async def close_session(self, session_id: str, reason: str = "closed by the server") -> None:
+        """End the session: its data leaves the store, and its socket (on whatever node) is
+        closed with CLOSE_SESSION."""
+        conn = self.local_connection(session_id)
+        if conn is not None:
+            await conn.close_session(CloseCode.CLOSE_SESSION, f"Server Side: {reason}")
+            return
+        current = await self.io(self.store.get_current_registered_node_for_session, session_id)
+        await self.io(self.store.close_session, session_id)
+        if current is not None:
+            self.nodes.close(current.node_name, session_id, reason)
+
+    async def _outbox(self, session_id: str, type_: T, fields: Envelope, message: Any, *,
+                      smid: str | None = None, client_message_id: str | None = None,
+                      request_timestamp: int | None = None) -> bool:
+        smid = smid or random_id()
+        envelope = {"t": type_, **fields, "smid": smid}
+        if type_ in (T.SEND, T.REQUEST):
+            envelope["debug"] = {"smcts": now_ms(), "smcnn": self.node_name}
+        current = await self.io(self.store.store_message_in_outbox, session_id, smid, client_message_id,
+                                envelope.get("tid"), type_, request_timestamp, _json("envelope", envelope),
+                                _json("message", message), None)
+        if current is None:
+            return await self.io(self.store.is_session_exists, session_id)
+        if current.node_name == self.node_name:
+            conn = self.local_connection(session_id)
+            if conn is not None and conn.forwarder is not None:
+                conn.forwarder.notify()
+        else:
+            self.nodes.new_message(current.node_name, session_id)
+        return True
+
+    async def _store_later_reply(self, later: LaterReply, type_: T, message: Any) -> None:
+        fields: Envelope = {"cmid": later.client_message_id, "tid": later.trace_id}
+        if later.debug_options:
+            fields["debug"] = self.debug_fields(later.debug_options, client_received=later.received_ms)
+        await self._outbox(later.session_id, type_, fields, message,
+                           client_message_id=str(later.client_message_id), request_timestamp=later.received_ms)

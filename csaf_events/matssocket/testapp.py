@@ -1,0 +1,231 @@
+"""The test application: what the MatsSocket clients' integration suites expect of a server.
+
+`csaf serve --test-app` installs it. It mirrors the Java test server's endpoints (ids such
+as ``Test.single``, ``Test.server.send.thread``, ``Test.publish``), its authenticator (tokens
+``DummyAuth:<userId>:<expiresMillis>``, -1 for no expiry; user ``enableAllDebugOptions``
+may see every debug field; ``:fail_reevaluateAuthentication:`` and
+``:fail_reevaluateAuthenticationForOutgoingMessage:`` in a token fail those steps), and
+its HTTP side channel ``GET <path>/sendMessageOnTestTopic?topic=T`` (publishes on T).
+Where the Java server forwards to a Mats endpoint and adapts the reply, this app answers
+later (`IncomingContext.answer_later`), which is what such a forward looks like to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+from csaf_events.matssocket.auth import (
+    AuthContext, Authenticated, AuthResult, Authenticator, InvalidAuthentication, StillValid,
+)
+from csaf_events.matssocket.endpoints import IncomingContext
+from csaf_events.matssocket.protocol import DebugOption, random_id
+from csaf_events.matssocket.server import MatsSocketServer
+from csaf_events.clock import now_ms
+
+CORRELATION_BINARY = b"CorrelationBinary"
+
+
+@dataclass(frozen=True)
+class DummyPrincipal:
+    user_id: str
+    authorization: str
+
+
+class DummyAuthenticator(Authenticator):
+    """Accepts ``DummyAuth:<userId>:<expiresMillis>`` until it expires."""
+
+    def initial_authentication(self, ctx: AuthContext, authorization: str) -> AuthResult:
+        parts = authorization.split(":")
+        if len(parts) != 3 or parts[0] != "DummyAuth":
+            return InvalidAuthentication("The Authorization should read 'DummyAuth:<userId>:<expiresMillis>'")
+        if "fail_initialAuthentication" in parts[1]:
+            return InvalidAuthentication("Asked to fail in initialAuthentication(..)")
+        try:
+            expires = int(parts[2])
+        except ValueError:
+            return InvalidAuthentication("The expiresMillis of the DummyAuth is not a number")
+        if expires != -1 and expires < now_ms():
+            return InvalidAuthentication("This DummyAuth is too old (initialAuthentication).")
+        debug = DebugOption(0xFF) if parts[1] == "enableAllDebugOptions" else DebugOption(0)
+        return Authenticated(DummyPrincipal(parts[1], authorization), parts[1], debug)
+
+    def reevaluate_authentication(self, ctx: AuthContext, authorization: str, principal: Any) -> AuthResult:
+        if ":fail_reevaluateAuthentication:" in authorization:
+            return InvalidAuthentication("Asked to fail in reevaluateAuthentication(..)")
+        if principal is not None and principal.authorization == authorization:
+            expires = int(authorization.split(":")[2])
+            if expires != -1 and expires <= now_ms():
+                return InvalidAuthentication("This DummyAuth is too old (reevaluateAuthentication).")
+            return StillValid()
+        return self.initial_authentication(ctx, authorization)
+
+    def reevaluate_for_outgoing(self, ctx: AuthContext, authorization: str, principal: Any,
+                                last_authenticated_ms: int) -> AuthResult:
+        if ":fail_reevaluateAuthenticationForOutgoingMessage:" in authorization:
+            return InvalidAuthentication("Asked to fail in reevaluateAuthenticationForOutgoingMessage(..)")
+        return self.reevaluate_authentication(ctx, authorization, principal)
+
+
+def _field(msg: Any, name: str, default: Any = None) -> Any:
+    return msg.get(name, default) if isinstance(msg, dict) else default
+
+
+def install(server: MatsSocketServer) -> None:
+    """Register the test endpoints on `server`."""
+    background: set[asyncio.Task[Any]] = set()
+
+    def later(coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    @server.endpoint("Test.single")
+    async def single(ctx: IncomingContext) -> None:
+        if ctx.message_type != "REQUEST":
+            return
+        reply = ctx.answer_later()
+        msg = ctx.message
+        later(reply.resolve({"number1": len(str(_field(msg, "string", ""))) + len(":FromSingle"),
+                             "number2": (_field(msg, "number", 0) or 0) * 2,
+                             "requestTimestamp": _field(msg, "requestTimestamp")}))
+
+    @server.endpoint("Test.matsSocketPing")
+    async def ping(ctx: IncomingContext) -> None:
+        number = _field(ctx.message, "number")
+        ctx.resolve({"payload": _field(ctx.message, "payload"), "number": number * math.e if number else None})
+
+    @server.endpoint("Test.ignoreInIncomingHandler")
+    async def ignore(ctx: IncomingContext) -> None:
+        return
+
+    @server.endpoint("Test.denyInIncomingHandler")
+    async def deny(ctx: IncomingContext) -> None:
+        ctx.deny()
+
+    @server.endpoint("Test.resolveInIncomingHandler")
+    async def resolve(ctx: IncomingContext) -> None:
+        ctx.resolve({"number": _field(ctx.message, "number"),
+                     "string": f"{_field(ctx.message, 'string')}:From_resolveInIncomingHandler",
+                     "sleepTime": _field(ctx.message, "sleepTime")})
+
+    @server.endpoint("Test.rejectInIncomingHandler")
+    async def reject(ctx: IncomingContext) -> None:
+        ctx.reject({"number1": 3, "number2": 4, "requestTimestamp": _field(ctx.message, "requestTimestamp")})
+
+    @server.endpoint("Test.throwsInIncomingHandler")
+    async def throws(ctx: IncomingContext) -> None:
+        raise RuntimeError("Exception in IncomingAuthorizationAndAdapter should REJECT")
+
+    @server.endpoint("Test.ignoreInReplyAdapter")
+    async def ignore_later(ctx: IncomingContext) -> None:
+        ctx.answer_later()  # never answered: the client's request times out
+
+    @server.endpoint("Test.resolveInReplyAdapter")
+    async def resolve_later(ctx: IncomingContext) -> None:
+        later(ctx.answer_later().resolve({"number1": 1, "number2": 2, "requestTimestamp": 123}))
+
+    @server.endpoint("Test.rejectInReplyAdapter")
+    async def reject_later(ctx: IncomingContext) -> None:
+        later(ctx.answer_later().reject({"number1": 1, "number2": 2, "requestTimestamp": 123}))
+
+    @server.endpoint("Test.throwsInReplyAdapter")
+    async def throws_later(ctx: IncomingContext) -> None:
+        later(ctx.answer_later().reject({"exception": "Exception in ReplyAdapter should REJECT."}))
+
+    @server.endpoint("Test.slow")
+    async def slow(ctx: IncomingContext) -> None:
+        msg = ctx.message
+        await asyncio.sleep((_field(msg, "sleepIncoming", 0) or 0) / 1000)
+        if ctx.message_type != "REQUEST":
+            return
+        reply = ctx.answer_later()
+
+        async def answer() -> None:
+            await asyncio.sleep((_field(msg, "sleepTime", 0) or 0) / 1000)
+            await reply.resolve({"number": _field(msg, "number"), "string": f"{_field(msg, 'string')}:FromSlow",
+                                 "sleepTime": _field(msg, "sleepTime")})
+        later(answer())
+
+    async def push_send(ctx: IncomingContext, suffix: str) -> None:
+        later(server.send(ctx.session_id, f"{ctx.trace_id}:{suffix}", "ClientSide.terminator",
+                          {"number": _field(ctx.message, "number"), "string": ctx.session_id,
+                           "sleepTime": 1 if suffix == "SentFromMatsStage" else 2}))
+
+    @server.terminator("Test.server.send.matsStage")
+    async def send_mats_stage(ctx: IncomingContext) -> None:
+        await push_send(ctx, "SentFromMatsStage")
+
+    @server.terminator("Test.server.send.thread")
+    async def send_thread(ctx: IncomingContext) -> None:
+        await push_send(ctx, "SentFromThread")
+
+    for kind in ("direct", "viaMats"):
+        async def request_client(ctx: IncomingContext, kind: str = kind) -> None:
+            later(server.request(ctx.session_id, ctx.trace_id, "ClientSide.endpoint", ctx.message,
+                                 f"Test.server.request.replyReceiver.{kind}", "CorrelationString",
+                                 CORRELATION_BINARY))
+
+        async def reply_receiver(ctx: IncomingContext) -> None:
+            if ctx.correlation_string != "CorrelationString" or ctx.correlation_binary != CORRELATION_BINARY:
+                raise ValueError("the correlation data did not come back as stored")
+            msg = ctx.message
+            later(server.send(ctx.session_id, ctx.trace_id, "ClientSide.terminator",
+                              {"number": _field(msg, "number"), "string": f"{_field(msg, 'string')}:{ctx.message_type}",
+                               "sleepTime": _field(msg, "sleepTime")}))
+        server.terminator(f"Test.server.request.{kind}", request_client)
+        server.terminator(f"Test.server.request.replyReceiver.{kind}", reply_receiver)
+
+    @server.endpoint("Test.replyWithCookieAuthorization")
+    async def cookie(ctx: IncomingContext) -> None:
+        ctx.resolve({"number": _field(ctx.message, "number"), "string": None,
+                     "sleepTime": _field(ctx.message, "sleepTime")})
+
+    @server.terminator("Test.closeThisSession")
+    async def close_this(ctx: IncomingContext) -> None:
+        async def close() -> None:
+            await asyncio.sleep(0.25)
+            await server.close_session(ctx.session_id, "Invoked via MatsSocket server-side Terminator"
+                                                       " Test.closeThisSession")
+        later(close())
+
+    @server.terminator("Test.publish")
+    async def publish(ctx: IncomingContext) -> None:
+        later(server.publish(str(ctx.message), random_id(), {"number": math.pi, "string": "Test from Java!",
+                                                              "sleepTime": 42}))
+
+    @server.terminator("Test.renewAuth")
+    async def renew_auth(ctx: IncomingContext) -> None:
+        later(server.request(ctx.session_id, ctx.trace_id, "MatsSocket.renewAuth", "", "Test.renewAuth_reply",
+                             "123", bytes([1, 2, 3])))
+
+    @server.terminator("Test.renewAuth_reply")
+    async def renew_auth_reply(ctx: IncomingContext) -> None:
+        if ctx.correlation_string != "123" or ctx.correlation_binary != bytes([1, 2, 3]):
+            raise ValueError("the correlation data did not come back as stored")
+        later(server.send(ctx.session_id, ctx.trace_id, "Client.renewAuth_terminator", ctx.authorization))
+
+    server.http_handler = functools.partial(_side_channel, server)
+
+
+def _side_channel(server: MatsSocketServer, ws: ServerConnection, request: Request) -> Response | None:
+    """The HTTP side channel: ``GET <path>/sendMessageOnTestTopic?topic=T`` publishes on T."""
+    url = urlsplit(request.path)
+    if url.path != f"{server.path}/sendMessageOnTestTopic":
+        return None
+    topic = parse_qs(url.query).get("topic", [""])[0]
+    if not topic:
+        return ws.respond(HTTPStatus.BAD_REQUEST, "topic= is required\n")
+    server.spawn(server.publish(topic, random_id(), {"number": math.pi, "string": f"Publish to {topic}"}))
+    response = ws.respond(HTTPStatus.NO_CONTENT, "")
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
