@@ -8,7 +8,7 @@ emitted nothing. The same handlers run on every backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,23 +202,15 @@ def decide(cmd: Command, d: Decision) -> Any:
     return HANDLERS[type(cmd)](cmd, d)
 
 
-def _session_event(cls: type[ev.SessionState], s: dict, **changes: Any) -> ev.SessionState:
-    return cls(**{**s, **changes})
-
-
-def _outbox_event(cls: type[ev.OutboxState], m: dict, **changes: Any) -> ev.OutboxState:
-    return cls(**{**m, **changes})
-
-
 def _drop_session(d: Decision, sid: str, gone: type[ev.Event]) -> None:
     """Tombstone the session row and every entity stored for it (compaction-safe delete)."""
     inbox, outbox, corrs = queries.children(d.view, d.partition, sid)
     for i in inbox:
-        d.emit(ev.InboxDeleted(sid, i["client_message_id"]))
+        d.emit(ev.InboxDeleted(sid, i.client_message_id))
     for m in outbox:
-        d.emit(ev.OutboxDiscarded(sid, m["seq"], m["server_message_id"]))
+        d.emit(ev.OutboxDiscarded(sid, m.seq, m.server_message_id))
     for c in corrs:
-        d.emit(ev.CorrelationDiscarded(sid, c["server_message_id"]))
+        d.emit(ev.CorrelationDiscarded(sid, c.server_message_id))
     if gone is not None:
         d.emit(gone(sid))
 
@@ -226,10 +218,10 @@ def _drop_session(d: Decision, sid: str, gone: type[ev.Event]) -> None:
 @handles(Register)
 def _register(c: Register, d: Decision) -> int:
     s = queries.session(d.view, d.partition, c.session_id)
-    if s is not None and s["user_id"] != c.user_id:
+    if s is not None and s.user_id != c.user_id:
         raise WrongUserError(
             f"session {c.session_id!r} belongs to another user than {c.user_id!r}; not re-registered")
-    created = d.now if s is None else s["created_timestamp"]
+    created = d.now if s is None else s.created_timestamp
     d.emit(ev.SessionRegistered(
         c.session_id, c.user_id, c.node_name, c.connection_id, c.client_lib_and_versions,
         c.app_name, c.app_version, created, d.now))
@@ -239,8 +231,8 @@ def _register(c: Register, d: Decision) -> int:
 @handles(Deregister)
 def _deregister(c: Deregister, d: Decision) -> None:
     s = queries.session(d.view, d.partition, c.session_id)
-    if s is not None and s["node_name"] == c.node_name and s["connection_id"] == c.connection_id:
-        d.emit(_session_event(ev.SessionDeregistered, s, node_name=None, connection_id=None))
+    if s is not None and s.node_name == c.node_name and s.connection_id == c.connection_id:
+        d.emit(s.successor(ev.SessionDeregistered, node_name=None, connection_id=None))
 
 
 @handles(Close)
@@ -261,7 +253,7 @@ def _store_inbox(c: StoreInbox, d: Decision) -> None:
 def _update_inbox(c: UpdateInbox, d: Decision) -> None:
     i = queries.inbox(d.view, d.partition, c.session_id, c.client_message_id)
     if i is not None:
-        d.emit(ev.InboxUpdated(c.session_id, c.client_message_id, i["stored_timestamp"],
+        d.emit(ev.InboxUpdated(c.session_id, c.client_message_id, i.stored_timestamp,
                                c.message_json, c.message_binary))
 
 
@@ -287,13 +279,13 @@ def _store_outbox(c: StoreOutbox, d: Decision) -> CurrentNode | None:
     return _current_node(s)
 
 
-def _current_node(s: dict | None) -> CurrentNode | None:
-    if s is None or s["node_name"] is None:
+def _current_node(s: ev.SessionState | None) -> CurrentNode | None:
+    if s is None or s.node_name is None:
         return None
-    return CurrentNode(s["node_name"], s["connection_id"])
+    return CurrentNode(s.node_name, s.connection_id)
 
 
-def _each_outbox(c: Command, d: Decision, ids: tuple[str, ...]):
+def _each_outbox(c: Command, d: Decision, ids: tuple[str, ...]) -> Iterator[ev.OutboxState]:
     for smid in dict.fromkeys(ids):
         m = queries.outbox_message(d.view, d.partition, c.session_id, smid)
         if m is not None:
@@ -303,15 +295,14 @@ def _each_outbox(c: Command, d: Decision, ids: tuple[str, ...]):
 @handles(Attempted)
 def _attempted(c: Attempted, d: Decision) -> None:
     for m in _each_outbox(c, d, c.server_message_ids):
-        d.emit(_outbox_event(ev.DeliveryAttempted, m, attempt_timestamp=d.now,
-                             delivery_count=m["delivery_count"] + 1))
+        d.emit(m.successor(ev.DeliveryAttempted, attempt_timestamp=d.now, delivery_count=m.delivery_count + 1))
 
 
 @handles(Unmark)
 def _unmark(c: Unmark, d: Decision) -> None:
     for m in queries.outbox_messages(d.view, d.partition, c.session_id):
-        if m["attempt_timestamp"] is not None and not m["dead_lettered"]:
-            d.emit(_outbox_event(ev.DeliveryUnmarked, m, attempt_timestamp=None))
+        if m.attempt_timestamp is not None and not m.dead_lettered:
+            d.emit(m.successor(ev.DeliveryUnmarked, attempt_timestamp=None))
 
 
 @handles(Complete)
@@ -325,8 +316,8 @@ def _complete(c: Complete, d: Decision) -> None:
 @handles(DeadLetter)
 def _dead_letter(c: DeadLetter, d: Decision) -> None:
     for m in _each_outbox(c, d, c.server_message_ids):
-        if not m["dead_lettered"]:
-            d.emit(_outbox_event(ev.DeadLettered, m, dead_lettered=True))
+        if not m.dead_lettered:
+            d.emit(m.successor(ev.DeadLettered, dead_lettered=True))
 
 
 @handles(StoreCorrelation)
@@ -345,7 +336,8 @@ def _take_correlation(c: TakeCorrelation, d: Decision) -> RequestCorrelation | N
     if r is None:
         return None
     d.emit(ev.CorrelationTaken(c.session_id, c.server_message_id))
-    return RequestCorrelation(**r)
+    return RequestCorrelation(r.session_id, r.server_message_id, r.request_timestamp, r.reply_terminator_id,
+                              r.correlation_string, r.correlation_binary)
 
 
 @handles(NotifyLiveliness)
@@ -353,13 +345,13 @@ def _notify(c: NotifyLiveliness, d: Decision) -> None:
     for sid in dict.fromkeys(c.session_ids):
         s = queries.session(d.view, d.partition, sid)
         if s is not None:
-            d.emit(_session_event(ev.LivelinessNotified, s, liveliness_timestamp=d.now))
+            d.emit(s.successor(ev.LivelinessNotified, liveliness_timestamp=d.now))
 
 
 @handles(TimeoutSessions)
 def _timeout(c: TimeoutSessions, d: Decision) -> list[str]:
-    timed_out = [s["session_id"] for s in queries.sessions(d.view, d.partition)
-                 if s["liveliness_timestamp"] < c.not_live_since]
+    timed_out = [s.session_id for s in queries.sessions(d.view, d.partition)
+                 if s.liveliness_timestamp < c.not_live_since]
     for sid in timed_out:
         _drop_session(d, sid, ev.SessionTimedOut)
     return timed_out
@@ -390,8 +382,8 @@ def _get_inbox(c: GetInbox, d: Decision) -> StoredInMessage | None:
     i = queries.inbox(d.view, d.partition, c.session_id, c.client_message_id)
     if i is None:
         return None
-    return StoredInMessage(c.session_id, c.client_message_id, i["stored_timestamp"],
-                           i["full_envelope"], i["message_binary"])
+    return StoredInMessage(c.session_id, c.client_message_id, i.stored_timestamp, i.full_envelope,
+                           i.message_binary)
 
 
 @handles(GetOutbox)
@@ -400,15 +392,15 @@ def _get_outbox(c: GetOutbox, d: Decision) -> list[StoredOutMessage]:
     if c.max_number_of_messages <= 0:
         return out
     for m in queries.outbox_messages(d.view, d.partition, c.session_id):
-        if m["attempt_timestamp"] is None and not m["dead_lettered"]:
-            out.append(to_stored_out(m))
+        if m.attempt_timestamp is None and not m.dead_lettered:
+            out.append(_stored_out(m))
             if len(out) >= c.max_number_of_messages:
                 break
     return out
 
 
-def to_stored_out(m: dict) -> StoredOutMessage:
+def _stored_out(m: ev.OutboxState) -> StoredOutMessage:
     return StoredOutMessage(
-        m["session_id"], m["server_message_id"], m["trace_id"], MessageType(m["type"]),
-        m["client_message_id"], m["request_timestamp"], m["stored_timestamp"], m["attempt_timestamp"],
-        m["delivery_count"], m["envelope"], m["message_text"], m["message_binary"])
+        m.session_id, m.server_message_id, m.trace_id, MessageType(m.type), m.client_message_id,
+        m.request_timestamp, m.stored_timestamp, m.attempt_timestamp, m.delivery_count, m.envelope,
+        m.message_text, m.message_binary)

@@ -1,18 +1,18 @@
 """Reads of entity states from a projection view (the projection, or a batch overlaying it).
 
-States come back as dicts of the event fields, binary fields as bytes.
+States come back as the catalog's state classes (`events.decode`, the one way a stored
+value is read back), binary fields as bytes.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from csaf_events.events import CORRELATION, INBOX, OUTBOX, SESSION, decode_state
+from csaf_events.events import (
+    CORRELATION, INBOX, OUTBOX, SESSION, CorrelationStored, InboxState, OutboxState, SessionState, decode,
+    decode_state,
+)
 from projections import keys
-
-_INBOX_BIN = frozenset({"message_binary"})
-_OUTBOX_BIN = frozenset({"message_binary"})
-_CORR_BIN = frozenset({"correlation_binary"})
 
 
 class View(Protocol):
@@ -21,13 +21,13 @@ class View(Protocol):
     def last_key(self, prefix: bytes) -> bytes | None: ...
 
 
-def session(view: View, p: int, sid: str) -> dict | None:
+def session(view: View, p: int, sid: str) -> SessionState | None:
     raw = view.get(keys.session_key(p, sid))
-    return None if raw is None else decode_state(raw)
+    return None if raw is None else decode(SessionState, raw)
 
 
-def sessions(view: View, p: int) -> list[dict]:
-    return [decode_state(v) for _, v in view.scan(keys.kind_prefix(p, SESSION))]
+def sessions(view: View, p: int) -> list[SessionState]:
+    return [decode(SessionState, v) for _, v in view.scan(keys.kind_prefix(p, SESSION))]
 
 
 def sessions_raw(view: View, p: int) -> list[tuple[dict, bytes]]:
@@ -35,9 +35,9 @@ def sessions_raw(view: View, p: int) -> list[tuple[dict, bytes]]:
     return [(decode_state(v), v) for _, v in view.scan(keys.kind_prefix(p, SESSION))]
 
 
-def inbox(view: View, p: int, sid: str, cmid: str) -> dict | None:
+def inbox(view: View, p: int, sid: str, cmid: str) -> InboxState | None:
     raw = view.get(keys.inbox_key(p, sid, cmid))
-    return None if raw is None else decode_state(raw, _INBOX_BIN)
+    return None if raw is None else decode(InboxState, raw)
 
 
 def outbox_seq(view: View, p: int, sid: str, smid: str) -> int | None:
@@ -45,17 +45,17 @@ def outbox_seq(view: View, p: int, sid: str, smid: str) -> int | None:
     return None if raw is None else int.from_bytes(raw, "big")
 
 
-def outbox_message(view: View, p: int, sid: str, smid: str) -> dict | None:
+def outbox_message(view: View, p: int, sid: str, smid: str) -> OutboxState | None:
     seq = outbox_seq(view, p, sid, smid)
     if seq is None:
         return None
     raw = view.get(keys.outbox_key(p, sid, seq))
-    return None if raw is None else decode_state(raw, _OUTBOX_BIN)
+    return None if raw is None else decode(OutboxState, raw)
 
 
-def outbox_messages(view: View, p: int, sid: str) -> list[dict]:
+def outbox_messages(view: View, p: int, sid: str) -> list[OutboxState]:
     """The session's whole outbox in the order stored."""
-    return [decode_state(v, _OUTBOX_BIN) for _, v in view.scan(keys.session_prefix(p, OUTBOX, sid))]
+    return [decode(OutboxState, v) for _, v in view.scan(keys.session_prefix(p, OUTBOX, sid))]
 
 
 def next_outbox_seq(view: View, p: int, sid: str) -> int:
@@ -64,17 +64,17 @@ def next_outbox_seq(view: View, p: int, sid: str) -> int:
     return 0 if last is None else int.from_bytes(last[-8:], "big") + 1
 
 
-def correlation(view: View, p: int, sid: str, smid: str) -> dict | None:
+def correlation(view: View, p: int, sid: str, smid: str) -> CorrelationStored | None:
     raw = view.get(keys.correlation_key(p, sid, smid))
-    return None if raw is None else decode_state(raw, _CORR_BIN)
+    return None if raw is None else decode(CorrelationStored, raw)
 
 
-def children(view: View, p: int, sid: str) -> tuple[list[dict], list[dict], list[dict]]:
+def children(view: View, p: int, sid: str) -> tuple[list[InboxState], list[OutboxState], list[CorrelationStored]]:
     """Everything stored for a session: (inbox, outbox, correlations) states."""
     return (
-        [decode_state(v) for _, v in view.scan(keys.session_prefix(p, INBOX, sid))],
-        [decode_state(v) for _, v in view.scan(keys.session_prefix(p, OUTBOX, sid))],
-        [decode_state(v) for _, v in view.scan(keys.session_prefix(p, CORRELATION, sid))],
+        [decode(InboxState, v) for _, v in view.scan(keys.session_prefix(p, INBOX, sid))],
+        outbox_messages(view, p, sid),
+        [decode(CorrelationStored, v) for _, v in view.scan(keys.session_prefix(p, CORRELATION, sid))],
     )
 
 

@@ -17,6 +17,7 @@ from csaf_events import (
     ClusterStoreAndForward, CsafError, CurrentNode, Limits, MessageIdAlreadyExistsError, MessageType,
     RequestCorrelation, SessionDto, StoredInMessage, StoredOutMessage, WrongUserError,
 )
+from csaf_events.events import OutboxState
 from csaf_events.partitioning import partition_for
 from projections import queries
 
@@ -79,7 +80,7 @@ def same_partition_ids(partitions: int, base: str, n: int) -> list[str]:
     raise AssertionError  # pragma: no cover
 
 
-def owned_outbox_state(store: ClusterStoreAndForward, sid: str, smid: str) -> dict | None:
+def owned_outbox_state(store: ClusterStoreAndForward, sid: str, smid: str) -> OutboxState | None:
     """The raw outbox state from this node's projection, if this node owns the partition
     (the API never shows an attempted message; this lets the test see its attempt mark)."""
     p = partition_for(sid, store.partitions)
@@ -584,14 +585,14 @@ def test_outbox_get_skips_attempted_and_attempted_increments_count(store_factory
     assert out_ids(store, "s1", 1) == ["o2"]  # max counts fetched messages, not skipped ones
     raw = owned_outbox_state(store, "s1", "o1")
     if raw is not None:
-        assert raw["attempt_timestamp"] == t1
-        assert raw["delivery_count"] == 1
+        assert raw.attempt_timestamp == t1
+        assert raw.delivery_count == 1
     t2 = clock.advance(1_000)
     store.outbox_messages_attempted_delivery("s1", ["o1", "o2"])
     raw = owned_outbox_state(store, "s1", "o1")
     if raw is not None:
-        assert raw["attempt_timestamp"] == t2
-        assert raw["delivery_count"] == 2
+        assert raw.attempt_timestamp == t2
+        assert raw.delivery_count == 2
     assert out_ids(store, "s1") == ["o4"]
     store.outbox_messages_attempted_delivery("s1", [])
     store.outbox_messages_attempted_delivery("s1", ["o4", "o4"])  # one call, one attempt
