@@ -42,7 +42,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from csaf_events.dtos import MessageType
@@ -132,20 +132,6 @@ class WorkloadResult:
                 out[op] = {"p50": _pct(samples, 50) / 1e6, "p99": _pct(samples, 99) / 1e6,
                            "max": samples[-1] / 1e6, "count": len(samples)}
         return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "sessions": self.sessions, "nodes": self.nodes,
-            "lifecycles": self.lifecycles, "ops": self.ops, "elapsed_s": round(self.elapsed_s, 3),
-            "lifecycles_per_s": round(self.lifecycles_per_s, 1), "ops_per_s": round(self.ops_per_s, 1),
-            "latency_ms": {op: {k: (round(v, 3) if k != "count" else v) for k, v in d.items()}
-                           for op, d in self.latency_ms().items()},
-            "outbox_messages_stored": self.outbox_messages_stored,
-            "closed": self.closed, "timed_out": self.timed_out,
-            "phases_s": {k: round(v, 3) for k, v in self.phases_s.items()},
-            "errors": dict(self.errors), "error_samples": list(self.error_samples),
-            "config": asdict(self.config),
-        }
 
 
 def _pct(sorted_samples: Sequence[int], pct: float) -> int:

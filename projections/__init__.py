@@ -1,6 +1,3 @@
-"""Read models of the store: RocksDB projections and the one fold that builds them from events."""
-
-from projections.fold import fold, fold_record
-from projections.rocks import Projection, ProjectionBatch
-
-__all__ = ["Projection", "ProjectionBatch", "fold", "fold_record"]
+"""Read models of the store: RocksDB projections and the one fold that builds them from the
+log. Depends only on the event catalog (`csaf_events.events`) and the log's plain types
+(`csaf_events.log.entries`)."""

@@ -13,17 +13,13 @@ from itertools import repeat
 
 import orjson
 
-from csaf_events.events import CORRELATION, INBOX, OUTBOX, SESSION, Event
+from csaf_events.events import CORRELATION, INBOX, OUTBOX, SESSION
 from projections import keys
 from projections.rocks import ProjectionBatch
 
 
-def fold(event: Event, value: bytes | None, partition: int, out: ProjectionBatch) -> None:
-    """Apply `event` (whose encoded state is `value`) to the projection of `partition`."""
-    fold_key(event.ENTITY, event.ids(), value, partition, out)
-
-
 def fold_key(entity: str, ids: Sequence, value: bytes | None, partition: int, out: ProjectionBatch) -> None:
+    """Apply one record, given its entity kind and ids (a live fold: the event knows them)."""
     _apply([(entity, ids[0], *_entity_keys(entity, ids, partition))], [value], out)
 
 
