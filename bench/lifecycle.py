@@ -5,13 +5,13 @@ lifecycles/s, ops/s, latency p50/p99/max per operation, peak RSS, bytes on disk 
 stored outbox message, the floor (the same storage work without csaf-events, see
 `bench.floor`) with our ratio to it, the machine and the library versions.
 
-Run from the repository root::
+Run from the repository root (it is a tool of the checkout, not part of the package)::
 
-    python -m bench.lifecycle                       # embedded, S=2000 P=1024 C=64
-    python -m bench.lifecycle --sessions 500 --json out.json
-    python -m bench.lifecycle --backend kafka --bootstrap localhost:9092 --nodes 3
-    python -m bench.lifecycle --backend kafka --bootstrap localhost:9092 --takeover-events 100000
-    csaf bench ...                                  # the same, through the CLI
+    python -m bench                                 # embedded, S=2000 P=1024 C=64
+    python -m bench --sessions 500 --json out.json
+    python -m bench --backend kafka --bootstrap localhost:9092 --nodes 3
+    python -m bench --backend kafka --bootstrap localhost:9092 --takeover-events 100000
+    csaf bench ...                                  # the same: the CLI runs python -m bench here
 
 On Kafka the run also measures the Kafka floor (`bench.floor.run_kafka_floor`: the
 run's records produced again by a bare transactional producer) and the takeover of a
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from csaf_events import CsafError, open_store
+from csaf_events.cli import payload_size, positive_int, run_main
 from csaf_events.workload import WorkloadConfig, WorkloadResult, run_workload
 
 #: JSON keys every report has (Kafka reports add `nodes` and `takeover_events_per_s`).
@@ -444,19 +445,48 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options (`csaf bench` passes its arguments on to `python -m bench`)."""
+    p.add_argument("--backend", choices=("embedded", "kafka"), default="embedded",
+                   help="the store to measure (default embedded)")
+    p.add_argument("--nodes", type=positive_int, default=1, metavar="N",
+                   help="number of nodes (kafka only; default 1)")
+    p.add_argument("--sessions", type=positive_int, default=2000, metavar="S", help="sessions (default 2000)")
+    p.add_argument("--concurrency", type=positive_int, default=64, metavar="C",
+                   help="sessions in flight at once (default 64)")
+    p.add_argument("--payload", type=payload_size, default=1024, metavar="P",
+                   help="bytes per JSON payload (default 1024)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
+    p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (kafka backend)")
+    p.add_argument("--data-dir", type=Path, metavar="DIR",
+                   help="where to put the stores' data (default: a temporary directory, removed afterwards)")
+    p.add_argument("--no-floor", action="store_true", help="skip measuring the floor")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--takeover-events", type=int, default=1_000_000, metavar="N",
+                   help="kafka: events in the partition a fresh node takes over (default 1,000,000; 0 skips)")
+    p.add_argument("--partitions", type=int, metavar="P",
+                   help="kafka: partitions of the namespace's topics (default: topics.yaml's)")
+    p.add_argument("--keep-topics", action="store_true",
+                   help="kafka: keep the run's topics on the broker (default: deleted after the run)")
+    p.add_argument("--mint-session-ids", action="store_true",
+                   help="each session's id minted by its home node, in a partition it owns "
+                        "(default: ids that ignore ownership)")
+
+
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    if args.backend == "kafka" and not args.bootstrap:
+        raise CsafError("--backend kafka needs --bootstrap HOST:PORT (a running Kafka cluster)")
+    if args.backend == "embedded" and args.nodes != 1:
+        raise CsafError(f"the embedded backend is a single node; use --backend kafka for --nodes {args.nodes}")
     return BenchOptions(backend=args.backend, nodes=args.nodes, sessions=args.sessions,
                         concurrency=args.concurrency, payload=args.payload, bootstrap=args.bootstrap,
-                        data_dir=args.data_dir, floor=not args.no_floor,
-                        progress=not getattr(args, "no_progress", False),
-                        takeover_events=getattr(args, "takeover_events", BenchOptions.takeover_events),
-                        keep_topics=getattr(args, "keep_topics", False),
-                        partitions=getattr(args, "partitions", None),
-                        mint_session_ids=getattr(args, "mint_session_ids", False))
+                        data_dir=args.data_dir, floor=not args.no_floor, progress=not args.no_progress,
+                        takeover_events=args.takeover_events, keep_topics=args.keep_topics,
+                        partitions=args.partitions, mint_session_ids=args.mint_session_ids)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run the benchmark for parsed `csaf bench` arguments; prints the table, writes --json.
+    """Run the benchmark for parsed arguments; prints the table, writes --json.
 
     Exit code 1 if store calls failed (the figures then do not describe the workload);
     never because of the figures themselves."""
@@ -469,10 +499,8 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from csaf_events.cli import add_bench_arguments, run_main
-
-    parser = argparse.ArgumentParser(prog="python -m bench.lifecycle", description=__doc__.split("\n\n")[0])
-    add_bench_arguments(parser)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
     return run_main(lambda: run_from_args(parser.parse_args(argv)), parser.prog)
 
 

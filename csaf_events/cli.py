@@ -9,8 +9,7 @@ and turns library errors into a one-line message and exit code 1 (argparse's usa
 errors exit 2).
 
     csaf demo [--data-dir DIR] [--seconds N] [--sessions S] [--concurrency C]
-    csaf bench [--backend embedded|kafka] [--nodes N] [--sessions S] [--concurrency C]
-               [--payload P] [--json FILE] [--bootstrap HOST:PORT]
+    csaf bench [the options of python -m bench]
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -36,6 +36,7 @@ class Subcommand:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    passes_on: bool = False  # the arguments are another program's: `run` finds them in args.passed_on
 
 
 @dataclass(frozen=True)
@@ -136,59 +137,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------- csaf bench --
 
-def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    """The benchmark's options (shared by `csaf bench` and `python -m bench.lifecycle`)."""
-    p.add_argument("--backend", choices=("embedded", "kafka"), default="embedded",
-                   help="the store to measure (default embedded)")
-    p.add_argument("--nodes", type=positive_int, default=1, metavar="N",
-                   help="number of nodes (kafka only; default 1)")
-    p.add_argument("--sessions", type=positive_int, default=2000, metavar="S", help="sessions (default 2000)")
-    p.add_argument("--concurrency", type=positive_int, default=64, metavar="C",
-                   help="sessions in flight at once (default 64)")
-    p.add_argument("--payload", type=payload_size, default=1024, metavar="P",
-                   help="bytes per JSON payload (default 1024)")
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
-    p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (kafka backend)")
-    p.add_argument("--data-dir", type=Path, metavar="DIR",
-                   help="where to put the stores' data (default: a temporary directory, removed afterwards)")
-    p.add_argument("--no-floor", action="store_true", help="skip measuring the floor")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--takeover-events", type=int, default=1_000_000, metavar="N",
-                   help="kafka: events in the partition a fresh node takes over (default 1,000,000; 0 skips)")
-    p.add_argument("--partitions", type=int, metavar="P",
-                   help="kafka: partitions of the namespace's topics (default: topics.yaml's)")
-    p.add_argument("--keep-topics", action="store_true",
-                   help="kafka: keep the run's topics on the broker (default: deleted after the run)")
-    p.add_argument("--mint-session-ids", action="store_true",
-                   help="each session's id minted by its home node, in a partition it owns "
-                        "(default: ids that ignore ownership)")
-
-
-def _import_bench():
-    """`bench.lifecycle` lives in the source repository, not in the installed package."""
-    try:
-        import bench.lifecycle as lifecycle
-        return lifecycle
-    except ModuleNotFoundError as e:
-        if e.name not in ("bench", "bench.lifecycle"):
-            raise
-    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        if (root / "bench" / "lifecycle.py").is_file():
-            sys.path.insert(0, str(root))
-            import bench.lifecycle as lifecycle
-            return lifecycle
-    raise CsafError("csaf bench needs the bench/ directory of the csaf-events source repository, which this "
-                    "installation does not have; run it from a checkout (cd csaf-events && csaf bench, or "
-                    "python -m bench.lifecycle)")
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    """None here: the benchmark parses its own (`python -m bench --help`)."""
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.backend == "kafka" and not args.bootstrap:
-        raise CsafError("--backend kafka needs --bootstrap HOST:PORT (a running Kafka cluster)")
-    if args.backend == "embedded" and args.nodes != 1:
-        raise CsafError("the embedded backend is a single node; use --backend kafka for --nodes "
-                        f"{args.nodes}")
-    return _import_bench().run_from_args(args)
+    """The benchmark is a tool of the source checkout, not part of the library: it runs as
+    `python -m bench` in the checkout, in a process of its own, so nothing of it is imported
+    here and nothing is added to the import path."""
+    return subprocess.run([sys.executable, "-m", "bench", *args.passed_on], cwd=checkout()).returncode
+
+
+def checkout() -> Path:
+    """The source checkout with `bench/`: the one this package is installed from (editable
+    install), else the current directory."""
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (root / "bench" / "__main__.py").is_file():
+            return root
+    raise CsafError("csaf bench runs the benchmark of a csaf-events source checkout (python -m bench), which "
+                    "this installation does not have; run it in the root of a checkout")
 
 
 # ----------------------------------------------------------------- the registry --
@@ -196,8 +163,8 @@ def _bench(args: argparse.Namespace) -> int:
 SUBCOMMANDS: tuple[Subcommand | SubcommandGroup, ...] = (
     Subcommand("demo", "run the MatsSocket session lifecycle for a few seconds on an embedded store",
                _demo_arguments, _demo),
-    Subcommand("bench", "the lifecycle benchmark (WORKLOAD.md): throughput, latency, memory, disk, floor",
-               add_bench_arguments, _bench),
+    Subcommand("bench", "the lifecycle benchmark of a source checkout (python -m bench): throughput, latency, "
+                        "memory, disk, floor", _bench_arguments, _bench, passes_on=True),
     SubcommandGroup(cli_log.register),  # replay, rebuild, audit, topics
 )
 
@@ -210,9 +177,9 @@ def build_parser(subcommands: Sequence[Subcommand | SubcommandGroup] = SUBCOMMAN
         if isinstance(c, SubcommandGroup):
             c.register(sub)
             continue
-        p = sub.add_parser(c.name, help=c.help, description=c.help)
+        p = sub.add_parser(c.name, help=c.help, description=c.help, add_help=not c.passes_on)
         c.add_arguments(p)
-        p.set_defaults(run=c.run)
+        p.set_defaults(run=c.run, passes_on=c.passes_on)
     return parser
 
 
@@ -229,7 +196,11 @@ def run_main(fn: Callable[[], int], prog: str = PROG) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "passes_on", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.passed_on = rest
     if not logging.getLogger().handlers:  # tools report progress and takeovers through logging
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_main(lambda: args.run(args))

@@ -59,7 +59,7 @@ def test_installed_console_script():
     (("demo", "--seconds", "soon"), "argument --seconds: must be a positive number, got 'soon'"),
     (("demo", "--sessions", "-3"), "argument --sessions: must be a positive integer, got '-3'"),
     (("demo", "--bogus"), "unrecognized arguments: --bogus"),
-    (("bench", "--backend", "redis"), "argument --backend: invalid choice: 'redis'"),
+    (("bench", "--backend", "redis"), "argument --backend: invalid choice: 'redis'"),  # python -m bench's answer
     (("bench", "--payload", "8"), "argument --payload: must be at least 16 bytes, got '8'"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(args, message):
@@ -76,7 +76,7 @@ def test_bad_arguments_exit_2_with_a_clear_message(args, message):
 def test_impossible_bench_setups_exit_1(args, message):
     r = csaf(*args, timeout=60)
     assert r.returncode == 1
-    assert r.stderr.startswith("csaf: error: ") and message in r.stderr
+    assert r.stderr.startswith("python -m bench: error: ") and message in r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -98,20 +98,35 @@ def test_bench_writes_the_json_report(tmp_path):
     assert report["machine"]["cores"] >= 1 and report["versions"]["rocksdict"]
 
 
-def test_bench_module_runs_from_the_repository_root():
-    r = subprocess.run([sys.executable, "-m", "bench.lifecycle", "--sessions", "5", "--concurrency", "2",
+@pytest.mark.parametrize("module", ["bench", "bench.lifecycle"])
+def test_bench_module_runs_from_the_repository_root(module):
+    r = subprocess.run([sys.executable, "-m", module, "--sessions", "5", "--concurrency", "2",
                         "--no-floor", "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "backend embedded" in r.stdout
 
 
-def test_bench_without_the_repository_says_so(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "bench", None)  # `import bench` fails
-    monkeypatch.setitem(sys.modules, "bench.lifecycle", None)
+def test_csaf_bench_runs_the_checkouts_benchmark_from_anywhere(tmp_path):
+    """From an editable install, the checkout the package lives in; its help is the benchmark's."""
+    r = csaf("bench", "--help", cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: python -m bench") and "--takeover-events" in r.stdout
+
+
+def test_the_library_imports_no_tool():
+    """Nothing of bench/ is imported by the package, and nothing is put on the import path."""
+    code = ("import sys, csaf_events.cli, csaf_events.store; before = list(sys.path); "
+            "csaf_events.cli.build_parser(); assert sys.path == before; "
+            "assert not [m for m in sys.modules if m == 'bench' or m.startswith('bench.')]")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def test_bench_without_a_checkout_says_so(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "csaf_events" / "cli.py"))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(CsafError, match="needs the bench/ directory"):
-        cli._import_bench()
+    with pytest.raises(CsafError, match="runs the benchmark of a csaf-events source checkout"):
+        cli.checkout()
 
 
 def test_subcommand_registry_is_the_extension_point(capsys):
