@@ -12,7 +12,7 @@
 3. A fresh node (new data directory, empty projection) boots on the namespace: it joins
    the owners group, is assigned every partition and restores each projection from the
    log (`KafkaLog._assigned` -> `catch_up`), exactly as on a real takeover. Its
-   `restore_stats` of the filled partition give the figure: events applied / seconds.
+   the takeover record (`Ownership.takeovers`) of the filled partition give the figure: events applied / seconds.
 4. The namespace's topics are deleted.
 """
 
@@ -153,7 +153,7 @@ def measure_takeover(bootstrap: str, events: int = DEFAULT_EVENTS, *, partitions
         with node:
             boot_s = time.monotonic() - t0
             cpu_use = cpu.stop()
-            stats = dict(node.node.log.restore_stats)
+            stats = {p: (t.events, t.restore_seconds) for p, t in node.node.log.ownership.takeovers.items()}
             owned = node.node.owned()
             # the projection holds what the log says: a closed session is gone, an open one is there
             probe = {sid: node.is_session_exists(sid) is not closed
@@ -167,7 +167,7 @@ def measure_takeover(bootstrap: str, events: int = DEFAULT_EVENTS, *, partitions
             "fill": fill, "payload_bytes": payload, "cpu": cpu_use, "probe_ok": all(probe.values()) if probe else None,
             "method": "a fresh node boots on a namespace whose partition 0 holds the events; its own takeover "
                       "(KafkaLog restore: catch_up of an empty projection from the committed log) is timed "
-                      "by restore_stats; filling the partition is not timed",
+                      "by its Takeover record; filling the partition is not timed",
         }
     finally:
         if not keep_topics:

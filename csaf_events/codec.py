@@ -60,7 +60,8 @@ def decode_command(raw: bytes) -> commands.Command:
 def encode_outcome(result: Any, error: BaseException | None) -> bytes:
     if error is not None:
         name = type(error).__name__ if type(error).__name__ in _ERRORS else "DataAccessError"
-        return orjson.dumps({"error": name, "message": str(error)})
+        return orjson.dumps({"error": name, "message": str(error),
+                             "may_have_written": getattr(error, "may_have_written", True)})
     return orjson.dumps({"result": _plain(result)})
 
 
@@ -68,6 +69,8 @@ def decode_outcome(raw: bytes) -> Any:
     """The result, or raises the owner's error."""
     out = orjson.loads(raw)
     if "error" in out:
+        if out["error"] == "DataAccessError":
+            raise errors.DataAccessError(out["message"], may_have_written=out.get("may_have_written", True))
         raise _ERRORS[out["error"]](out["message"])
     result = _typed(out["result"])
     return list(result) if isinstance(result, tuple) else result

@@ -10,9 +10,26 @@ class CsafError(Exception):
 class DataAccessError(CsafError):
     """The store could not be reached, timed out, or the outcome of a write is unknown.
 
-    A caller that gets this for a write must assume the write may or may not have
-    happened (exactly once, or not at all) and reconcile, e.g. by reading it back.
+    `may_have_written` says which: False when nothing was written (the call can simply be
+    retried), True when the write may or may not have happened (exactly once, or not at
+    all) and the caller must reconcile, e.g. by reading it back.
     """
+
+    def __init__(self, message: str, *, may_have_written: bool = True) -> None:
+        super().__init__(message)
+        self.may_have_written = may_have_written
+
+    def __reduce__(self) -> tuple:  # keeps the flag through pickling (process pools, tests)
+        return (_data_access_error, (str(self), self.may_have_written))
+
+
+def _data_access_error(message: str, may_have_written: bool) -> DataAccessError:
+    return DataAccessError(message, may_have_written=may_have_written)
+
+
+def unreachable(what: str, cause: BaseException) -> DataAccessError:
+    """A failure before anything could be written (a read, a boot step, a lookup)."""
+    return DataAccessError(f"{what}: {type(cause).__name__}: {cause}", may_have_written=False)
 
 
 class WrongUserError(CsafError):
@@ -24,4 +41,6 @@ class MessageIdAlreadyExistsError(CsafError):
 
 
 class NotOwnerError(CsafError):
-    """This node does not own the partition a command was sent to (it moved); retried by routing."""
+    """This node does not own the partition a command was sent to (it moved, or the
+    transaction that carried it aborted): nothing was written, so it is retried where the
+    partition is owned now."""

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from csaf_events.commands import Command
-from csaf_events.errors import DataAccessError, NotOwnerError
+from csaf_events.errors import CsafError, DataAccessError, NotOwnerError
 from csaf_events.log.port import EventLog
 from csaf_events.writer import PartitionWriter
 from projections.rocks import Projection
@@ -58,7 +58,8 @@ class Node:
             w.close(f"partition {w.partition} moved away from node {self.node_name!r}")
 
     def owned(self) -> list[int]:
-        return sorted(self._writers)
+        """The partitions decided here now: the log's ownership is the one holder of that."""
+        return self.log.owned()
 
     def writer(self, partition: int) -> PartitionWriter | None:
         return self._writers.get(partition)
@@ -77,8 +78,13 @@ class Node:
             except NotOwnerError as e:  # not executed: ownership moved, try again where it is now
                 if time.monotonic() >= deadline:
                     raise DataAccessError(f"no owner for partition {partition} answered within "
-                                          f"{self.request_timeout:.0f}s: {e}") from e
+                                          f"{self.request_timeout:.0f}s: {e}", may_have_written=False) from e
                 time.sleep(0.05)
+            except CsafError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a client library's error: the caller gets a CsafError
+                raise DataAccessError(f"{type(command).__name__} on partition {partition} failed, outcome "
+                                      f"unknown: {type(e).__name__}: {e}", may_have_written=not command.READ_ONLY) from e
 
     def execute_all(self, calls: list[tuple[int, Command]]) -> list[Any]:
         """Decide commands on several partitions at once (cluster-wide calls); results in order."""

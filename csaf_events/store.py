@@ -17,7 +17,7 @@ from csaf_events import commands as cmd
 from csaf_events import history
 from csaf_events import validation as v
 from csaf_events.dtos import CurrentNode, MessageType, RequestCorrelation, SessionDto, StoredInMessage, StoredOutMessage
-from csaf_events.errors import CsafError
+from csaf_events.errors import CsafError, unreachable
 from csaf_events.history import HistoryEntry
 from csaf_events.backend import Backend
 from csaf_events.node import Node
@@ -48,7 +48,12 @@ class ClusterStoreAndForward:
         if self._closed:
             raise CsafError("this store is closed; open a new one")
         if not self._booted:
-            self._backend.boot()
+            try:
+                self._backend.boot()
+            except CsafError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the caller gets a CsafError saying what failed
+                raise unreachable(f"node {self.node_name!r} could not boot", e) from e
             self._booted = True
 
     def close(self) -> None:

@@ -11,30 +11,34 @@ every caller its result.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from csaf_events.clock import now_ms
 from csaf_events.commands import Command, Decision, decide
 from csaf_events.group_commit import GroupCommit, Signal
 from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.log.port import EventLog
 from projections.rocks import Projection, ProjectionBatch
 
+log = logging.getLogger(__name__)
+
 
 class Pending:
     """A command waiting for its group commit."""
 
-    __slots__ = ("command", "origin", "result", "error", "done", "callback", "waiter", "promoted")
+    __slots__ = ("command", "origin", "deadline_ms", "result", "error", "done", "waiter", "promoted")
 
-    def __init__(self, command: Command, origin: Any = None,
-                 callback: Callable[[Pending], None] | None = None, waiter: bool = False) -> None:
+    def __init__(self, command: Command, origin: Any = None, waiter: bool = False,
+                 deadline_ms: int | None = None) -> None:
         self.command = command
         self.origin = origin  # where a routed command came from (the log adapter replies there)
+        self.deadline_ms = deadline_ms  # wall clock: its caller gives up then, so it is not decided after
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = Signal()
-        self.callback = callback
         self.waiter = waiter  # a thread waits for it (and so can be asked to lead)
         self.promoted = False  # woken to lead the next group, not finished
 
@@ -100,7 +104,14 @@ class PartitionWriter:
     def _commit(self, group: list[Pending]) -> None:
         batch = self._projection.batch()
         d = Decision(self.partition, batch, self._node, self._clock())
+        wall = now_ms()
         for p in group:
+            if p.deadline_ms is not None and p.deadline_ms <= wall:
+                p.error = DataAccessError(f"{type(p.command).__name__} reached the owner of partition "
+                                          f"{self.partition} {wall - p.deadline_ms} ms after its caller gave up; "
+                                          f"not executed", may_have_written=False)
+                log.warning("partition %d: %s", self.partition, p.error)
+                continue
             before = len(d.records)
             try:
                 p.result = decide(p.command, d)
@@ -136,5 +147,3 @@ class PartitionWriter:
     @staticmethod
     def _finish(p: Pending) -> None:
         p.done.set()
-        if p.callback is not None:
-            p.callback(p)

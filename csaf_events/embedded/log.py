@@ -191,6 +191,9 @@ class EmbeddedLog:
             self._projection.db.write(wb)
         return dropped
 
+    def owned(self) -> list[int]:
+        return list(range(self.partitions))
+
     def set_ownership_listener(self, on_assigned: Callable[[list[int]], None],
                                on_revoked: Callable[[list[int]], None]) -> None:
         on_assigned(list(range(self.partitions)))

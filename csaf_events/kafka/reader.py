@@ -97,8 +97,9 @@ def end_offsets(admin: AdminClient, topic: str, partitions, level: IsolationLeve
         futures = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
                                      isolation_level=level, request_timeout=timeout)
         return {tp.partition: f.result(timeout).offset for tp, f in futures.items()}
-    except KafkaException as e:
-        raise DataAccessError(f"cannot read the end offsets of {topic}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - KafkaException, or the future's TimeoutError
+        raise DataAccessError(f"cannot read the end offsets of {topic}: {type(e).__name__}: {e}",
+                              may_have_written=False) from e
 
 
 class KafkaReader:

@@ -3,30 +3,41 @@
 The command goes to the commands topic, partition p; the owner of p decides it and puts
 the reply on this node's reply topic in the same transaction as the events. The reply
 consumer reads committed records only, so a reply seen means the events are committed.
-No reply within the timeout: the outcome is unknown, and the caller gets DataAccessError.
+
+Every command carries its caller's deadline (wall clock, milliseconds). An owner does not
+decide a command after it (it answers "not executed" instead), so a caller that gave up
+never sees its write appear later. The caller waits a little past the deadline
+(`REPLY_GRACE`) for a command decided just in time to commit; no reply by then, and the
+outcome is unknown: `DataAccessError`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from csaf_events.clock import now_ms
 from csaf_events.codec import decode_outcome, encode_command
 from csaf_events.commands import Command
-from csaf_events.errors import DataAccessError
+from csaf_events.errors import DataAccessError, unreachable
 from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS
 
 log = logging.getLogger(__name__)
 
+#: Seconds a caller waits past its command's deadline for the commit of a command decided
+#: just before it.
+REPLY_GRACE = 2.0
+
 
 class KafkaRouter:
     def __init__(self, client_config: dict[str, Any], commands_topic: str, reply_topic: str,
-                 node_name: str) -> None:
+                 node_name: str, timeout: float) -> None:
         self._commands = commands_topic
         self._reply_topic = reply_topic
         self._waiting: dict[bytes, Future] = {}
@@ -37,27 +48,35 @@ class KafkaRouter:
                                   "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS})
         # Start at the current end, resolved now: OFFSET_END would be resolved at the first
         # fetch, and a reply written before that would be skipped.
-        _, end = self._replies.get_watermark_offsets(TopicPartition(reply_topic, 0), timeout=30, cached=False)
+        _, end = self._replies.get_watermark_offsets(TopicPartition(reply_topic, 0), timeout=timeout, cached=False)
         self._replies.assign([TopicPartition(reply_topic, 0, end)])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read_replies, name=f"csaf-replies-{node_name}", daemon=True)
         self._thread.start()
 
     def send(self, partition: int, command: Command, timeout: float) -> Any:
+        """Have the owner decide `command` within `timeout` seconds; its result, or its error."""
         corr = uuid.uuid4().bytes
         fut: Future = Future()
+        deadline_ms = now_ms() + int(timeout * 1000)
         with self._lock:
             self._waiting[corr] = fut
         try:
-            self._producer.produce(self._commands, encode_command(command), partition=partition,
-                                   headers=[("corr", corr), ("reply_to", self._reply_topic.encode())])
-            self._producer.poll(0)
             try:
-                raw = fut.result(timeout)
+                self._producer.produce(self._commands, encode_command(command), partition=partition,
+                                       headers=[("corr", corr), ("reply_to", self._reply_topic.encode()),
+                                                ("deadline", str(deadline_ms).encode())])
+                self._producer.poll(0)
+            except (KafkaException, BufferError) as e:
+                raise unreachable(f"routing {type(command).__name__} to the owner of partition {partition}",
+                                  e) from e
+            try:
+                raw = fut.result(timeout + REPLY_GRACE)
             except FutureTimeout:
                 raise DataAccessError(
                     f"the owner of partition {partition} did not answer {type(command).__name__} within "
-                    f"{timeout:.1f}s; the outcome is unknown") from None
+                    f"{timeout:.1f}s; the outcome is unknown (it is not executed after that)",
+                    may_have_written=not command.READ_ONLY) from None
         finally:
             with self._lock:
                 self._waiting.pop(corr, None)
@@ -70,8 +89,13 @@ class KafkaRouter:
 
     def _read_replies(self) -> None:
         while not self._stop.is_set():
-            msg = self._replies.poll(0.05)
-            self._producer.poll(0)
+            try:
+                msg = self._replies.poll(0.05)
+                self._producer.poll(0)
+            except BaseException as e:  # noqa: BLE001 - the reply reader must outlive every client error
+                log.warning("reply topic %s: %s: %s; polling on", self._reply_topic, type(e).__name__, e)
+                time.sleep(0.1)
+                continue
             if msg is None:
                 continue
             if msg.error() is not None:

@@ -60,6 +60,21 @@ def differences(spec: TopicSpec, state: TopicState) -> list[str]:
     return diffs
 
 
+def durability_differences(spec: TopicSpec, state: TopicState, brokers: int) -> list[str]:
+    """Where an existing topic is less durable than topics.yaml asks (replication factor,
+    min.insync.replicas): an acknowledged write could then sit on fewer replicas."""
+    rf, cfg = expected_configs(spec, brokers)
+    diffs = []
+    if state.replication_factor is not None and state.replication_factor < rf:
+        diffs.append(f"topic {spec.name} has replication factor {state.replication_factor}, topics.yaml asks {rf}")
+    want = cfg.get("min.insync.replicas")
+    have = (state.configs or {}).get("min.insync.replicas")
+    if want is not None and have is not None and int(have) < int(want):
+        diffs.append(f"topic {spec.name} has min.insync.replicas={have}, topics.yaml asks {want} "
+                     f"(`csaf topics apply` sets it)")
+    return diffs
+
+
 def broker_count(admin: AdminClient, timeout: float) -> int:
     try:
         return len(admin.list_topics(timeout=timeout).brokers)
@@ -174,6 +189,8 @@ def ensure(admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0, *,
             states = describe(admin, specs, timeout)
         _wait_until_served(admin, states, [s.name for s in missing], deadline)
     problems = [d for s in specs for d in differences(s, states[s.name])]
+    if refuse:
+        problems += [d for s in specs for d in durability_differences(s, states[s.name], brokers)]
     if problems and refuse:
         raise CsafError("refusing to run on mismatched topics: " + "; ".join(problems))
     return states

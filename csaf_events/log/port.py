@@ -36,6 +36,9 @@ class EventLog(LogReader, Protocol):
         outcome of the append is unknown.
         """
 
+    def owned(self) -> list[int]:
+        """The partitions this node decides now (appends are accepted for them)."""
+
     def set_ownership_listener(self, on_assigned: Callable[[list[int]], None],
                                on_revoked: Callable[[list[int]], None]) -> None:
         """Callbacks for partitions this node starts / stops owning."""
