@@ -84,7 +84,8 @@ class Node:
                 raise
             except Exception as e:  # noqa: BLE001 - a client library's error: the caller gets a CsafError
                 raise DataAccessError(f"{type(command).__name__} on partition {partition} failed, outcome "
-                                      f"unknown: {type(e).__name__}: {e}", may_have_written=not command.READ_ONLY) from e
+                                      f"unknown: {type(e).__name__}: {e}",
+                                      may_have_written=not command.READ_ONLY) from e
 
     def execute_all(self, calls: list[tuple[int, Command]]) -> list[Any]:
         """Decide commands on several partitions at once (cluster-wide calls); results in order."""

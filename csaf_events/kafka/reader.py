@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from csaf_events.errors import DataAccessError
@@ -57,7 +57,8 @@ def read_chunks(consumer: Consumer, topic: str, partition: int, start: int, end:
             msgs = next_batch(consumer, 0.5, RESTORE_FETCH)
             if not msgs:
                 if time.monotonic() > deadline:
-                    raise DataAccessError(f"reading {topic}[{partition}] from {start} timed out")
+                    raise DataAccessError(f"reading {topic}[{partition}] from {start} timed out",
+                                          may_have_written=False)
                 continue
             deadline = time.monotonic() + timeout
             chunk, stop = msgs, False
@@ -65,7 +66,7 @@ def read_chunks(consumer: Consumer, topic: str, partition: int, start: int, end:
             if any(errors):  # an error, or the end of the partition
                 cut = next(i for i, err in enumerate(errors) if err is not None)
                 if errors[cut].code() != KafkaError._PARTITION_EOF:
-                    raise DataAccessError(f"reading {topic}[{partition}]: {errors[cut]}")
+                    raise DataAccessError(f"reading {topic}[{partition}]: {errors[cut]}", may_have_written=False)
                 chunk, stop = msgs[:cut], True
             if end is not None and chunk and chunk[-1].offset() >= end:
                 chunk, stop = [m for m in chunk if m.offset() < end], True
@@ -144,7 +145,8 @@ class KafkaReader:
         while self._offset(partition, IsolationLevel.READ_COMMITTED) < high:
             if time.monotonic() > deadline:
                 raise DataAccessError(f"{self.topic}[{partition}]: a transaction stayed undecided for "
-                                      f"{self._timeout:.0f}s; cannot tell where the committed log ends")
+                                      f"{self._timeout:.0f}s; cannot tell where the committed log ends",
+                                      may_have_written=False)
             time.sleep(0.01)
         return high
 

@@ -29,7 +29,7 @@ def describe(admin: AdminClient, specs: list[TopicSpec], timeout: float = 15.0) 
     try:
         md = admin.list_topics(timeout=timeout)
     except KafkaException as e:
-        raise DataAccessError(f"cannot reach Kafka to list topics: {e}") from e
+        raise DataAccessError(f"cannot reach Kafka to list topics: {e}", may_have_written=False) from e
     out: dict[str, TopicState] = {}
     present = [s.name for s in specs if s.name in md.topics and md.topics[s.name].error is None]
     configs: dict[str, dict[str, str]] = {}
@@ -79,7 +79,7 @@ def broker_count(admin: AdminClient, timeout: float) -> int:
     try:
         return len(admin.list_topics(timeout=timeout).brokers)
     except KafkaException as e:
-        raise DataAccessError(f"cannot reach Kafka: {e}") from e
+        raise DataAccessError(f"cannot reach Kafka: {e}", may_have_written=False) from e
 
 
 def expected_configs(spec: TopicSpec, brokers: int) -> tuple[int, dict[str, str]]:
@@ -131,7 +131,8 @@ def apply(admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0) -> 
             try:
                 fut.result(timeout)
             except KafkaException as e:
-                raise DataAccessError(f"cannot change the configs of topic {res.name}: {e}") from e
+                raise DataAccessError(f"cannot change the configs of topic {res.name}: {e}",
+                                      may_have_written=False) from e
     left = [d for s in specs for d in all_differences(s, describe(admin, [s], timeout)[s.name], brokers)]
     return changes, left
 
@@ -153,7 +154,7 @@ def _wait_until_served(admin: AdminClient, states: dict[str, TopicState], names:
         waiting = still
         if waiting and time.monotonic() > deadline:
             raise DataAccessError("created topics are not served yet: " +
-                                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in waiting))
+                                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in waiting), may_have_written=False)
         if waiting:
             time.sleep(0.1)
 
@@ -178,13 +179,13 @@ def ensure(admin: AdminClient, specs: list[TopicSpec], timeout: float = 30.0, *,
                 log.info("created topic %s", name)
             except KafkaException as e:
                 if e.args[0].name() != "TOPIC_ALREADY_EXISTS":  # another node won the race
-                    raise DataAccessError(f"cannot create topic {name}: {e}") from e
+                    raise DataAccessError(f"cannot create topic {name}: {e}", may_have_written=False) from e
         deadline = time.monotonic() + timeout
         states = describe(admin, specs, timeout)
         while not all(st.exists and st.partitions for st in states.values()):  # metadata catches up
             if time.monotonic() > deadline:
                 raise DataAccessError("created topics did not appear in the cluster metadata in time: " +
-                                      ", ".join(n for n, st in states.items() if not st.exists))
+                                      ", ".join(n for n, st in states.items() if not st.exists), may_have_written=False)
             time.sleep(0.1)
             states = describe(admin, specs, timeout)
         _wait_until_served(admin, states, [s.name for s in missing], deadline)
