@@ -135,7 +135,7 @@ def test_boot_without_a_reachable_broker_raises_a_data_access_error(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("have", "brokers", "expected"), [
-    ({"min.insync.replicas": "1"}, 3, ["min.insync.replicas=1, topics.yaml asks 2"]),
+    ({"min.insync.replicas": "1"}, 3, ["min.insync.replicas=1, topics.yaml asks 2 (`csaf topics apply` sets it)"]),
     ({"min.insync.replicas": "2"}, 3, []),
     ({"min.insync.replicas": "1"}, 1, []),  # one broker: capped at the replication factor
 ])
