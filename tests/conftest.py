@@ -2,56 +2,20 @@
 
 Backend-generic tests ask for `store` (one booted store) or `store_factory` (opens and
 boots stores for the current backend, closes them at teardown). Both are parametrized
-over `BACKENDS`; adding a backend is one entry there.
+over `backends.BACKENDS`, the one list of the backends the tests run on.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from brokers import unique_namespace
+from backends import BACKENDS, backend_params
 from csaf_events import ClusterStoreAndForward, open_store
-from kafka_fixtures import delete_namespace_topics, kafka_bootstrap, kafka_namespace  # noqa: F401 - fixtures
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """How to open stores on one backend.
-
-    `options(request)` returns the extra `open_store` keyword arguments for one test (for
-    a broker backend: the bootstrap servers and a namespace unique to the test, shared by
-    all nodes the test opens). `cluster` says whether several nodes can be open at once
-    and share one store (embedded mode is one node).
-    """
-
-    options: Callable[[pytest.FixtureRequest], dict[str, Any]] = field(default=lambda request: {})
-    cluster: bool = False
-    marks: tuple = ()
-
-
-def _kafka_options(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """A real broker (see kafka_fixtures), a namespace of the test's own, and few partitions
-    (every partition is a takeover to do at boot)."""
-    namespace = unique_namespace()
-    bootstrap = request.getfixturevalue("kafka_bootstrap")
-    request.addfinalizer(lambda: delete_namespace_topics(bootstrap, namespace))
-    return {"bootstrap_servers": bootstrap, "namespace": namespace, "partitions": 3, "request_timeout": 20.0}
-
-
-BACKENDS: dict[str, BackendSpec] = {
-    "embedded": BackendSpec(),
-    "kafka": BackendSpec(options=_kafka_options, cluster=True, marks=(pytest.mark.kafka,)),
-}
-
-
-def _backend_params() -> list:
-    return [pytest.param(name, marks=spec.marks, id=name) for name, spec in BACKENDS.items()]
+from kafka_fixtures import kafka_bootstrap, kafka_namespace  # noqa: F401 - fixtures
 
 
 class ManualClock:
@@ -117,7 +81,7 @@ class StoreFactory:
             raise errors[0]
 
 
-@pytest.fixture(params=_backend_params())
+@pytest.fixture(params=backend_params())
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 

@@ -1,4 +1,5 @@
-"""Stores on both backends for the log tests (history, rebuild, audit, compaction).
+"""Stores on every backend (`backends.BACKENDS`) for the log tests (history, rebuild,
+audit, compaction).
 
 `log_node` opens stores of one node (restartable: same data dir), on the embedded log or
 on a real broker (namespace unique to the test), and knows the matching `csaf` tool
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from brokers import unique_namespace
+from backends import BACKENDS, backend_params
 from csaf_events import ClusterStoreAndForward, open_store
 from csaf_events.cli import main as cli_main
 from projections.files import projection_dir
@@ -24,7 +25,6 @@ from projections.rebuild import snapshot
 from projections.rocks import Projection
 
 PARTITIONS = 2
-BACKENDS = ["embedded", pytest.param("kafka", marks=pytest.mark.kafka)]
 
 
 @dataclass
@@ -79,12 +79,10 @@ class LogNode:
         self.opened.clear()
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=backend_params())
 def log_node(request: pytest.FixtureRequest, tmp_path: Path):
-    if request.param == "kafka":
-        node = LogNode("kafka", tmp_path, request.getfixturevalue("kafka_bootstrap"), unique_namespace())
-    else:
-        node = LogNode("embedded", tmp_path)
+    options = BACKENDS[request.param].options(request)
+    node = LogNode(request.param, tmp_path, options.get("bootstrap_servers"), options.get("namespace", "csaf"))
     yield node
     node.close_all()
 
