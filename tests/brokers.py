@@ -19,6 +19,7 @@ never skip for want of a broker.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import re
 import secrets
@@ -178,6 +179,12 @@ def _start_testcontainer() -> tuple[str, Callable[[], None]]:
 
 
 def _start_kafka_local(brokers: int) -> tuple[str, Callable[[], None]]:
+    bootstrap, _, stop = _start_kafka_local_dir(brokers)
+    return bootstrap, stop
+
+
+def _start_kafka_local_dir(brokers: int) -> tuple[str, str, Callable[[], None]]:
+    """Start a kafka-local cluster in a fresh temporary dir: ``(bootstrap, dir, stop)``."""
     if not KAFKA_LOCAL.is_file():
         raise RuntimeError(f"{KAFKA_LOCAL} is missing")
     workdir = tempfile.mkdtemp(prefix="csaf-kafka-")
@@ -214,7 +221,61 @@ def _start_kafka_local(brokers: int) -> tuple[str, Callable[[], None]]:
         keep["dir"] = True  # leave the broker logs for inspection
         stop()
         raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{_tail(proc.stderr, 60)}")
-    return match.group(1), stop
+    return match.group(1), workdir, stop
+
+
+class LocalCluster:
+    """A docker/kafka-local cluster whose brokers a test can stop and restart one by one.
+
+    `dir` is the cluster's ``--dir`` (its ``cluster.json``, and ``node-<id>/server.log``
+    per broker); `broker_ids` the KRaft node ids (1..N)."""
+
+    def __init__(self, bootstrap: str, workdir: str, stop: Callable[[], None]) -> None:
+        self.bootstrap = bootstrap
+        self.dir = workdir
+        self.stop = stop
+        state = json.loads((Path(workdir) / "cluster.json").read_text())
+        self.broker_ids = [int(n["id"]) for n in state["nodes"]]
+        self.ports = {int(n["id"]): int(n["port"]) for n in state["nodes"]}
+
+    def _run(self, *args: str, timeout: float = 180) -> None:
+        cmd = [sys.executable, str(KAFKA_LOCAL), *args, "--dir", self.dir]
+        proc = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{_tail(proc.stderr, 30)}")
+
+    def stop_broker(self, broker_id: int, kill: bool = True) -> None:
+        """Stop one broker: SIGKILL (`kill`, the default) or a graceful SIGTERM."""
+        self._run("stop-node", str(broker_id), *(["--kill"] if kill else []))
+
+    def start_broker(self, broker_id: int) -> None:
+        """Restart a stopped broker with its old data; returns once it answers on its port."""
+        self._run("start-node", str(broker_id))
+
+    def server_log(self, broker_id: int) -> Path:
+        return Path(self.dir) / f"node-{broker_id}" / "server.log"
+
+
+def local_cluster_for_tests(brokers: int = 3) -> LocalCluster:
+    """A kafka-local cluster of `brokers` brokers that the test may stop and restart.
+
+    ``CSAF_KAFKA_LOCAL_DIR`` names the --dir of a kafka-local cluster that is already
+    running (it is used as is and left running); otherwise a fresh one is started in a
+    temporary dir and `stop()` ends it. Docker and ``CSAF_KAFKA_BOOTSTRAP`` clusters are
+    not used: their brokers cannot be stopped one at a time from here."""
+    existing = os.environ.get("CSAF_KAFKA_LOCAL_DIR", "").strip()
+    if existing:
+        state = json.loads((Path(existing) / "cluster.json").read_text())
+        if len(state["nodes"]) < brokers:
+            raise RuntimeError(f"CSAF_KAFKA_LOCAL_DIR={existing} has {len(state['nodes'])} brokers, "
+                               f"{brokers} are needed")
+        return LocalCluster(state["bootstrap"], existing, _noop)
+    try:
+        bootstrap, workdir, stop = _start_kafka_local_dir(brokers)
+    except Exception as exc:
+        raise RuntimeError(f"no {brokers}-broker kafka-local cluster for the fault tests: {exc}") from exc
+    return LocalCluster(bootstrap, workdir, stop)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,692 @@
+"""Faults on a real 3-broker Kafka cluster, with every node in its own process (issue 9).
+
+Four faults, each under load from several node processes (`node_process.FaultLoad`: all
+nodes write to the same sessions, so calls are decided locally or routed, and the nodes
+race on the same inbox ids):
+
+1. one broker (the owners group's coordinator) SIGKILLed under load and restarted 15 s
+   later; a fourth node boots while it is down;
+2. a node SIGKILLed, and a second one SIGKILLed while it is taking over the first one's
+   partitions;
+3. a slow takeover: nodes opened with `request_timeout=5` (shorter than the dead node's
+   open transaction, which a new owner has to wait out), one of them SIGKILLed;
+4. nodes joining and leaving (clean close and SIGKILL) every ~10 s under routed load.
+
+Every test asserts, after the fault:
+- nothing acknowledged is lost: every acknowledged outbox message (not completed since) is
+  in its session's outbox and every inbox id some caller won is stored, read on a node
+  that survived;
+- no id accepted twice: at most one caller won each raced inbox id, and the events topic
+  holds at most one `InboxStored` per inbox id and one `OutboxStored` per outbox id;
+- no command executed after its caller's deadline: an outbox message (or a raced inbox id)
+  whose store failed for its caller at wall time T, if it is in the events topic at all,
+  was decided at or before T (its `stored_timestamp`); and an error that said
+  `may_have_written=False` wrote nothing;
+- every partition decides writes again within `RECOVERY_BOUND_S` of the end of the fault:
+  a probe on a surviving node retries a write on a session of every partition and times
+  the first success;
+- every failure a caller saw (load, probe, boot) was a `CsafError`.
+
+The figures (errors seen, per-partition time without a successful write, recovery and
+takeover times) are printed and written to `faults-figures.json` in the pytest tmp dir
+(the path is printed). Run them alone with `pytest -m faults -s`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections import Counter, defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from brokers import LocalCluster, local_cluster_for_tests, unique_namespace
+from csaf_events.events import decode_state, header
+from csaf_events.partitioning import partition_for
+from node_process import NodeProcess
+
+pytestmark = [pytest.mark.kafka, pytest.mark.faults, pytest.mark.timeout(420)]
+
+PARTITIONS = 6
+#: After a fault ends, every partition must decide a write again within this many seconds.
+#: A node that dies may leave a transaction open; a new owner waits it out (the
+#: transaction timeout, 15 s) after the group noticed the death (session timeout, 6 s).
+RECOVERY_BOUND_S = float(os.environ.get("CSAF_FAULTS_BOUND_S", "30"))
+#: How long the probe keeps trying (past the bound, so a miss is measured, not just seen).
+PROBE_MAX_S = RECOVERY_BOUND_S + 15
+SESSION_TIMEOUT_S = 6.0  # the owners group's session.timeout.ms
+SESSIONS_PER_PARTITION = 3
+#: Load per node: threads calling in a loop (each call waits for its answer), pause between
+#: iterations. A call costs 0.3-0.9 s on a 3-broker cluster on 2 cores, mostly waiting.
+LOAD_THREADS = int(os.environ.get("CSAF_FAULTS_THREADS", "6"))
+LOAD_PAUSE_S = 0.01
+
+
+def now_ms() -> float:
+    return time.time() * 1000
+
+
+# ------------------------------------------------------------------------ fixtures --
+
+@pytest.fixture(scope="module")
+def kafka3() -> LocalCluster:
+    """One 3-broker kafka-local cluster for the whole file (each test has its own namespace)."""
+    cluster = local_cluster_for_tests(3)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory: pytest.TempPathFactory):
+    """Figures of every test of the file, written to one JSON file at the end."""
+    path = tmp_path_factory.mktemp("faults") / "faults-figures.json"
+    data: dict[str, Any] = {"recovery_bound_s": RECOVERY_BOUND_S, "partitions": PARTITIONS, "tests": {}}
+    yield data, path
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    print(f"\n[faults] all figures: {path}")
+
+
+# ------------------------------------------------------------------------- helpers --
+
+def sessions_covering(prefix: str, per_partition: int) -> list[str]:
+    """`per_partition` session ids in every partition, interleaved across partitions."""
+    by_p: dict[int, list[str]] = defaultdict(list)
+    i = 0
+    while min((len(by_p[p]) for p in range(PARTITIONS)), default=0) < per_partition:
+        sid = f"{prefix}{i}"
+        if len(by_p[partition_for(sid, PARTITIONS)]) < per_partition:
+            by_p[partition_for(sid, PARTITIONS)].append(sid)
+        i += 1
+    return [by_p[p][k] for k in range(per_partition) for p in range(PARTITIONS)]
+
+
+def in_parallel(*calls) -> list:
+    results: list = [None] * len(calls)
+
+    def run(i: int, fn) -> None:
+        try:
+            results[i] = fn()
+        except BaseException as e:  # noqa: BLE001 - the caller looks at it
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i, fn), daemon=True) for i, fn in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    return results
+
+
+def read_events(bootstrap: str, topic: str, timeout: float = 60.0) -> list[tuple[int, str, dict | None, dict]]:
+    """Every committed record of the events topic: (partition, type, state or None, headers)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"faults-reader-{unique_namespace()}",
+                  "enable.auto.commit": False, "isolation.level": "read_committed",
+                  "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+    out = []
+    try:
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(done) < PARTITIONS:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"reading {topic} did not reach the end of partitions "
+                                     f"{sorted(set(range(PARTITIONS)) - done)} in {timeout:.0f}s")
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            if m.error() is not None:
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    done.add(m.partition())
+                continue
+            h = dict((k, v.decode() if v is not None else None) for k, v in (m.headers() or ()))
+            out.append((m.partition(), header(m.headers(), "type") or "",
+                        decode_state(m.value()) if m.value() is not None else None, h))
+    finally:
+        c.close()
+    return out
+
+
+def load_records(path: Path) -> list[dict]:
+    """The lines of a records file (`begin` lines included)."""
+    recs = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                recs.append(json.loads(line))
+            except ValueError:  # a line cut by a SIGKILL
+                pass
+    return recs
+
+
+def _call_key(r: dict) -> tuple:
+    return r["node"], r["op"], r["sid"], r["id"], r["t0"]
+
+
+def _log_ms(line: str) -> float | None:
+    try:
+        return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp() * 1000
+    except ValueError:
+        return None
+
+
+_TOOK_OVER = re.compile(r"took over partition (\d+)\b.*?in ([\d.]+)\s*s")
+_SETTLED = re.compile(r"owns partitions \[([\d, ]*)\] now \(previous owners settled in ([\d.]+)s\)")
+
+
+def log_findings(path: Path, since_ms: float) -> dict:
+    """What a node's log says after `since_ms`: its takeovers (as logged) and its errors."""
+    takeovers, settled, errors, warnings = [], [], [], Counter()
+    if not path.exists():
+        return {}
+    for line in path.read_text(errors="replace").splitlines():
+        t = _log_ms(line)
+        if t is not None and t < since_ms:
+            continue
+        if t is not None and (m := _TOOK_OVER.search(line)):
+            takeovers.append({"partition": int(m.group(1)), "restore_s": float(m.group(2)), "at_ms": t})
+        if t is not None and (m := _SETTLED.search(line)):
+            settled.append({"partitions": m.group(1), "settled_s": float(m.group(2)), "at_ms": t})
+        if t is None:  # a traceback's lines: keep what names the error
+            if line.startswith("Exception in thread") or re.match(r"^[\w.]+(Error|Exception)\b", line):
+                errors.append(line[:240])
+            continue
+        if " ERROR " in line or " CRITICAL " in line:
+            errors.append(line[24:260])
+        elif " WARNING " in line:
+            warnings[re.sub(r"\d+", "N", line[24:140])] += 1
+    return {"takeovers": takeovers, "settled": settled, "errors": errors[:8], "error_lines": len(errors),
+            "warnings": dict(warnings.most_common(6))}
+
+
+# --------------------------------------------------------------------- the scenario --
+
+class Scenario:
+    """Node processes of one test on the shared cluster, their load, and the checks."""
+
+    def __init__(self, name: str, cluster: LocalCluster, tmp_path: Path, request_timeout: float = 20.0) -> None:
+        self.name = name
+        self.cluster = cluster
+        self.tmp = tmp_path
+        self.request_timeout = request_timeout
+        self.namespace = unique_namespace(f"f{name[:6]}")
+        self.nodes: dict[str, NodeProcess] = {}
+        self.gone: set[str] = set()
+        self.record_files: list[Path] = []
+        self.sids = sessions_covering("s", SESSIONS_PER_PARTITION)
+        self.beat_sids = {p: sid for p, sid in enumerate(sessions_covering("beat", 1))}
+        self.timeline: list[tuple[float, str]] = []
+        self.t_start = now_ms()
+        self.boot_failures: list[dict] = []
+        self.boot_s: dict[str, float] = {}
+        self.owned_at: dict[str, Any] = {}
+        self.load_stop_ms: float | None = None
+        self.figures: dict[str, Any] = {"namespace": self.namespace, "request_timeout_s": request_timeout}
+        self.problems: list[str] = []
+
+    # -- nodes --------------------------------------------------------------------
+    def mark(self, what: str) -> float:
+        t = now_ms()
+        self.timeline.append((t, what))
+        print(f"[faults {self.name}] +{(t - self.t_start) / 1000:6.1f}s {what}", flush=True)
+        return t
+
+    def first(self, *names: str) -> list[NodeProcess | None]:
+        """The first nodes of the namespace: one boots alone (it creates the topics), then
+        the others together."""
+        return self.start(names[0]) + self.start(*names[1:])
+
+    def start(self, *names: str) -> list[NodeProcess | None]:
+        """Start nodes in parallel; a node whose boot fails is recorded (class, CsafError?)."""
+        def one(name: str) -> NodeProcess:
+            d = self.tmp / name
+            d.mkdir(exist_ok=True)
+            t0 = time.monotonic()
+            node = NodeProcess(name, d, self.cluster.bootstrap, self.namespace, PARTITIONS,
+                               boot_timeout=120, request_timeout=self.request_timeout)
+            self.boot_s[name] = round(time.monotonic() - t0, 2)
+            return node
+
+        results = in_parallel(*(lambda n=n: one(n) for n in names))
+        out = []
+        for name, r in zip(names, results):
+            if isinstance(r, NodeProcess):
+                self.nodes[name] = r
+                self.gone.discard(name)
+                out.append(r)
+                self.mark(f"node {name} booted in {self.boot_s[name]:.1f}s")
+            else:
+                kind = getattr(r, "kind", None) or type(r).__name__
+                csaf = getattr(r, "csaf", None)
+                self.boot_failures.append({"node": name, "error": kind, "csaf": csaf, "message": str(r)[:300]})
+                self.mark(f"node {name} failed to boot: {r}")
+                if csaf is not True:
+                    self.problems.append(f"boot() of node {name} failed with {kind}, not a CsafError: {r}")
+                out.append(None)
+        return out
+
+    def alive(self) -> list[NodeProcess]:
+        return [n for name, n in self.nodes.items() if name not in self.gone and n.proc.poll() is None]
+
+    def owned(self, node: NodeProcess) -> list[int] | None:
+        try:
+            return node.call("owned", timeout=10)
+        except Exception:  # noqa: BLE001 - a figure only; the adapter may not offer it
+            return None
+
+    def wait_spread(self, timeout: float = 90.0) -> None:
+        """Every live node owns partitions and together they own each one exactly once."""
+        deadline = time.monotonic() + timeout
+        while True:
+            owned = [self.owned(n) for n in self.alive()]
+            if any(o is None for o in owned):  # cannot ask: give the group time instead
+                time.sleep(SESSION_TIMEOUT_S)
+                return
+            flat = sorted(p for o in owned for p in o)
+            if all(owned) and flat == list(range(PARTITIONS)):
+                self.mark(f"partitions spread: {dict(zip([n.name for n in self.alive()], owned))}")
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the partitions did not spread over the nodes in {timeout:.0f}s: {owned}")
+            time.sleep(0.5)
+
+    def register_all(self, node: NodeProcess) -> None:
+        for sid in self.sids:
+            node.call("register_session_at_this_node", sid, "u", "c-setup", "lib", "app", "1", timeout=120)
+
+    def load(self, node: NodeProcess, threads: int = LOAD_THREADS, beats: bool = False) -> None:
+        """Start the load on `node`; `beats`: also one write per partition every 0.25 s (on
+        a node that survives the test, to time each partition's gap without a write)."""
+        path = self.tmp / f"records-{node.name}.jsonl"
+        if path not in self.record_files:
+            self.record_files.append(path)
+        spec = {"sids": self.sids, "node": node.name, "threads": threads, "pause": LOAD_PAUSE_S,
+                "records": str(path)}
+        if beats:
+            spec["beats"] = {str(p): sid for p, sid in self.beat_sids.items()}
+            spec["beat"] = 0.25
+        node.call("fault_load", spec)
+
+    def kill(self, name: str) -> float:
+        owned = self.owned(self.nodes[name])
+        self.owned_at[name] = owned
+        self.nodes[name].kill()
+        self.gone.add(name)
+        return self.mark(f"node {name} SIGKILLed (owned {owned})")
+
+    def close(self, name: str) -> float:
+        """A clean close with the node's load still calling (calls in flight are left unknown)."""
+        node = self.nodes[name]
+        node.close()
+        self.gone.add(name)
+        return self.mark(f"node {name} closed")
+
+    def stop_loads(self) -> None:
+        self.load_stop_ms = now_ms()
+        alive = self.alive()
+        left = in_parallel(*(lambda n=n: n.call("stop_fault_load", self.request_timeout + 5,
+                                                timeout=self.request_timeout + 30) for n in alive))
+        self.mark(f"loads stopped (calls still in flight: {dict(zip([n.name for n in alive], left))})")
+
+    def teardown(self) -> None:
+        for node in self.nodes.values():
+            node.kill()
+
+    # -- measurements -------------------------------------------------------------
+    def probe(self, node: NodeProcess, fault_end: float) -> dict:
+        """Time from `fault_end` until a write succeeds on every partition (through `node`)."""
+        sids = {str(p): next(f"probe-{p}-{i}" for i in range(100_000)
+                             if partition_for(f"probe-{p}-{i}", PARTITIONS) == p) for p in range(PARTITIONS)}
+        started = now_ms()
+        result = node.call("probe", sids, PROBE_MAX_S, timeout=PROBE_MAX_S + 60)
+        lag = (started - fault_end) / 1000
+        recovery = {}
+        for p, r in result.items():
+            recovery[int(p)] = None if r["ok_s"] is None else round(r["ok_s"] + lag, 2)
+            for msg in r["noncsaf"]:
+                self.problems.append(f"probe on partition {p}: a non-CsafError reached the caller: {msg}")
+        self.mark(f"probe through {node.name}: seconds to a decided write per partition {recovery}")
+        self.figures["recovery_s"] = recovery
+        self.figures["recovery_max_s"] = max((v for v in recovery.values() if v is not None), default=None)
+        self.figures["probe_errors"] = {p: r["errors"] for p, r in result.items() if r["errors"]}
+        self.probe_ok = {int(p): r.get("ok_at") for p, r in result.items()}
+        slow = {p: v for p, v in recovery.items() if v is None or v > RECOVERY_BOUND_S}
+        if slow:
+            self.problems.append(
+                f"partitions that decided no write within {RECOVERY_BOUND_S:.0f}s of the end of the fault "
+                f"(None: not within the probe's {PROBE_MAX_S:.0f}s): {slow}")
+        return recovery
+
+    def verify(self, survivor: NodeProcess, fault_start: float, fault_end: float, takeover_of: list[int] | None = None) -> None:
+        """All the checks of the module docstring, and the figures."""
+        time.sleep(1.0)
+        lines = [r for f in self.record_files for r in load_records(f)]
+        records = [r for r in lines if not r.get("begin")]
+        ended = {_call_key(r) for r in records}
+        in_flight = [r for r in lines if r.get("begin") and _call_key(r) not in ended]  # their node died
+        events = read_events(self.cluster.bootstrap, f"{self.namespace}.events")
+        self.mark(f"{len(records)} calls recorded, {len(events)} events in the log")
+        f = self.figures
+        rel = lambda t: round((t - self.t_start) / 1000, 2)  # noqa: E731
+
+        # calls and errors
+        calls: dict[str, Counter] = defaultdict(Counter)
+        errs = [r for r in records if r.get("err")]
+        for r in records:
+            calls[r["op"]][r.get("err") or r.get("res") or "?"] += 1
+        f["calls"] = {op: dict(c) for op, c in calls.items()}
+        f["calls_unanswered"] = dict(Counter(f"{r['node']}:{r['op']}" for r in in_flight))
+        f["errors_total"] = len(errs)
+        f["error_classes"] = dict(Counter(r["err"] for r in errs))
+        f["errors_may_have_written"] = dict(Counter(str(r.get("mhw", "n/a")) for r in errs))
+        if errs:
+            f["errors_window_s"] = [rel(min(r["t1"] for r in errs)), rel(max(r["t1"] for r in errs))]
+            f["error_samples"] = sorted({f"{r['err']}: {r.get('msg', '')[:160]}" for r in errs})[:6]
+        noncsaf = [r for r in errs if not r.get("csaf")]
+        if noncsaf:
+            self.problems.append(f"{len(noncsaf)} calls failed with an error that is not a CsafError: "
+                                 f"{dict(Counter(r['err'] for r in noncsaf))}; e.g. "
+                                 f"{noncsaf[0]['err']}: {noncsaf[0].get('msg', '')[:200]}")
+        ok_writes = [r for r in records if r.get("ok") or r.get("res") == "stored"]
+        beats = [r for r in records if r["op"] == "beat"]
+        if beats:
+            f["beat_latency_s"] = _quantiles([(r["t1"] - r["t0"]) / 1000 for r in beats if r.get("ok")])
+        f["call_latency_s"] = _quantiles([(r["t1"] - r["t0"]) / 1000 for r in records
+                                          if r.get("ok") and r["op"] != "beat"])
+        if len([r for r in ok_writes if r["op"] == "outbox"]) < 50:
+            self.problems.append(f"the load did too little to prove anything: {f['calls']}")
+
+        # the log: ids decided twice, and commands decided after their caller gave up
+        outbox_ev: dict[tuple[str, str], list[int]] = defaultdict(list)
+        inbox_ev: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for _, typ, state, _h in events:
+            if typ == "OutboxStored":
+                outbox_ev[(state["session_id"], state["server_message_id"])].append(state["stored_timestamp"])
+            elif typ == "InboxStored":
+                inbox_ev[(state["session_id"], state["client_message_id"])].append(state["stored_timestamp"])
+        twice = [k for k, v in {**outbox_ev, **inbox_ev}.items() if len(v) > 1]
+        if twice:
+            self.problems.append(f"{len(twice)} ids were stored twice in the log: {twice[:5]}")
+        calls_on: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        for r in records:
+            if r["op"] == "inbox":
+                calls_on[(r["sid"], r["id"])].append(r)
+        for r in in_flight:  # unanswered: it may be decided until its caller's deadline
+            if r["op"] == "inbox":
+                calls_on[(r["sid"], r["id"])].append({**r, "t1": r["t0"] + self.request_timeout * 1000})
+        late, wrote_anyway = [], []
+        for r in errs:
+            if r["op"] == "outbox":
+                stamps = outbox_ev.get((r["sid"], r["id"]), [])
+            elif r["op"] == "inbox":
+                # another node's call on the same id may have stored it after this one gave up
+                stamps = [ts for ts in inbox_ev.get((r["sid"], r["id"]), [])
+                          if not any(o is not r and o["t0"] - 50 <= ts <= o["t1"] + 50
+                                     for o in calls_on[(r["sid"], r["id"])])]
+            else:
+                continue
+            for ts in stamps:
+                if ts > r["t1"]:
+                    late.append({"op": r["op"], "sid": r["sid"], "id": r["id"], "err": r["err"],
+                                 "gave_up_s": rel(r["t1"]), "decided_after_s": round((ts - r["t1"]) / 1000, 2)})
+            if stamps and r.get("mhw") is False:
+                wrote_anyway.append(f"{r['op']} {r['sid']}/{r['id']}: {r.get('msg', '')[:120]}")
+        f["decided_after_caller_gave_up"] = len(late)
+        if late:
+            f["decided_after_caller_gave_up_max_s"] = max(x["decided_after_s"] for x in late)
+            f["decided_after_caller_gave_up_samples"] = late[:5]
+            self.problems.append(f"{len(late)} commands were decided after their caller had given up (up to "
+                                 f"{f['decided_after_caller_gave_up_max_s']}s later), e.g. {late[:3]}")
+        if wrote_anyway:
+            self.problems.append(f"{len(wrote_anyway)} calls said may_have_written=False but were written: "
+                                 f"{wrote_anyway[:3]}")
+
+        # exactly one winner per raced inbox id
+        winners: dict[tuple[str, str], int] = Counter()
+        for r in records:
+            if r["op"] == "inbox" and r.get("res") == "stored":
+                winners[(r["sid"], r["id"])] += 1
+        f["inbox_ids_raced"] = len(calls_on)
+        f["inbox_ids_won"] = len(winners)
+        f["inbox_attempts_per_id"] = round(sum(len(v) for v in calls_on.values()) / max(1, len(calls_on)), 1)
+        double = [k for k, n in winners.items() if n > 1]
+        if double:
+            self.problems.append(f"{len(double)} inbox ids were accepted for more than one caller: {double[:5]}")
+        refused_unwon = [k for k, rs in calls_on.items() if k not in winners and any(r.get("res") == "dup" for r in rs)
+                         and not any(r.get("err") or r.get("begin") for r in rs)]
+        if refused_unwon:
+            self.problems.append(f"{len(refused_unwon)} inbox ids were refused as duplicates though no call "
+                                 f"stored them: {refused_unwon[:5]}")
+
+        # nothing acknowledged lost, read back on a survivor
+        completing = {(r["sid"], r["id"]) for r in lines if r["op"] == "complete"}
+        outbox: dict[str, list[str]] = defaultdict(list)
+        for r in records:
+            if r["op"] == "outbox" and r.get("ok") and r.get("res") == "ok" and (r["sid"], r["id"]) not in completing:
+                outbox[r["sid"]].append(r["id"])
+        checked = survivor.call("check", outbox, [list(k) for k in winners], timeout=600)
+        f["acknowledged_outbox_checked"] = sum(map(len, outbox.values()))
+        f["acknowledged_inbox_checked"] = len(winners)
+        lost_out = sum(map(len, checked["missing_outbox"].values()))
+        f["lost_outbox"], f["lost_inbox"] = lost_out, len(checked["missing_inbox"])
+        if lost_out or checked["missing_inbox"]:
+            self.problems.append(f"acknowledged writes lost: {lost_out} outbox messages "
+                                 f"({dict(list(checked['missing_outbox'].items())[:3])}), "
+                                 f"{len(checked['missing_inbox'])} inbox ids ({checked['missing_inbox'][:5]})")
+        if checked["unreadable"]:
+            self.problems.append(f"{len(checked['unreadable'])} reads on the survivor {survivor.name} failed "
+                                 f"after retries: {checked['unreadable'][:3]}")
+        self.mark(f"checked on {survivor.name}: {f['acknowledged_outbox_checked']} outbox messages, "
+                  f"{len(winners)} inbox ids; lost {lost_out} + {len(checked['missing_inbox'])}")
+
+        # time without a writer per partition: the longest gap between decided writes
+        done: dict[int, list[float]] = defaultdict(list)
+        for r in ok_writes:
+            done[partition_for(r["sid"], PARTITIONS)].append(r["t1"])
+        for p, t in getattr(self, "probe_ok", {}).items():
+            if t:
+                done[p].append(t)
+        load_start = min((r["t0"] for r in records), default=self.t_start)
+        load_end = self.load_stop_ms or max((r["t1"] for r in records), default=now_ms())
+        gaps, gap_at = {}, {}
+        for p in range(PARTITIONS):
+            ts = sorted([load_start, *(t for t in done[p] if t < load_end), load_end])
+            i = max(range(len(ts) - 1), key=lambda k: ts[k + 1] - ts[k])
+            gaps[p] = round((ts[i + 1] - ts[i]) / 1000, 2)
+            gap_at[p] = [rel(ts[i]), rel(ts[i + 1])]
+        f["max_time_without_a_write_s"] = gaps
+        f["max_time_without_a_write_at_s"] = gap_at
+        # takeovers: from the fault to the first decided write of each partition afterwards
+        if takeover_of is not None:
+            f["takeover_s"] = {p: round((min((t for t in done[p] if t > fault_start), default=float("nan"))
+                                         - fault_start) / 1000, 2) for p in takeover_of}
+
+        # what the nodes' logs say (figures only)
+        f["logs"] = {name: log_findings(n.log_path, self.t_start) for name, n in self.nodes.items()}
+        for name, lf in f["logs"].items():
+            for tk in lf.get("takeovers", []):
+                tk["at_s"] = rel(tk.pop("at_ms"))
+            for st in lf.get("settled", []):
+                st["at_s"] = rel(st.pop("at_ms"))
+        f["boot_s"] = self.boot_s
+        f["boot_failures"] = self.boot_failures
+        f["timeline"] = [f"+{rel(t):.1f}s {what}" for t, what in self.timeline]
+        f["fault_s"] = [rel(fault_start), rel(fault_end)]
+
+    def report(self, figures_fixture) -> None:
+        data, path = figures_fixture
+        self.figures["runtime_s"] = round((now_ms() - self.t_start) / 1000, 1)
+        self.figures["problems"] = self.problems
+        data["tests"][self.name] = self.figures
+        path.write_text(json.dumps(data, indent=2, sort_keys=True))
+        mine = path.parent / f"{self.name}.json"
+        mine.write_text(json.dumps(self.figures, indent=2, sort_keys=True))
+        f = self.figures
+        print(f"\n[faults {self.name}] figures: {mine}")
+        for key in ("errors_total", "error_classes", "errors_window_s", "errors_may_have_written",
+                    "call_latency_s", "beat_latency_s", "recovery_s", "recovery_max_s", "max_time_without_a_write_s", "max_time_without_a_write_at_s",
+                    "takeover_s", "decided_after_caller_gave_up", "decided_after_caller_gave_up_max_s",
+                    "lost_outbox", "lost_inbox", "inbox_ids_raced", "inbox_ids_won", "boot_s", "boot_failures",
+                    "runtime_s"):
+            if key in f:
+                print(f"  {key}: {f[key]}")
+        for name, lf in f.get("logs", {}).items():
+            if lf.get("error_lines"):
+                print(f"  log {name}: {lf['error_lines']} ERROR lines, e.g. {lf['errors'][:2]}")
+            if lf.get("takeovers"):
+                print(f"  log {name}: takeovers {[(t['partition'], t['restore_s'], t['at_s']) for t in lf['takeovers']]}")
+            if lf.get("settled"):
+                print(f"  log {name}: settled {[(s['partitions'], s['settled_s'], s['at_s']) for s in lf['settled']]}")
+        for p in self.problems:
+            print(f"  PROBLEM: {p}")
+        assert not self.problems, "\n".join(self.problems)
+
+
+# --------------------------------------------------------------------------- tests --
+
+def test_broker_killed_and_restarted_under_load(kafka3: LocalCluster, figures, tmp_path: Path) -> None:
+    """One broker of three SIGKILLed under load (events RF 3, min ISR 2: writes can go on),
+    a node booted while it is down, the broker back after 15 s."""
+    s = Scenario("broker_kill", kafka3, tmp_path)
+    try:
+        a, b, c = s.first("a", "b", "c")
+        assert a and b and c, s.boot_failures
+        s.wait_spread()
+        s.register_all(a)
+        for n in (a, b, c):
+            s.load(n, beats=n is a)
+        time.sleep(5)
+        broker = _coordinator(kafka3.bootstrap, f"{s.namespace}.owners") or kafka3.broker_ids[0]
+        kafka3.stop_broker(broker, kill=True)
+        fault_start = s.mark(f"broker {broker} (the owners group's coordinator) SIGKILLed")
+        time.sleep(3)
+        d = s.start("d")[0]  # boot() with a broker down
+        if d is not None:
+            s.load(d)
+        time.sleep(max(0.0, 15 - (now_ms() - fault_start) / 1000))
+        kafka3.start_broker(broker)
+        fault_end = s.mark(f"broker {broker} restarted")
+        s.figures["broker_down_s"] = round((fault_end - fault_start) / 1000, 1)
+        s.probe(a, fault_end)
+        time.sleep(3)
+        s.stop_loads()
+        s.verify(a, fault_start, fault_end)
+    finally:
+        s.teardown()
+    s.report(figures)
+
+
+def test_node_killed_while_another_is_mid_takeover(kafka3: LocalCluster, figures, tmp_path: Path) -> None:
+    """c is SIGKILLed under load; when the group has noticed (session timeout) and b is
+    taking over c's partitions, b is SIGKILLed too. a must end up serving everything."""
+    s = Scenario("kill_mid_takeover", kafka3, tmp_path)
+    try:
+        a, b, c = s.first("a", "b", "c")
+        assert a and b and c, s.boot_failures
+        s.wait_spread()
+        s.register_all(a)
+        for n in (a, b, c):
+            s.load(n, beats=n is a)
+        time.sleep(4)
+        c_owned = s.owned(c)
+        fault_start = s.kill("c")
+        time.sleep(SESSION_TIMEOUT_S + 1.5)
+        b_owned = s.owned(b)
+        fault_end = s.kill("b")
+        s.figures["c_owned"] = c_owned
+        s.figures["b_owned_when_killed"] = b_owned
+        if b_owned is not None and c_owned is not None:
+            s.figures["b_had_taken_over_of_c"] = sorted(set(b_owned) & set(c_owned))
+        s.probe(a, fault_end)
+        time.sleep(2)
+        s.stop_loads()
+        s.verify(a, fault_start, fault_end, takeover_of=c_owned)
+    finally:
+        s.teardown()
+    s.report(figures)
+
+
+def test_slow_takeover_with_short_request_timeout(kafka3: LocalCluster, figures, tmp_path: Path) -> None:
+    """Nodes with request_timeout=5 s, shorter than the transaction a killed owner leaves
+    open (15 s): the new owner's takeover outlasts a request, and must still finish."""
+    s = Scenario("slow_takeover", kafka3, tmp_path, request_timeout=5.0)
+    try:
+        a, b, c = s.first("a", "b", "c")
+        assert a and b and c, s.boot_failures
+        s.wait_spread()
+        s.register_all(a)
+        for n in (a, b, c):
+            s.load(n, beats=n is a)
+        time.sleep(4)
+        c_owned = s.owned(c)
+        fault = s.kill("c")
+        s.figures["c_owned"] = c_owned
+        s.probe(a, fault)
+        time.sleep(2)
+        s.stop_loads()
+        s.verify(a, fault, fault, takeover_of=c_owned or list(range(PARTITIONS)))
+    finally:
+        s.teardown()
+    s.report(figures)
+
+
+def test_nodes_joining_and_leaving_under_routed_load(kafka3: LocalCluster, figures, tmp_path: Path) -> None:
+    """a and b stay; every ~10 s a node joins or leaves (clean close, then SIGKILL), each
+    joined node adding its own load. Most calls are routed: 2 of 3 partitions are owned
+    elsewhere."""
+    s = Scenario("join_leave", kafka3, tmp_path)
+    try:
+        a, b = s.first("a", "b")
+        assert a and b, s.boot_failures
+        s.wait_spread()
+        s.register_all(a)
+        for n in (a, b):
+            s.load(n, beats=n is a)
+        t0 = time.monotonic()
+        fault_start = now_ms()
+        steps = [("join", "c"), ("close", "c"), ("join", "d"), ("kill", "d"), ("join", "e")]
+        for k, (what, name) in enumerate(steps):
+            time.sleep(max(0.0, t0 + 10 * k + 3 - time.monotonic()))
+            if what == "join":
+                node = s.start(name)[0]
+                if node is not None:
+                    s.load(node)
+            elif what == "close":
+                s.close(name)
+            else:
+                s.kill(name)
+        fault_end = s.mark("last membership change done")
+        s.probe(a, fault_end)
+        time.sleep(2)
+        s.stop_loads()
+        s.verify(a, fault_start, fault_end)
+    finally:
+        s.teardown()
+    s.report(figures)
+
+
+def _quantiles(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {}
+    xs = sorted(xs)
+    return {"n": len(xs), "p50": round(xs[len(xs) // 2], 3), "p99": round(xs[min(len(xs) - 1, len(xs) * 99 // 100)], 3),
+            "max": round(xs[-1], 3)}
+
+
+def _coordinator(bootstrap: str, group: str) -> int | None:
+    """The broker that coordinates `group` (None if it cannot be told)."""
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        desc = admin.describe_consumer_groups([group], request_timeout=10)[group].result(15)
+        return desc.coordinator.id
+    except Exception:  # noqa: BLE001 - then any broker will do
+        return None
