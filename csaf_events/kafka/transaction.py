@@ -77,8 +77,7 @@ class NodeTransaction:
         self._ownership = ownership
         self._generation = generation
         self._timeout = timeout
-        self._fenced: str | None = None
-        self._producer = self._new_producer()
+        self._producer: Producer | None = self._new_producer()
         self._commits: GroupCommit[Append] = GroupCommit(self._commit)
         self.last_error: str | None = None
 
@@ -96,8 +95,6 @@ class NodeTransaction:
                group: Sequence[Pending] = ()) -> None:
         """Join the node's next transaction: the appends of all partitions pending meanwhile
         are committed together (see `GroupCommit`)."""
-        if self._fenced is not None:
-            raise DataAccessError(self._fenced, may_have_written=False)
         if not self._ownership.serves(partition) or self._ownership.group_metadata is None:
             raise NotOwnerError(f"node {self._node!r} does not serve partition {partition} (now)")
         req = Append(partition, records, batch, [p for p in group if p.origin is not None])
@@ -114,6 +111,17 @@ class NodeTransaction:
             else:
                 req.error = NotOwnerError(f"node {self._node!r} no longer serves partition {req.partition}")
                 req.done.set()
+        if live and self._producer is None:  # lost to a fencing: open a new one, or fail this round
+            try:
+                self._producer = self._new_producer()
+            except Exception as e:  # noqa: BLE001 - the next round tries again
+                err = DataAccessError(f"node {self._node!r} cannot open a transactional producer, nothing was "
+                                      f"written: {type(e).__name__}: {e}", may_have_written=False)
+                self.last_error = str(err)
+                for req in live:
+                    req.error = err
+                    req.done.set()
+                return
         if live:
             try:
                 self._transact(live)
@@ -129,6 +137,7 @@ class NodeTransaction:
 
     def _transact(self, reqs: list[Append]) -> None:
         producer = self._producer
+        assert producer is not None
         events_topic, sessions_topic = self._topics.events.name, self._topics.sessions.name
         commands_topic = self._topics.commands.name
         offsets = {p: self._ownership.command_offsets.get(p, 0) for p in {r.partition for r in reqs}}
@@ -137,6 +146,11 @@ class NodeTransaction:
                 offsets[req.partition] = max(offsets[req.partition], max(p.origin.offset for p in req.routed) + 1)
         try:
             producer.begin_transaction()
+        except KafkaException as e:  # a producer left in a bad state: replaced before the next round
+            self._producer = None
+            raise DataAccessError(f"node {self._node!r} could not begin a transaction, nothing was written: {e}",
+                                  may_have_written=False) from e
+        try:
             for req in reqs:
                 def delivered(err: KafkaError | None, msg: Any, req: Append = req) -> None:
                     if err is None:
@@ -173,6 +187,7 @@ class NodeTransaction:
     def _failure(self, e: KafkaException, reqs: list[Append]) -> BaseException:
         """Settle a failed transaction and say what the callers must be told."""
         producer = self._producer
+        assert producer is not None
         err = e.args[0]
         partitions = sorted({r.partition for r in reqs})
         if err.txn_requires_abort():
@@ -195,9 +210,10 @@ class NodeTransaction:
                       "opening a new producer", self._node, err)
             try:
                 self._producer = self._new_producer()
-            except KafkaException as e2:
-                self._fenced = f"node {self._node!r} cannot open a new transactional producer: {e2}"
-                return DataAccessError(self._fenced, may_have_written=False)
+            except KafkaException as e2:  # the next transaction tries again
+                self._producer = None
+                return DataAccessError(f"node {self._node!r} cannot open a new transactional producer, nothing "
+                                       f"was written: {e2}", may_have_written=False)
             # Not retried for the caller: another incarnation of this node may be running.
             return DataAccessError(f"partitions {partitions}: the transaction was fenced, nothing was written: "
                                    f"{err}", may_have_written=False)
@@ -220,6 +236,7 @@ class NodeTransaction:
 
     def close(self) -> None:
         try:
-            self._producer.flush(5)
+            if self._producer is not None:
+                self._producer.flush(5)
         except BaseException:  # noqa: BLE001 - closing
             log.exception("node %s: flushing the transactional producer", self._node)
