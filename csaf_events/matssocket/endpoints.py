@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from csaf_events.clock import now_ms
 from csaf_events.dtos import MessageType
 from csaf_events.matssocket.protocol import DebugOption
 
@@ -108,7 +109,7 @@ class IncomingContext:
         assert self._server is not None
         self._settle(Resolution.LATER)
         return LaterReply(self._server, self.session_id, self.client_message_id, self.trace_id,
-                          self.received_ms, self.debug_options)
+                          self.received_ms, now_ms(), self.debug_options)
 
 
 @dataclass
@@ -120,6 +121,7 @@ class LaterReply:
     client_message_id: str | int
     trace_id: str
     received_ms: int
+    handed_off_ms: int
     debug_options: DebugOption
     _done: bool = False
 

@@ -53,7 +53,8 @@ class MatsSocketServer:
     """A MatsSocket node. Create, register endpoints, ``await start()``; ``await stop()`` at the end.
 
     `store` is a booted store (the caller opens and closes it). `channel` reaches the other
-    nodes; the default reaches only this node (the embedded store is one node).
+    nodes; by default the store's ``channel`` attribute where it has one, else an
+    `InProcessChannel` that reaches only this node (the embedded store is one node).
     `maintenance` is passed to `Maintenance` as keyword arguments (None: no periodic jobs).
     """
 
@@ -68,7 +69,8 @@ class MatsSocketServer:
         self.store = store
         self.authenticator = authenticator
         self.node_name: str = store.node_name
-        self.channel = channel if channel is not None else InProcessChannel(self.node_name)
+        # the store's own channel once it has one (cluster mode), else a node alone
+        self.channel = channel or getattr(store, "channel", None) or InProcessChannel(self.node_name)
         self.path = path
         self.max_sessions_per_user = max_sessions_per_user
         self.max_frame_bytes = max_frame_bytes
@@ -81,7 +83,7 @@ class MatsSocketServer:
         self._local: dict[str, Connection] = {}
         self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._ws_server: Server | None = None
+        self._ws_servers: list[Server] = []
 
     # ------------------------------------------------------------ registration --
     def endpoint(self, endpoint_id: str, handler: IncomingHandler | None = None) -> Any:
@@ -107,31 +109,39 @@ class MatsSocketServer:
         return add(handler) if handler is not None else add
 
     # ---------------------------------------------------------------- lifecycle --
-    async def start(self, host: str = "localhost", port: int = 8080) -> MatsSocketServer:
-        """Listen on `host`:`port` (port 0: any free port, see `port`)."""
+    async def start(self, host: str = "localhost", port: int = 8080, *more_ports: int) -> MatsSocketServer:
+        """Listen on `host`:`port` and any `more_ports` (port 0: any free port, see `port`)."""
         self.nodes.start(asyncio.get_running_loop())
-        self._ws_server = await serve(self._serve_socket, host, port, subprotocols=[SUBPROTOCOL],
-                                      process_request=self._process_request, max_size=self.max_frame_bytes)
+        for p in (port, *more_ports):
+            self._ws_servers.append(await serve(self._serve_socket, host, p, subprotocols=[SUBPROTOCOL],
+                                                process_request=self._process_request,
+                                                max_size=self.max_frame_bytes))
         if self._maintenance is not None:
             self._maintenance.start()
-        log.info("MatsSocket node %s listening on %s:%d%s", self.node_name, host, self.port, self.path)
+        log.info("MatsSocket node %s listening on %s port(s) %s, path %s", self.node_name, host, self.ports,
+                 self.path)
         return self
 
     @property
+    def ports(self) -> list[int]:
+        """The ports listened on (after `start`)."""
+        return [server.sockets[0].getsockname()[1] for server in self._ws_servers]
+
+    @property
     def port(self) -> int:
-        assert self._ws_server is not None, "not started"
-        return self._ws_server.sockets[0].getsockname()[1]
+        """The first port listened on (after `start`)."""
+        return self.ports[0]
 
     async def stop(self) -> None:
         """Close every socket with SERVICE_RESTART (the sessions stay in the store, and the
         clients reconnect to another node), then stop. The store stays open."""
         self.nodes.stop()
-        if self._ws_server is not None:
-            self._ws_server.close(close_connections=False)
+        for server in self._ws_servers:
+            server.close(close_connections=False)
         await asyncio.gather(*(c.deregister_and_close(CloseCode.SERVICE_RESTART, "MatsSocket node stopping")
                                for c in list(self._connections)), return_exceptions=True)
-        if self._ws_server is not None:
-            await self._ws_server.wait_closed()
+        for server in self._ws_servers:
+            await server.wait_closed()
         for task in list(self._tasks):
             task.cancel()
         if self._maintenance is not None:
@@ -189,13 +199,18 @@ class MatsSocketServer:
             del self._local[conn.session_id]
 
     def debug_fields(self, options: DebugOption, *, client_received: int | None = None,
+                     handed_off: int | None = None, reply_received: int | None = None,
                      sent: int | None = None) -> dict[str, Any]:
-        """The ``debug`` object of an answer: the fields `options` asks for."""
+        """The ``debug`` object of an answer: of the moments given (client message received,
+        handed off by the handler to answer later, answer produced, sent to the client), the
+        timestamps and node names that `options` asks for."""
         debug: dict[str, Any] = {"resd": int(options)}
         if DebugOption.TIMESTAMPS in options:
-            debug.update(cmrts=client_received, mscts=sent)
+            debug.update(cmrts=client_received, mmsts=handed_off, mmrrts=reply_received, mscts=sent)
         if DebugOption.NODES in options:
-            debug.update(cmrnn=self.node_name if client_received is not None else None, mscnn=self.node_name)
+            for field, moment in (("cmrnn", client_received), ("mmrrnn", reply_received), ("mscnn", sent)):
+                if moment is not None:
+                    debug[field] = self.node_name
         return {k: v for k, v in debug.items() if v is not None}
 
     @staticmethod
@@ -282,6 +297,7 @@ class MatsSocketServer:
     async def _store_later_reply(self, later: LaterReply, type_: T, message: Any) -> None:
         fields: Envelope = {"cmid": later.client_message_id, "tid": later.trace_id}
         if later.debug_options:
-            fields["debug"] = self.debug_fields(later.debug_options, client_received=later.received_ms)
+            fields["debug"] = self.debug_fields(later.debug_options, client_received=later.received_ms,
+                                                handed_off=later.handed_off_ms, reply_received=now_ms())
         await self._outbox(later.session_id, type_, fields, message,
                            client_message_id=str(later.client_message_id), request_timestamp=later.received_ms)

@@ -29,6 +29,7 @@ from csaf_events.matssocket.auth import (
 from csaf_events.matssocket.endpoints import IncomingContext
 from csaf_events.matssocket.protocol import DebugOption, random_id
 from csaf_events.matssocket.server import MatsSocketServer
+from csaf_events.store import ClusterStoreAndForward
 from csaf_events.clock import now_ms
 
 CORRELATION_BINARY = b"CorrelationBinary"
@@ -79,6 +80,13 @@ def _field(msg: Any, name: str, default: Any = None) -> Any:
     return msg.get(name, default) if isinstance(msg, dict) else default
 
 
+def create_server(store: ClusterStoreAndForward) -> MatsSocketServer:
+    """The `csaf serve --app` factory of the test app."""
+    server = MatsSocketServer(store, DummyAuthenticator())
+    install(server)
+    return server
+
+
 def install(server: MatsSocketServer) -> None:
     """Register the test endpoints on `server`."""
     background: set[asyncio.Task[Any]] = set()
@@ -125,9 +133,18 @@ def install(server: MatsSocketServer) -> None:
     async def throws(ctx: IncomingContext) -> None:
         raise RuntimeError("Exception in IncomingAuthorizationAndAdapter should REJECT")
 
+    @server.endpoint("Test.simpleMats")
+    async def simple(ctx: IncomingContext) -> None:
+        if ctx.message_type == "REQUEST":
+            msg = ctx.message
+            later(ctx.answer_later().resolve({"number": _field(msg, "number"),
+                                              "string": f"{_field(msg, 'string')}:FromSimpleMats",
+                                              "sleepTime": _field(msg, "sleepTime")}))
+
     @server.endpoint("Test.ignoreInReplyAdapter")
     async def ignore_later(ctx: IncomingContext) -> None:
-        ctx.answer_later()  # never answered: the client's request times out
+        # a reply adapter that does nothing: the Java server settles the request with REJECT
+        later(ctx.answer_later().reject(None))
 
     @server.endpoint("Test.resolveInReplyAdapter")
     async def resolve_later(ctx: IncomingContext) -> None:
