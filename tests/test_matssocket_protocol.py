@@ -66,6 +66,7 @@ class App:
         server.endpoint("throws", self.throws)
         server.endpoint("ignore", self.ignore)
         server.endpoint("later", self.answer_later)
+        server.endpoint("bad.reply", self.bad_reply)
         server.terminator("sink", self.ignore)
         server.terminator("reply.receiver", self.reply_receiver)
 
@@ -85,6 +86,9 @@ class App:
 
     async def ignore(self, ctx: IncomingContext) -> None:
         return
+
+    async def bad_reply(self, ctx: IncomingContext) -> None:
+        ctx.resolve({"not", "json"})  # a set
 
     async def answer_later(self, ctx: IncomingContext) -> None:
         self.later.append(ctx.answer_later())
@@ -282,6 +286,7 @@ def test_sessions_per_user_are_limited(store) -> None:
     ("REQUEST", "ignore", {"t": "NACK"}),
     ("REQUEST", "sink", {"t": "NACK"}),  # a terminator never replies
     ("REQUEST", "nowhere", {"t": "NACK"}),
+    ("REQUEST", "bad.reply", {"t": "NACK"}),
 ])
 def test_every_settlement_gets_its_answer(store, t: str, eid: str, expected: dict) -> None:
     async def scenario() -> None:
@@ -608,6 +613,21 @@ def test_a_bad_frame_gets_the_protocol_answer_and_disturbs_nothing_else(store, f
             await late.hello(token("late"))
             await bystander.close()
             await late.close()
+    run(scenario())
+
+
+def test_an_unexpected_failure_closes_with_unexpected_condition(store) -> None:
+    async def scenario() -> None:
+        async with node(store) as (server, _):
+            c = await RawClient.connect(server.port)
+            # the authenticator accepts a user id longer than the store takes
+            await c.send({"t": "HELLO", "clv": "raw", "an": "a", "av": "1", "auth": token("u" * 300)})
+            code, reason = await c.closed()
+            assert code == 1011 and "Internal" in reason
+            assert store.get_sessions_count(False) == 0
+            ok = await RawClient.connect(server.port)
+            await ok.hello()
+            await ok.close()
     run(scenario())
 
 

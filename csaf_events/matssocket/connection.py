@@ -121,6 +121,9 @@ class Connection:
             log.warning("closing session %s (connection %s) with %s: %s", self.session_id, self.connection_id,
                         e.code.name, e.reason)
             await self.close_session(e.code, e.reason)
+        except Exception:  # a bug or an unexpected store answer: the Java server's UNEXPECTED_CONDITION
+            log.exception("unexpected failure on session %s (connection %s)", self.session_id, self.connection_id)
+            await self.close_session(CloseCode.UNEXPECTED_CONDITION, "Internal server error")
 
     async def send(self, envelopes: list[Envelope]) -> bool:
         """Send one frame; False if the socket is gone (the caller's data stays where it is)."""

@@ -80,7 +80,7 @@ async def _send_or_request(conn: Connection, envelope: Envelope, cmid: str, rece
         try:  # so that a resend gets this same answer
             await server.io(store.update_message_in_inbox, sid, cmid,
                             orjson.dumps({**answer, "cmid": envelope["cmid"]}).decode(), None)
-        except CsafError:
+        except (CsafError, ValueError):  # ValueError: over the store's size limit
             log.warning("could not store the answer to %s %s of session %s; a resend will get a plain ACK",
                         t, cmid, sid, exc_info=True)
     return answer
@@ -128,6 +128,11 @@ async def _run_handler(conn: Connection, handler: Any, ctx: IncomingContext) -> 
     if resolution is Resolution.DENY:
         return {"t": T.NACK}
     if resolution in (Resolution.RESOLVE, Resolution.REJECT):
+        try:
+            orjson.dumps(ctx.reply)
+        except TypeError as e:
+            log.warning("handler of %s answered with a value that is not JSON; answering NACK", ctx.endpoint_id)
+            return {"t": T.NACK, "desc": f"the reply is not a JSON value: {e}"}
         answer: Envelope = {"t": T.RESOLVE if resolution is Resolution.RESOLVE else T.REJECT, "tid": ctx.trace_id,
                             "msg": ctx.reply}
         if ctx.debug_options:

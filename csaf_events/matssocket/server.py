@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import orjson
@@ -55,13 +56,15 @@ class MatsSocketServer:
     `store` is a booted store (the caller opens and closes it). `channel` reaches the other
     nodes; by default the store's ``channel`` attribute where it has one, else an
     `InProcessChannel` that reaches only this node (the embedded store is one node).
-    `maintenance` is passed to `Maintenance` as keyword arguments (None: no periodic jobs).
+    The store's periodic jobs run with `maintenance` as `Maintenance`'s keyword arguments
+    (its defaults unless given; None: no periodic jobs, for a node whose jobs run elsewhere).
     """
 
     def __init__(self, store: ClusterStoreAndForward, authenticator: Authenticator, *,
                  channel: NodeChannel | None = None, path: str = "/matssocket",
                  max_sessions_per_user: int = 75, store_threads: int = 16, max_frame_bytes: int = 1 << 20,
-                 maintenance: dict[str, Any] | None = None, http_handler: HttpHandler | None = None) -> None:
+                 maintenance: Mapping[str, Any] | None = MappingProxyType({}),
+                 http_handler: HttpHandler | None = None) -> None:
         if not isinstance(authenticator, Authenticator):
             raise TypeError("authenticator must be an Authenticator")
         if not isinstance(max_sessions_per_user, int) or max_sessions_per_user < 1:
