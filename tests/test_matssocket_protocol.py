@@ -490,6 +490,44 @@ def test_a_publish_reaches_subscribers_on_every_node(tmp_path: Path) -> None:
             s.close()
 
 
+def test_node_messages_from_another_node_reach_the_sockets_held_here(tmp_path: Path) -> None:
+    """What node A tells node B over the channel: new outbox message, disconnect, close."""
+    hub = InProcessHub()
+    stores = [open_store(node_name=name, data_dir=tmp_path / name) for name in ("node-a", "node-b")]
+    for s in stores:
+        s.boot()
+
+    async def scenario() -> None:
+        async with node(stores[0], channel=hub.channel("node-a")) as (a, _), \
+                node(stores[1], channel=hub.channel("node-b")) as (b, _):
+            c = await RawClient.connect(b.port)
+            sid = (await c.hello())["sid"]
+            # stored behind B's back (as another node would store it), then A's nudge
+            stores[1].store_message_in_outbox(sid, "m-1", None, "t", "SEND", None,
+                                              '{"t": "SEND", "eid": "client.terminator", "smid": "m-1", "tid": "t"}',
+                                              '{"from": "node-a"}', None)
+            a.nodes.new_message("node-b", sid)
+            assert (await c.expect("SEND", smid="m-1"))["msg"] == {"from": "node-a"}
+            a.nodes.disconnect("node-b", sid, "some-older-connection")  # not this socket: nothing happens
+            await c.send({"t": "PING", "x": 1})
+            await c.expect("PONG", x=1)
+            current = stores[1].get_current_registered_node_for_session(sid)
+            a.nodes.disconnect("node-b", sid, current.connection_id)
+            assert (await c.closed())[0] == 4003
+            assert stores[1].is_session_exists(sid)  # a disconnect keeps the session
+            c2 = await RawClient.connect(b.port)
+            await c2.hello(None, sid)
+            a.nodes.close("node-b", sid, "closed on node-a")
+            code, reason = await c2.closed()
+            assert code == 4000 and "closed on node-a" in reason
+            await wait_until(lambda: not stores[1].is_session_exists(sid), "the session's close")
+    try:
+        run(scenario())
+    finally:
+        for s in stores:
+            s.close()
+
+
 # --------------------------------------------------------- authentication --------
 
 def test_an_invalid_authorization_holds_messages_until_reauthentication(store) -> None:
