@@ -13,7 +13,7 @@ from typing import NamedTuple
 from csaf_events.log.entries import LogReader
 from projections.fold import Changes, fold_record
 from projections.integrity import first_problem
-from projections.rebuild import checked, diff, snapshot
+from projections.rebuild import check_entry, diff, snapshot
 from projections.rocks import Projection
 
 
@@ -56,7 +56,7 @@ def audit_partition(projection: Projection, log_reader: LogReader, partition: in
     expected, caught_up = Changes(), Changes(actual)
     n = behind = 0
     for e in log_reader.read(partition, 0, end):
-        checked(log_reader.topic, e)
+        check_entry(log_reader.topic, e)
         n += 1
         try:
             fold_record(e.key, e.value, partition, expected)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
-from csaf_events.events import UnknownEventError, event_class, known_types
+from csaf_events.events import UnknownEventError, event_class, known_types, known_value, known_values
 from csaf_events.log.entries import Chunk, LogEntry, LogReader
 from projections import keys
 from projections.fold import Changes, fold_records
@@ -160,13 +160,13 @@ def checked_chunks(log_reader: LogReader, partition: int, start: int, end: int) 
     """The records from `start` to `end`, a chunk at a time, each checked to be of a type and
     schema version this code reads; at the first that is not, `UnknownEventError` naming
     topic, partition and offset, before anything of its chunk is folded. Chunks that come
-    without headers (Kafka's: librdkafka builds them per message, at about the cost of the
-    fold itself) are folded as they are."""
+    without headers (Kafka's: librdkafka builds them per message, which would slow a restore
+    by a fifth) are checked by their values alone (`known_values`)."""
     while start < end:
         chunks = log_reader.read_chunks(partition, start, end)
         try:
             for chunk in chunks:
-                if chunk.headers is not None and not known_types(chunk.headers):
+                if not known_values(chunk.values) or (chunk.headers is not None and not known_types(chunk.headers)):
                     break
                 start = chunk.next_offset
                 yield chunk
@@ -175,20 +175,22 @@ def checked_chunks(log_reader: LogReader, partition: int, start: int, end: int) 
         finally:
             chunks.close()
         for entry in log_reader.read(partition, start, chunk.next_offset):  # which record, and what is wrong
-            checked(log_reader.topic, entry)
+            check_entry(log_reader.topic, entry)
         start = chunk.next_offset
-        yield chunk  # readable: its headers were only in another order than this code writes them
+        yield chunk  # readable: only its headers were in another order than this code writes them
 
 
-def checked(topic: str, entry: LogEntry) -> LogEntry:
-    """`entry`, when its type and schema version are ones this code reads; else
-    `UnknownEventError` naming where it is in the log."""
+def check_entry(topic: str, entry: LogEntry) -> None:
+    """`UnknownEventError` naming where `entry` is in the log, unless this code reads its
+    type and schema version."""
     try:
         event_class(entry.headers)
+        if not known_value(entry.value):
+            raise UnknownEventError(f"its value starts {entry.value[:16]!r}, a layout this code does not read "
+                                    f"(a newer schema version)")
     except UnknownEventError as e:
         raise UnknownEventError(f"{topic} partition {entry.partition} offset {entry.offset}: {e}; this code "
                                 f"cannot fold it and stops there (run a version of csaf-events that knows it)") from None
-    return entry
 
 
 def has_state(projection: Projection, partition: int) -> bool:

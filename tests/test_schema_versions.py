@@ -19,12 +19,17 @@ from log_fixtures import PARTITIONS, LogNode, log_node  # noqa: F401 - fixture
 SID = "sess-1"
 PARTITION = partition_for(SID, PARTITIONS)
 
-# A well-formed outbox state under headers this code cannot read.
+# A well-formed outbox state, and the same as a version 2 would write it (its version first).
 _STATE = ev.OutboxStored(SID, 7, "m7", None, "SEND", None, None, 1, None, 0, False, "{}", "later", None)
+_V1 = ev.encode_value(_STATE)
+_V2 = b'{"v":2,' + _V1[1:]
+# case: (headers, value, what the error says, whether a restore without headers sees it)
 UNREADABLE = {
-    "unknown-type": ((("type", b"OutboxPaused"), ("v", b"1")), "event type 'OutboxPaused' is unknown"),
-    "newer-version": ((("type", b"OutboxStored"), ("v", b"2")), "OutboxStored schema v2 is newer than this code"),
-    "no-version": ((("type", b"OutboxStored"),), "has no schema version"),
+    "unknown-type": ((("type", b"OutboxPaused"), ("v", b"1")), _V1, "event type 'OutboxPaused' is unknown", False),
+    "newer-version": ((("type", b"OutboxStored"), ("v", b"2")), _V2, "OutboxStored schema v2 is newer than this code",
+                      True),
+    "no-version": ((("type", b"OutboxStored"),), _V1, "has no schema version", False),
+    "newer-value": ((("type", b"OutboxStored"), ("v", b"1")), _V2, "a layout this code does not read", True),
 }
 
 
@@ -54,9 +59,8 @@ def _stopped_node_with_unreadable_record(node: LogNode, case: str) -> tuple[str,
     """The node's log: a session, then one unreadable record; returns (where, what) the error names."""
     with node.open() as store:
         store.register_session_at_this_node(SID, "u", "c", "lib", "app", "1")
-    headers, what = UNREADABLE[case]
-    topic, offset = _append(node, ev.Record(_STATE.key(), ev.encode_value(_STATE),
-                                            headers + ev.stamp("future-node", 2)))
+    headers, value, what, _ = UNREADABLE[case]
+    topic, offset = _append(node, ev.Record(_STATE.key(), value, headers + ev.stamp("future-node", 2)))
     return f"{topic} partition {PARTITION} offset {offset}", what
 
 
@@ -68,17 +72,18 @@ def test_the_audit_stops_at_an_unreadable_record(log_node: LogNode, case: str) -
 
 
 @pytest.mark.parametrize("case", list(UNREADABLE))
-def test_a_rebuild_stops_at_an_unreadable_record(case: str, tmp_path) -> None:
-    """Embedded only: the Kafka restore reads chunks without headers (see `checked_chunks`)."""
-    node = LogNode("embedded", tmp_path)
-    where, what = _stopped_node_with_unreadable_record(node, case)
-    code, _, err = node.tool("rebuild", *node.tool_args())
+def test_a_rebuild_stops_at_an_unreadable_record(log_node: LogNode, case: str) -> None:
+    """The Kafka restore reads no headers: it sees a newer version by the value alone, and
+    folds a record whose value is a state this code reads (the audit stops at it)."""
+    where, what = _stopped_node_with_unreadable_record(log_node, case)
+    code, _, err = log_node.tool("rebuild", *log_node.tool_args())
+    if log_node.kafka and not UNREADABLE[case][3]:
+        assert code == 0, err
+        return
     assert code == 1 and where in err and what in err, err
-    # the partition's projection was dropped before the fold and is rebuilt at the next boot,
-    # which stops at the same record
-    with pytest.raises(CsafError, match=f"{re.escape(where)}: its .*{re.escape(what)}"):
-        node.open()
-    node.close_all()
+    if not log_node.kafka:  # the projection was dropped before the fold: the next boot rebuilds it, and stops too
+        with pytest.raises(CsafError, match=f"{re.escape(where)}: its .*{re.escape(what)}"):
+            log_node.open()
 
 
 def test_a_record_whose_headers_come_in_another_order_is_folded(tmp_path) -> None:
