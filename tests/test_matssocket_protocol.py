@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from csaf_events import open_store
 from csaf_events.channel import InProcessHub
@@ -578,6 +578,7 @@ def test_what_a_client_close_does_to_the_session(store, code: int, session_kept:
             await wait_until(lambda: server.local_connection(sid) is None, "the socket's end")
             assert store.is_session_exists(sid) == session_kept
             assert store.get_current_registered_node_for_session(sid) is None
+            assert server.live_session_ids() == []
     run(scenario())
 
 
@@ -666,6 +667,17 @@ def test_an_unexpected_failure_closes_with_unexpected_condition(store) -> None:
             ok = await RawClient.connect(server.port)
             await ok.hello()
             await ok.close()
+    run(scenario())
+
+
+def test_a_handshake_without_the_subprotocol_or_on_another_path_is_refused(store) -> None:
+    async def scenario() -> None:
+        async with node(store) as (server, _):
+            for path, subprotocols, status in (("/matssocket", None, 400), ("/matssocket", ["other"], 400),
+                                               ("/elsewhere", ["matssocket"], 404)):
+                with pytest.raises(InvalidStatus) as refused:
+                    await connect(f"ws://127.0.0.1:{server.port}{path}", subprotocols=subprotocols)
+                assert refused.value.response.status_code == status
     run(scenario())
 
 

@@ -306,7 +306,7 @@ class Connection:
                 if not isinstance(sid, str) or not sid:
                     raise ProtocolError("Invalid 'sid' in HELLO envelope.")
                 local = server.local_connection(sid)
-                if local is not None and local is not self:
+                if local is not None and local is not self and local.established:
                     await local.deregister_and_close(
                         CloseCode.DISCONNECT, "Cannot have two MatsSockets with the same MatsSocketSessionId"
                                               " - closing the previous (from local node)")
@@ -403,7 +403,6 @@ class Connection:
         if not was_established:
             return
         sid = self.session_id
-        self.server.unregister_local(self)
         try:
             if state is State.CLOSED:
                 await self.server.io(self.server.store.close_session, sid)
@@ -411,6 +410,8 @@ class Connection:
                 await self.server.io(self.server.store.deregister_session_from_this_node, sid, self.connection_id)
         except CsafError:
             log.warning("could not %s session %s in the store", state.value, sid, exc_info=True)
+        finally:  # after the store call: a session leaves this node's table once the store has settled it
+            self.server.unregister_local(self)
         log.info("session %s %s: %s", sid, state.value, reason)
 
     async def _close_socket(self, code: CloseCode, reason: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -73,7 +74,10 @@ class MatsSocketServer:
         self.authenticator = authenticator
         self.node_name: str = store.node_name
         # the store's own channel once it has one (cluster mode), else a node alone
-        self.channel = channel or getattr(store, "channel", None) or InProcessChannel(self.node_name)
+        self.channel = channel or getattr(store, "channel", None)
+        self._own_channel = self.channel is None
+        if self.channel is None:
+            self.channel = InProcessChannel(self.node_name)
         self.path = path
         self.max_sessions_per_user = max_sessions_per_user
         self.max_frame_bytes = max_frame_bytes
@@ -105,7 +109,7 @@ class MatsSocketServer:
             raise ValueError(f"endpoint {endpoint_id!r} is already registered")
 
         def add(fn: IncomingHandler) -> IncomingHandler:
-            if not asyncio.iscoroutinefunction(fn):
+            if not inspect.iscoroutinefunction(fn):
                 raise TypeError(f"the handler of {endpoint_id!r} must be an async function")
             self.endpoints[endpoint_id] = Endpoint(endpoint_id, fn, replies)
             return fn
@@ -150,11 +154,11 @@ class MatsSocketServer:
         if self._maintenance is not None:
             await asyncio.to_thread(self._maintenance.stop)
         self._executor.shutdown(wait=True)
+        if self._own_channel:
+            self.channel.close()
 
     async def _serve_socket(self, ws: ServerConnection) -> None:
-        if ws.subprotocol != SUBPROTOCOL:
-            await ws.close(int(CloseCode.MATS_SOCKET_PROTOCOL_ERROR), "subprotocol 'matssocket' required")
-            return
+        # (websockets itself refuses, with HTTP 400, a handshake that does not offer the subprotocol)
         conn = Connection(self, ws)
         self._connections.add(conn)
         try:
