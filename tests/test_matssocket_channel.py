@@ -1,67 +1,112 @@
-"""The node-to-node channel's in-process implementation (csaf_events.channel)."""
+"""The node-to-node channel (csaf_events.channel).
+
+The contract tests take a `channels` factory, parametrized over the implementations: add a
+row to `IMPLEMENTATIONS` for another one (a Kafka channel: open one end per node name on a
+fresh namespace). Delivery may be asynchronous, so the tests wait for what they expect
+(`eventually`) and, for what must not arrive, send a marker behind it and wait for that.
+"""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from csaf_events.channel import InProcessChannel, InProcessHub, NodeChannel
 
+OpenChannels = Callable[..., list[NodeChannel]]
 
-def collect(channel: InProcessChannel) -> list[dict]:
+
+def _in_process(request: pytest.FixtureRequest) -> OpenChannels:
+    hub = InProcessHub()
+    return lambda *names: [hub.channel(name) for name in names]
+
+
+IMPLEMENTATIONS = {"in-process": _in_process}
+
+
+@pytest.fixture(params=list(IMPLEMENTATIONS))
+def channels(request: pytest.FixtureRequest) -> Iterator[OpenChannels]:
+    opened: list[NodeChannel] = []
+    factory = IMPLEMENTATIONS[request.param](request)
+
+    def open_channels(*names: str) -> list[NodeChannel]:
+        ends = factory(*names)
+        opened.extend(ends)
+        return ends
+    yield open_channels
+    for end in opened:
+        end.close()
+
+
+def collect(channel: NodeChannel) -> list[dict]:
     got: list[dict] = []
     channel.subscribe(got.append)
     return got
 
 
-def test_send_reaches_the_named_node_only() -> None:
-    hub = InProcessHub()
-    a, b, c = hub.channel("a"), hub.channel("b"), hub.channel("c")
+def eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_send_reaches_the_named_node_only(channels: OpenChannels) -> None:
+    a, b, c = channels("a", "b", "c")
     got_a, got_b, got_c = collect(a), collect(b), collect(c)
+    assert isinstance(a, NodeChannel) and a.node_name == "a"
     a.send("b", {"k": "outbox", "sid": "s1"})
     a.send("a", {"k": "to-self"})
     a.send("nobody", {"k": "dropped"})
-    assert got_b == [{"k": "outbox", "sid": "s1"}]
-    assert got_a == [{"k": "to-self"}]
-    assert got_c == []
-    assert isinstance(a, NodeChannel) and a.node_name == "a"
+    a.send("c", {"k": "marker"})
+    eventually(lambda: got_c == [{"k": "marker"}], "the marker on c")
+    eventually(lambda: got_b == [{"k": "outbox", "sid": "s1"}], "the message on b")
+    eventually(lambda: got_a == [{"k": "to-self"}], "the message to itself")
 
 
-def test_broadcast_reaches_every_other_node() -> None:
-    hub = InProcessHub()
-    a, b, c = hub.channel("a"), hub.channel("b"), hub.channel("c")
+def test_broadcast_reaches_every_other_node(channels: OpenChannels) -> None:
+    a, b, c = channels("a", "b", "c")
     got_a, got_b, got_c = collect(a), collect(b), collect(c)
-    a.broadcast({"k": "pub", "topic": "t"})
-    assert (got_a, got_b, got_c) == ([], [{"k": "pub", "topic": "t"}], [{"k": "pub", "topic": "t"}])
+    a.broadcast({"k": "pub", "topic": "t", "env": {"t": "PUB", "msg": [1, 2.5, None, True]}})
+    expected = [{"k": "pub", "topic": "t", "env": {"t": "PUB", "msg": [1, 2.5, None, True]}}]
+    eventually(lambda: got_b == expected and got_c == expected, "the broadcast on b and c")
+    a.send("a", {"k": "marker"})
+    eventually(lambda: got_a == [{"k": "marker"}], "only the marker on a")
 
 
-def test_unsubscribe_and_close() -> None:
-    hub = InProcessHub()
-    a, b = hub.channel("a"), hub.channel("b")
+def test_unsubscribe_and_close(channels: OpenChannels) -> None:
+    a, b = channels("a", "b")
     got: list[dict] = []
+    markers = collect(b)
     unsubscribe = b.subscribe(got.append)
     a.send("b", {"n": 1})
+    eventually(lambda: got == [{"n": 1}], "the first message")
     unsubscribe()
     a.send("b", {"n": 2})
+    eventually(lambda: len(markers) == 2, "the second message on the other handler")
     assert got == [{"n": 1}]
     b.close()
     a.send("b", {"n": 3})  # dropped: b is gone
     b.send("a", {"n": 4})  # a closed end sends nothing
-    assert hub.channel("b").node_name == "b"  # the name is free again
+    time.sleep(0.2)
+    assert len(markers) == 2
 
 
-def test_a_failing_handler_does_not_stop_the_others_nor_the_sender() -> None:
-    hub = InProcessHub()
-    a, b = hub.channel("a"), hub.channel("b")
+def test_a_failing_handler_does_not_stop_the_others(channels: OpenChannels) -> None:
+    a, b = channels("a", "b")
 
     def broken(message: dict) -> None:
         raise RuntimeError("broken handler")
     b.subscribe(broken)
     got = collect(b)
     a.send("b", {"n": 1})
-    assert got == [{"n": 1}]
+    a.send("b", {"n": 2})
+    eventually(lambda: got == [{"n": 1}, {"n": 2}], "both messages despite the broken handler")
 
 
-def test_a_standalone_channel_reaches_only_itself_and_names_are_unique_per_hub() -> None:
+def test_in_process_standalone_channel_and_unique_names() -> None:
     alone = InProcessChannel("solo")
     got = collect(alone)
     alone.send("solo", {"n": 1})
@@ -75,3 +120,5 @@ def test_a_standalone_channel_reaches_only_itself_and_names_are_unique_per_hub()
         InProcessChannel("")
     with pytest.raises(TypeError):
         alone.subscribe("not callable")  # type: ignore[arg-type]
+    alone.close()
+    assert InProcessChannel("x", hub=InProcessHub()).node_name == "x"

@@ -184,7 +184,7 @@ class Connection:
             raise ProtocolError("The first message on a MatsSocket connection must be HELLO",
                                 CloseCode.VIOLATED_POLICY)
         pending, self.held = [*self.held, *(e for e in rest if e["t"] != T.HELLO)], []
-        self._take_debug_request(pending)
+        self._take_debug_request([*hellos, *pending])
         replies: list[Envelope] = []
         for envelope in pending:
             t = envelope["t"]
