@@ -451,11 +451,13 @@ def test_subscribe_publish_unsubscribe(store) -> None:
             assert (await c.expect("SUB_OK"))["eid"] == "news"
             assert (await c.expect("SUB_LOST"))["eid"] == "old"
             assert (await c.expect("SUB_NO_AUTH"))["eid"] == "secret"
+            assert (server.topics.count("news"), server.topics.count("secret")) == (1, 0)
             await server.publish("news", "trace-p", {"headline": 1})
             pub = await c.expect("PUB")
             assert (pub["eid"], pub["msg"], pub["tid"]) == ("news", {"headline": 1}, "trace-p")
             await c.send({"t": "UNSUB", "eid": "news"}, {"t": "PING", "x": "u"})
             await c.expect("PONG", x="u")
+            assert server.topics.count("news") == 0
             await server.publish("news", "trace-q", {"headline": 2})
             await server.publish("secret", "trace-s", {"headline": 3})
             await c.send({"t": "PING", "x": "after"})
