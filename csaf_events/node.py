@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from csaf_events.commands import Command
 from csaf_events.errors import CsafError, DataAccessError, NotOwnerError
 from csaf_events.log.port import EventLog
+from csaf_events.timings import Timings
 from csaf_events.writer import PartitionWriter
 from projections.rocks import Projection
 
@@ -32,13 +33,14 @@ class Router(Protocol):
 class Node:
     def __init__(self, node_name: str, projection: Projection, event_log: EventLog,
                  clock: Callable[[], int], router: Router | None = None,
-                 request_timeout: float = 30.0) -> None:
+                 request_timeout: float = 30.0, timings: Timings | None = None) -> None:
         self.node_name = node_name
         self.projection = projection
         self.log = event_log
         self.router = router
         self.request_timeout = request_timeout
         self._clock = clock
+        self.timings = timings or Timings()
         self._writers: dict[int, PartitionWriter] = {}
         self._lock = threading.Lock()
         self._fanout = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"csaf-fanout-{node_name}")
@@ -49,7 +51,8 @@ class Node:
     def assigned(self, partitions: list[int]) -> None:
         with self._lock:
             for p in partitions:
-                self._writers[p] = PartitionWriter(p, self.projection, self.log, self.node_name, self._clock)
+                self._writers[p] = PartitionWriter(p, self.projection, self.log, self.node_name, self._clock,
+                                                self.timings)
 
     def revoked(self, partitions: list[int]) -> None:
         with self._lock:
@@ -74,7 +77,10 @@ class Node:
                     return w.read(command) if command.READ_ONLY else w.execute(command)
                 if self.router is None:
                     raise NotOwnerError(f"node {self.node_name!r} owns no partition {partition}")
-                return self.router.send(partition, command, max(0.1, deadline - time.monotonic()))
+                t0 = time.perf_counter()
+                result = self.router.send(partition, command, max(0.1, deadline - time.monotonic()))
+                self.timings.add("routed_call", time.perf_counter() - t0)
+                return result
             except NotOwnerError as e:  # not executed: ownership moved, try again where it is now
                 if time.monotonic() >= deadline:
                     raise DataAccessError(f"no owner for partition {partition} answered within "

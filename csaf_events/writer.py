@@ -1,18 +1,28 @@
-"""One writer per partition, with group commit.
+"""One writer per partition, with group commit and pipelined appends.
 
 A MatsSocket node calls the store from many threads. Calls on one partition must be
 decided one after another against the latest state (that is what makes uniqueness
 checks exact), but calls on different partitions must not wait on each other, and a
 burst of calls should share one append. Each call joins its partition's group commit
 (`csaf_events.group_commit`): the leader decides everything queued (each command sees the
-events of the ones before it), appends the events in one `EventLog.append`, and hands
-every caller its result.
+events of the ones before it) and hands the events to `EventLog.append`.
+
+The leader does not wait for that append to be durable: the next group is decided at once
+against a tentative state, the batch of the append still in flight (Kafka Streams keeps
+uncommitted state the same way), so a Kafka transaction carries everything decided while
+the previous one committed. Nobody is answered before the append their answer depends on
+is durable: a group's callers are answered when its append completes, in order, and a
+group that wrote nothing waits for the appends decided before it. When an append fails,
+everything decided after it on its tentative state fails too (`NotOwnerError`: not
+executed, retried) and the next decision starts again from the projection.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +31,7 @@ from csaf_events.commands import Command, Decision, decide
 from csaf_events.group_commit import GroupCommit, Signal
 from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.log.port import EventLog
+from csaf_events.timings import Timings
 from projections.rocks import Projection, ProjectionBatch
 
 log = logging.getLogger(__name__)
@@ -29,7 +40,7 @@ log = logging.getLogger(__name__)
 class Pending:
     """A command waiting for its group commit."""
 
-    __slots__ = ("command", "origin", "deadline_ms", "result", "error", "done", "waiter", "promoted")
+    __slots__ = ("command", "origin", "deadline_ms", "result", "error", "done", "waiter", "promoted", "queued_at")
 
     def __init__(self, command: Command, origin: Any = None, waiter: bool = False,
                  deadline_ms: int | None = None) -> None:
@@ -41,6 +52,7 @@ class Pending:
         self.done = Signal()
         self.waiter = waiter  # a thread waits for it (and so can be asked to lead)
         self.promoted = False  # woken to lead the next group, not finished
+        self.queued_at = 0.0
 
     def outcome(self) -> Any:
         if self.error is not None:
@@ -48,34 +60,51 @@ class Pending:
         return self.result
 
 
+class _Ticket:
+    """A decided group on its way: answered when its append (if any) and every append
+    decided before it are durable."""
+
+    __slots__ = ("group", "batch", "chain", "appends", "done", "error")
+
+    def __init__(self, group: list[Pending], batch: ProjectionBatch, chain: int, appends: bool) -> None:
+        self.group = group
+        self.batch = batch
+        self.chain = chain  # the tentative state it was decided on (see PartitionWriter._chain)
+        self.appends = appends
+        self.done = not appends  # its append (if it has one) completed
+        self.error: BaseException | None = None
+
+
 class PartitionWriter:
     def __init__(self, partition: int, projection: Projection, log: EventLog, node_name: str,
-                 clock: Callable[[], int], max_batch: int = 512) -> None:
+                 clock: Callable[[], int], timings: Timings | None = None, max_batch: int = 512) -> None:
         self.partition = partition
         self._projection = projection
         self._log = log
         self._node = node_name
         self._clock = clock
-        self._max_batch = max_batch
+        self._timings = timings or Timings()
         self._lock = threading.Lock()
         self._group_commit: GroupCommit[Pending] = GroupCommit(self._commit, max_batch)
-        self._appending = False
-        self._appends = 0  # appends finished so far
-        self._appended = threading.Condition(self._lock)
+        self._in_flight: deque[_Ticket] = deque()  # decided, not answered yet, in decision order
+        self._chain = 0  # moves on when an append fails: what was decided on its state is void
+        self._issued = 0  # appends handed to the log so far
+        self._completed = 0  # appends completed so far (in order)
+        self._progress = threading.Condition(self._lock)
         self.closed_reason: str | None = None
 
     def read(self, command: Command) -> Any:
         """Answer a read-only command from the projection.
 
-        A read waits while an append of this partition is in flight: in Kafka mode the
-        transaction can be visible to other nodes (a routed writer got its reply and
+        A read waits for the appends of this partition in flight when it starts: in Kafka
+        mode a transaction can be visible to other nodes (a routed writer got its reply and
         returned) before this node has applied it to its projection, and a read that starts
         after a write returned anywhere must see it."""
-        if self._appending:  # (no lock to look: an append that starts later was visible nowhere)
-            with self._lock:  # wait for that append only: the next one may start at once
-                started = self._appends
-                while self._appending and self._appends == started:
-                    self._appended.wait()
+        if self._completed != self._issued:  # (no lock to look: a later append was visible nowhere)
+            with self._lock:
+                target = self._issued
+                while self._completed < target and self.closed_reason is None:
+                    self._progress.wait(0.5)
         return decide(command, Decision(self.partition, self._projection, self._node, self._clock()))
 
     def execute(self, command: Command) -> Any:
@@ -91,18 +120,27 @@ class PartitionWriter:
             pending.error = NotOwnerError(self.closed_reason)
             self._finish(pending)
             return
+        pending.queued_at = time.perf_counter()
         self._group_commit.add(pending)
 
     def close(self, reason: str) -> None:
         """Refuse new commands (the partition moved away); queued, undecided ones fail with
-        `NotOwnerError`, which tells the caller they were not executed and may be re-routed."""
+        `NotOwnerError`, which tells the caller they were not executed and may be re-routed.
+        Appends in flight are settled by the log (it refuses those of a closed writer)."""
         self.closed_reason = reason
+        with self._lock:
+            self._progress.notify_all()
         for p in self._group_commit.drain():
             p.error = NotOwnerError(reason)
             self._finish(p)
 
     def _commit(self, group: list[Pending]) -> None:
-        batch = self._projection.batch()
+        start = time.perf_counter()
+        self._timings.add_each("queued", [start - p.queued_at for p in group])
+        with self._lock:
+            chain = self._chain
+            parent = next((t.batch for t in reversed(self._in_flight) if t.chain == chain), self._projection)
+        batch = ProjectionBatch(parent)
         d = Decision(self.partition, batch, self._node, self._clock())
         wall = now_ms()
         for p in group:
@@ -119,30 +157,64 @@ class PartitionWriter:
                 p.error = e
                 if len(d.records) != before:  # its events are folded into the batch: drop the group
                     broken = DataAccessError(f"internal error deciding {type(p.command).__name__}, "
-                                             f"nothing was written: {e!r}")
+                                             f"nothing was written: {e!r}", may_have_written=False)
                     for q in group:
                         q.error = broken
                     d.records.clear()
+                    batch = ProjectionBatch(parent)
                     break
-        if d.records or any(p.origin is not None for p in group):
-            self._append(d, batch, group)
-        for p in group:
-            self._finish(p)
+        self._timings.add("decide", time.perf_counter() - start, len(group))
+        appends = bool(d.records) or any(p.origin is not None for p in group)
+        ticket = _Ticket(group, batch, chain, appends)
+        with self._lock:
+            self._in_flight.append(ticket)
+            if appends:
+                self._issued += 1
+                ready = []
+            else:
+                ready = self._settled()
+        if not appends:
+            self._answer(ready)
+            return
+        self._log.append(self.partition, d.records, batch, group,
+                         on_done=lambda error: self._appended(ticket, error),
+                         valid=lambda: ticket.chain == self._chain and self.closed_reason is None)
 
-    def _append(self, d: Decision, batch: ProjectionBatch, group: list[Pending]) -> None:
-        self._appending = True  # before the append can be visible anywhere
-        try:
-            self._log.append(self.partition, d.records, batch, group)
-        except BaseException as e:
-            err = e if isinstance(e, (DataAccessError, NotOwnerError)) else DataAccessError(
-                f"append to partition {self.partition} failed, outcome unknown: {e}")
-            for p in group:
-                p.error = err
-        finally:
-            with self._lock:
-                self._appending = False
-                self._appends += 1
-                self._appended.notify_all()
+    def _appended(self, ticket: _Ticket, error: BaseException | None) -> None:
+        """The log is done with `ticket`'s append: durable and applied, or failed."""
+        if error is not None and not isinstance(error, (DataAccessError, NotOwnerError)):
+            error = DataAccessError(f"append to partition {self.partition} failed, outcome unknown: {error!r}")
+        with self._lock:
+            self._completed += 1
+            ticket.done, ticket.error = True, error
+            if error is not None and ticket.chain == self._chain:
+                self._chain += 1  # whatever was decided on this append's state is void: appends
+                after = False  # are refused by `valid`, answers without one fail here
+                for t in self._in_flight:
+                    after = after or t is ticket
+                    if after and t.chain == ticket.chain and not t.appends and t.error is None:
+                        t.error = NotOwnerError(f"partition {self.partition}: decided on a write that failed; "
+                                                f"not executed")
+            ready = self._settled()
+            self._progress.notify_all()
+        self._answer(ready)
+
+    def _settled(self) -> list[_Ticket]:
+        """Take the tickets at the head that can be answered now: done, and everything
+        decided before them done. (Under the lock.)"""
+        ready = []
+        while self._in_flight and self._in_flight[0].done:
+            ready.append(self._in_flight.popleft())
+        if ready and self._in_flight and all(t.error is None for t in ready):
+            self._in_flight[0].batch.parent = self._projection  # what it read through is written now
+        return ready
+
+    def _answer(self, tickets: list[_Ticket]) -> None:
+        for t in tickets:
+            for p in t.group:
+                if t.error is not None:
+                    p.error = t.error
+                self._finish(p)
 
     @staticmethod
     def _finish(p: Pending) -> None:

@@ -69,11 +69,14 @@ class ProjectionBatch:
     """Pending changes to the projection: a RocksDB write batch that can also be read.
 
     Commands decided in one group commit see the changes of the commands before them
-    through the overlay, before anything is written.
+    through the overlay, before anything is written. A batch reads through its `parent`:
+    the projection, or the batch decided before it whose append is still in flight (an
+    owner decides the next commands while the previous ones commit); the writer points it
+    back at the projection once that parent is written.
     """
 
-    def __init__(self, projection: Projection, track: bool = True) -> None:
-        self._projection = projection
+    def __init__(self, parent: Projection | ProjectionBatch, track: bool = True) -> None:
+        self.parent = parent
         self.write_batch = WriteBatch(raw_mode=True)
         self._overlay: dict[bytes, bytes | None] | None = {} if track else None
         self.sessions: dict[str, bytes | None] = {}
@@ -98,10 +101,10 @@ class ProjectionBatch:
     def get(self, key: bytes) -> bytes | None:
         if self._overlay is not None and key in self._overlay:
             return self._overlay[key]
-        return self._projection.get(key)
+        return self.parent.get(key)
 
     def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
-        rows = list(self._projection.scan(prefix))
+        rows = list(self.parent.scan(prefix))
         changed = self._changed(prefix)
         if not changed:
             return rows
@@ -113,18 +116,24 @@ class ProjectionBatch:
                 merged[k] = v
         return sorted(merged.items())
 
-    def last_key(self, prefix: bytes) -> bytes | None:
-        """The greatest key under `prefix`, read without the values."""
+    def scan_keys(self, prefix: bytes) -> list[bytes]:
         changed = self._changed(prefix)
         if not changed:
-            return self._projection.last_key(prefix)
-        live = set(self._projection.scan_keys(prefix))
+            return self.parent.scan_keys(prefix)
+        live = set(self.parent.scan_keys(prefix))
         for k, v in changed:
             if v is None:
                 live.discard(k)
             else:
                 live.add(k)
-        return max(live, default=None)
+        return sorted(live)
+
+    def last_key(self, prefix: bytes) -> bytes | None:
+        """The greatest key under `prefix`, read without the values."""
+        if not self._changed(prefix):
+            return self.parent.last_key(prefix)
+        found = self.scan_keys(prefix)
+        return found[-1] if found else None
 
     def _changed(self, prefix: bytes) -> list[tuple[bytes, bytes | None]]:
         return [(k, v) for k, v in self._overlay.items() if k.startswith(prefix)] if self._overlay else []

@@ -23,6 +23,7 @@ from rocksdict import ReadOptions, WriteBatch
 from csaf_events.errors import CsafError, DataAccessError
 from csaf_events.events import Record, header
 from csaf_events.log.entries import Chunk, LogEntry, chunked
+from csaf_events.log.port import OnDone
 from csaf_events.topics import TopicSpec
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
 
@@ -112,7 +113,21 @@ class EmbeddedLog:
         return max(after_last, 0 if marker is None else int.from_bytes(marker, "big"))
 
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
-               group: Sequence[Pending] = ()) -> None:
+               group: Sequence[Pending] = (), *, on_done: OnDone | None = None,
+               valid: Callable[[], bool] | None = None) -> None:
+        """Written before it returns (one RocksDB write: log and projection together), so
+        `valid` has nothing to refuse: nothing is ever decided on an append in flight."""
+        try:
+            self._write(partition, records, batch)
+        except Exception as e:  # noqa: BLE001 - the caller (or on_done) gets it
+            if on_done is None:
+                raise
+            on_done(e)
+            return
+        if on_done is not None:
+            on_done(None)
+
+    def _write(self, partition: int, records: Sequence[Record], batch: ProjectionBatch) -> None:
         offset = self._next[partition]
         wb, cf = batch.write_batch, self._cf
         heads = self._heads

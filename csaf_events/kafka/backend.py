@@ -27,6 +27,7 @@ from csaf_events.kafka.registry_tail import RegistryTailer
 from csaf_events.kafka.routing import KafkaRouter
 from csaf_events.node import Node
 from csaf_events.registry import SessionRegistry
+from csaf_events.timings import Timings
 from csaf_events.topics import Topics
 from csaf_events.writer import Pending
 from projections.files import open_or_set_aside, projection_dir
@@ -74,9 +75,12 @@ class KafkaBackend(Backend):
         self.router = KafkaRouter(self._config, self.topics.commands.name, reply.name, self._node_name,
                                   self._timeout)
         self._closers.insert(0, self.router.close)
-        self.log = KafkaLog(self._node_name, self._config, self.topics, self.projection, generation, self._timeout)
+        timings = Timings()
+        self.log = KafkaLog(self._node_name, self._config, self.topics, self.projection, generation, self._timeout,
+                            timings)
         self._closers.insert(0, self.log.close)
-        self.node = Node(self._node_name, self.projection, self.log, self._clock, self.router, self._timeout)
+        self.node = Node(self._node_name, self.projection, self.log, self._clock, self.router, self._timeout,
+                         timings)
         self._closers.insert(0, self.node.close)
         self.log.ownership.on_command = self._on_command
         self.tailer.wait_caught_up(self._timeout)

@@ -14,7 +14,8 @@ from csaf_events.events import Record
 from csaf_events.kafka.ownership import Ownership
 from csaf_events.kafka.reader import KafkaReader
 from csaf_events.kafka.transaction import NodeTransaction
-from csaf_events.log.port import Chunk, LogEntry
+from csaf_events.log.port import Chunk, LogEntry, OnDone
+from csaf_events.timings import Timings
 from csaf_events.topics import Topics
 from projections.rebuild import catch_up
 from projections.rocks import Projection, ProjectionBatch
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 class KafkaLog:
     def __init__(self, node_name: str, client_config: dict[str, Any], topics: Topics, projection: Projection,
-                 generation: str, timeout: float) -> None:
+                 generation: str, timeout: float, timings: Timings) -> None:
         self.partitions = topics.events.partitions
         self._projection = projection
         self._generation = generation
@@ -34,7 +35,7 @@ class KafkaLog:
                                   f"{topics.namespace}.reader.{node_name}", timeout)
         self.ownership = Ownership(node_name, client_config, topics, timeout, self.restore)
         self.transaction = NodeTransaction(node_name, client_config, topics, projection, self.ownership,
-                                           generation, timeout)
+                                           generation, timeout, timings)
 
     def set_ownership_listener(self, on_assigned: Callable[[list[int]], None],
                                on_revoked: Callable[[list[int]], None]) -> None:
@@ -49,8 +50,9 @@ class KafkaLog:
         return result.events
 
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
-               group: Sequence[Pending] = ()) -> None:
-        self.transaction.append(partition, records, batch, group)
+               group: Sequence[Pending] = (), *, on_done: OnDone | None = None,
+               valid: Callable[[], bool] | None = None) -> None:
+        self.transaction.append(partition, records, batch, group, on_done=on_done, valid=valid)
 
     def read(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[LogEntry]:
         return self.reader.read(partition, start, end)

@@ -150,6 +150,8 @@ class Ownership:
     # come out of poll() with the rebalance half done) and must not block.
     def _assign(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         try:
+            # the new generation, before a takeover can finish and a transaction carry it
+            self.group_metadata = consumer.consumer_group_metadata()
             consumer.incremental_assign(tps)
             if tps:
                 consumer.pause(tps)  # until taken over: then read again from the committed offset

@@ -19,7 +19,9 @@ served), `DataAccessError` (may have written) when the outcome is unknown.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
@@ -27,8 +29,10 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from csaf_events.codec import encode_outcome
 from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.events import SESSION, Record
-from csaf_events.group_commit import GroupCommit, Signal
+from csaf_events.group_commit import Signal
 from csaf_events.kafka.ownership import Ownership
+from csaf_events.log.port import OnDone
+from csaf_events.timings import Timings
 from csaf_events.topics import Topics
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
 
@@ -47,19 +51,19 @@ TRANSACTION_TIMEOUT_MS = 10_000
 class Append:
     """One partition's share of a node transaction."""
 
-    __slots__ = ("partition", "records", "batch", "routed", "offsets", "error", "done", "promoted", "waiter")
+    __slots__ = ("partition", "records", "batch", "routed", "commands", "offsets", "on_done", "valid", "queued_at")
 
     def __init__(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
-                 routed: list[Pending]) -> None:
+                 group: Sequence[Pending], on_done: OnDone, valid: Callable[[], bool]) -> None:
         self.partition = partition
         self.records = records
         self.batch = batch
-        self.routed = routed
+        self.routed = [p for p in group if p.origin is not None]
+        self.commands = len(group)
         self.offsets: list[int] = []
-        self.error: BaseException | None = None
-        self.done = Signal()
-        self.promoted = False  # woken to lead the next transaction, not finished
-        self.waiter = True  # the partition writer waits for it
+        self.on_done = on_done
+        self.valid = valid
+        self.queued_at = time.perf_counter()
 
 
 # Errors of the group coordinator: this member's view of the group is stale (fenced by KIP-447).
@@ -68,8 +72,11 @@ _GROUP_MOVED = {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, Kaf
 
 
 class NodeTransaction:
+    """The node's transactions, run one after another by a committer thread of their own,
+    each with every append queued since the previous one began."""
+
     def __init__(self, node_name: str, client_config: dict[str, Any], topics: Topics, projection: Projection,
-                 ownership: Ownership, generation: str, timeout: float) -> None:
+                 ownership: Ownership, generation: str, timeout: float, timings: Timings) -> None:
         self._node = node_name
         self._config = client_config
         self._topics = topics
@@ -77,9 +84,14 @@ class NodeTransaction:
         self._ownership = ownership
         self._generation = generation
         self._timeout = timeout
+        self._timings = timings
         self._producer: Producer | None = self._new_producer()
-        self._commits: GroupCommit[Append] = GroupCommit(self._commit)
+        self._queue: list[Append] = []
+        self._queued = threading.Condition()
+        self._closed = False
         self.last_error: str | None = None
+        self._committer = threading.Thread(target=self._run, name=f"csaf-commit-{node_name}", daemon=True)
+        self._committer.start()
 
     def _new_producer(self) -> Producer:
         producer = Producer({
@@ -92,48 +104,75 @@ class NodeTransaction:
         return producer
 
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
-               group: Sequence[Pending] = ()) -> None:
-        """Join the node's next transaction: the appends of all partitions pending meanwhile
-        are committed together (see `GroupCommit`)."""
-        if not self._ownership.serves(partition) or self._ownership.group_metadata is None:
-            raise NotOwnerError(f"node {self._node!r} does not serve partition {partition} (now)")
-        req = Append(partition, records, batch, [p for p in group if p.origin is not None])
-        self._commits.add(req)
-        self._commits.wait(req)
-        if req.error is not None:
-            raise req.error
+               group: Sequence[Pending] = (), *, on_done: OnDone | None = None,
+               valid: Callable[[], bool] | None = None) -> None:
+        """Join the node's next transaction (see `EventLog.append`)."""
+        done = None
+        if on_done is None:  # a caller that waits for the outcome
+            done, outcome = Signal(), []
+
+            def on_done(error: BaseException | None) -> None:
+                outcome.append(error)
+                done.set()
+        req = Append(partition, records, batch, group, on_done, valid or (lambda: True))
+        with self._queued:
+            if self._closed:
+                refused = NotOwnerError(f"node {self._node!r} is closing; nothing was written")
+            else:
+                refused = None
+                self._queue.append(req)
+                self._queued.notify()
+        if refused is not None:
+            on_done(refused)
+        if done is not None:
+            done.wait()
+            if outcome[0] is not None:
+                raise outcome[0]
+
+    def _run(self) -> None:
+        while True:
+            with self._queued:
+                while not self._queue and not self._closed:
+                    self._queued.wait()
+                reqs, self._queue = self._queue, []
+                if not reqs and self._closed:
+                    return
+            try:
+                self._commit(reqs)
+            except BaseException:  # noqa: BLE001 - the committer must outlive a bug in one round
+                log.exception("node %s: committing a transaction failed", self._node)
 
     def _commit(self, reqs: list[Append]) -> None:
         live = []
         for req in reqs:
-            if self._ownership.serves(req.partition):
+            if self._ownership.serves(req.partition) and req.valid() and self._ownership.group_metadata is not None:
                 live.append(req)
             else:
-                req.error = NotOwnerError(f"node {self._node!r} no longer serves partition {req.partition}")
-                req.done.set()
-        if live and self._producer is None:  # lost to a fencing: open a new one, or fail this round
+                req.on_done(NotOwnerError(f"node {self._node!r} no longer serves partition {req.partition} as it "
+                                          f"did when this was decided; nothing was written"))
+        if not live:
+            return
+        error: BaseException | None = None
+        if self._producer is None:  # lost to a fencing: open a new one, or fail this round
             try:
                 self._producer = self._new_producer()
             except Exception as e:  # noqa: BLE001 - the next round tries again
-                err = DataAccessError(f"node {self._node!r} cannot open a transactional producer, nothing was "
-                                      f"written: {type(e).__name__}: {e}", may_have_written=False)
-                self.last_error = str(err)
-                for req in live:
-                    req.error = err
-                    req.done.set()
-                return
-        if live:
+                error = DataAccessError(f"node {self._node!r} cannot open a transactional producer, nothing was "
+                                        f"written: {type(e).__name__}: {e}", may_have_written=False)
+        if error is None:
             try:
                 self._transact(live)
-                self._apply(live)
             except BaseException as e:  # every request of the transaction shares its fate
-                self.last_error = f"{type(e).__name__}: {e}"
-                partitions = sorted({r.partition for r in live})
-                self._ownership.retake(partitions, f"transaction failed: {e}")
-                for req in live:
-                    req.error = e
-            for req in live:
-                req.done.set()
+                error = e
+        self._timings.transaction(sum(r.commands for r in live), sum(len(r.records) for r in live),
+                                  len({r.partition for r in live}), error is None)
+        if error is None:
+            self._apply(live)
+            return
+        self.last_error = f"{type(error).__name__}: {error}"
+        self._ownership.retake(sorted({r.partition for r in live}), f"transaction failed: {error}")
+        for req in live:
+            req.on_done(error)
 
     def _transact(self, reqs: list[Append]) -> None:
         producer = self._producer
@@ -144,6 +183,9 @@ class NodeTransaction:
         for req in reqs:
             if req.routed:
                 offsets[req.partition] = max(offsets[req.partition], max(p.origin.offset for p in req.routed) + 1)
+        began = time.perf_counter()
+        commands = sum(r.commands for r in reqs)
+        self._timings.add_each("txn_wait", [began - r.queued_at for r in reqs for _ in range(r.commands)])
         try:
             producer.begin_transaction()
         except KafkaException as e:  # a producer left in a bad state: replaced before the next round
@@ -165,12 +207,15 @@ class NodeTransaction:
                 for pend in req.routed:
                     producer.produce(pend.origin.reply_topic, encode_outcome(pend.result, pend.error), partition=0,
                                      headers=[("corr", pend.origin.correlation_id)])
+            produced = time.perf_counter()
             # The offsets go while the records are on their way; a member the group has moved
             # on from is refused here, and the transaction aborts.
             producer.send_offsets_to_transaction(
                 [TopicPartition(commands_topic, p, o) for p, o in sorted(offsets.items())],
                 self._ownership.group_metadata, self._timeout)
+            offsets_sent = time.perf_counter()
             producer.flush(self._timeout)
+            flushed = time.perf_counter()
             for attempt in range(3):
                 try:
                     producer.commit_transaction(self._timeout)
@@ -180,6 +225,17 @@ class NodeTransaction:
                         raise
         except KafkaException as e:
             raise self._failure(e, reqs) from e
+        except Exception as e:  # noqa: BLE001 - not the client's error: settle the producer all the same
+            try:
+                producer.abort_transaction(self._timeout)
+            except KafkaException:
+                self._producer = None
+            raise DataAccessError(f"partitions {sorted({r.partition for r in reqs})}: transaction failed, outcome "
+                                  f"unknown: {e!r}") from e
+        committed = time.perf_counter()
+        for phase, seconds in (("produce", produced - began), ("send_offsets", offsets_sent - produced),
+                               ("flush", flushed - offsets_sent), ("commit", committed - flushed)):
+            self._timings.add(phase, seconds, commands)
         for p, o in offsets.items():
             if self._ownership.serves(p):
                 self._ownership.command_offsets[p] = o
@@ -226,15 +282,31 @@ class NodeTransaction:
         return DataAccessError(f"partitions {partitions}: commit outcome unknown: {err}")
 
     def _apply(self, reqs: list[Append]) -> None:
-        """Write each partition's projection batch and checkpoint, now that the events are committed."""
-        for req in reqs:
-            if len(req.offsets) != len(req.records):
-                raise DataAccessError(f"partition {req.partition}: {len(req.records) - len(req.offsets)} events "
-                                      f"were not acknowledged, outcome unknown")
-            cp = {req.partition: Checkpoint(max(req.offsets) + 1, self._generation)} if req.offsets else None
-            self._projection.write(req.batch, cp)
+        """Write each partition's projection batch and checkpoint, now that the events are
+        committed, and tell each append's writer (in order)."""
+        for i, req in enumerate(reqs):
+            t0 = time.perf_counter()
+            try:
+                if len(req.offsets) != len(req.records):
+                    raise DataAccessError(f"partition {req.partition}: {len(req.records) - len(req.offsets)} events "
+                                          f"were not acknowledged, outcome unknown")
+                cp = {req.partition: Checkpoint(max(req.offsets) + 1, self._generation)} if req.offsets else None
+                self._projection.write(req.batch, cp)
+            except BaseException as e:  # noqa: BLE001 - committed, but this node's view is in doubt
+                error = e if isinstance(e, DataAccessError) else DataAccessError(
+                    f"partition {req.partition}: committed, but applying it here failed: {e!r}")
+                self._ownership.retake(sorted({r.partition for r in reqs[i:]}), str(error))
+                for r in reqs[i:]:
+                    r.on_done(error)
+                return
+            self._timings.add("apply", time.perf_counter() - t0, req.commands)
+            req.on_done(None)
 
     def close(self) -> None:
+        with self._queued:
+            self._closed = True
+            self._queued.notify()
+        self._committer.join(self._timeout)
         try:
             if self._producer is not None:
                 self._producer.flush(5)

@@ -21,19 +21,29 @@ if TYPE_CHECKING:
 __all__ = ["Chunk", "EventLog", "LogEntry", "LogReader"]  # the adapters take the plain types from here too
 
 
+OnDone = Callable[[BaseException | None], None]
+
+
 class EventLog(LogReader, Protocol):
     """A log a node appends to: a reader that also takes appends and says what it owns."""
 
     partitions: int
 
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
-               group: Sequence[Pending]) -> None:
+               group: Sequence[Pending] = (), *, on_done: OnDone | None = None,
+               valid: Callable[[], bool] | None = None) -> None:
         """Durably append `records` to `partition` and write `batch` (their fold) to the projection.
 
-        Only the partition's owner calls this, one call at a time per partition. `group`
-        is the decided commands; routed ones (with an `origin`) get their replies sent
-        atomically with the records. On return all is durable; on `DataAccessError` the
-        outcome of the append is unknown.
+        Only the partition's owner calls this, in decision order per partition. `group` is
+        the decided commands; routed ones (with an `origin`) get their replies sent
+        atomically with the records.
+
+        Without `on_done` the call returns once all is durable, or raises (`DataAccessError`:
+        the outcome is unknown, or nothing was written, as it says). With it, the call may
+        return at once; `on_done(None)` or `on_done(error)` follows, in the order of the
+        appends of the partition. `valid()` is asked just before the records are written:
+        False (what the batch was decided on failed) refuses the append with
+        `NotOwnerError`, nothing written.
         """
 
     def owned(self) -> list[int]:

@@ -1,0 +1,85 @@
+"""Where a write's time goes: seconds per phase, summed over the writes that spent them.
+
+A node keeps one `Timings`. The partition writers add the time a write waited for its
+writer and the time its group took to decide; the Kafka node transaction adds the time a
+write waited for its transaction and each step of that transaction (attributed to every
+write in it); routed calls add their round trip. The benchmark reports the mean per write
+of each phase, and the transactions' sizes. Adding is a few float operations under a lock
+per group, not per write.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+#: The phases, in the order a write passes them.
+PHASES = ("queued", "decide", "txn_wait", "produce", "send_offsets", "flush", "commit", "apply", "routed_call")
+
+
+class Timings:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seconds = dict.fromkeys(PHASES, 0.0)
+        self._writes = dict.fromkeys(PHASES, 0)
+        self.transactions = 0
+        self.failed_transactions = 0
+        self.commands = 0
+        self.records = 0
+        self.partitions = 0
+
+    def add(self, phase: str, seconds: float, writes: int = 1) -> None:
+        """`writes` writes each spent `seconds` in `phase`."""
+        with self._lock:
+            self._seconds[phase] += seconds * writes
+            self._writes[phase] += writes
+
+    def add_each(self, phase: str, seconds: list[float]) -> None:
+        with self._lock:
+            self._seconds[phase] += sum(seconds)
+            self._writes[phase] += len(seconds)
+
+    def transaction(self, commands: int, records: int, partitions: int, ok: bool) -> None:
+        with self._lock:
+            self.transactions += 1
+            self.failed_transactions += not ok
+            self.commands += commands
+            self.records += records
+            self.partitions += partitions
+
+    def snapshot(self) -> dict[str, Any]:
+        """Totals so far (subtract two snapshots for an interval)."""
+        with self._lock:
+            return {"seconds": dict(self._seconds), "writes": dict(self._writes),
+                    "transactions": self.transactions, "failed_transactions": self.failed_transactions,
+                    "commands": self.commands, "records": self.records, "partitions": self.partitions}
+
+
+def breakdown(before: dict[str, Any], after: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Mean milliseconds per write of each phase between two snapshots, with transactions/s
+    and the mean commands, records and partitions per transaction."""
+    per_write = {}
+    for phase in PHASES:
+        n = after["writes"][phase] - before["writes"][phase]
+        if n:
+            per_write[phase] = round((after["seconds"][phase] - before["seconds"][phase]) * 1000 / n, 3)
+    txns = after["transactions"] - before["transactions"]
+    out: dict[str, Any] = {"ms_per_write": per_write, "transactions": txns,
+                           "failed_transactions": after["failed_transactions"] - before["failed_transactions"],
+                           "transactions_per_s": round(txns / seconds, 1) if seconds > 0 else None}
+    if txns:
+        for key in ("commands", "records", "partitions"):
+            out[f"{key}_per_transaction"] = round((after[key] - before[key]) / txns, 2)
+    return out
+
+
+def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """One snapshot of several nodes."""
+    total = {"seconds": dict.fromkeys(PHASES, 0.0), "writes": dict.fromkeys(PHASES, 0)}
+    for key in ("transactions", "failed_transactions", "commands", "records", "partitions"):
+        total[key] = sum(s[key] for s in snapshots)
+    for s in snapshots:
+        for phase in PHASES:
+            total["seconds"][phase] += s["seconds"][phase]
+            total["writes"][phase] += s["writes"][phase]
+    return total
