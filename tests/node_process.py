@@ -394,7 +394,7 @@ def main() -> None:
             elif method == "probe":
                 result = _probe(store, args[0], args[1])
             elif method == "check":
-                result = _check(store, args[0], args[1])
+                result = _check(store, *args)
             elif method == "stop_load":
                 stop.set()
                 time.sleep(0.5)
