@@ -43,6 +43,7 @@ from typing import Any
 
 from csaf_events import CsafError, open_store
 from csaf_events.cli import payload_size, positive_int, run_main
+from csaf_events import timings
 from csaf_events.workload import WorkloadConfig, WorkloadResult, run_workload
 
 #: JSON keys every report has (Kafka reports add `nodes` and `takeover_events_per_s`).
@@ -65,6 +66,7 @@ class BenchOptions:
     keep_topics: bool = False         # kafka: keep the run's topics on the broker (default: deleted)
     partitions: int | None = None     # kafka: partitions of the events topic (default: topics.yaml's)
     mint_session_ids: bool = False    # each session's id minted by its home node (`new_session_id`)
+    processes: bool = False           # kafka: each node in a process of its own, S sessions and C in flight each
 
     def workload(self) -> WorkloadConfig:
         return WorkloadConfig(sessions=self.sessions, payload_bytes=self.payload, concurrency=self.concurrency,
@@ -192,12 +194,22 @@ def measure(stores: Sequence, options: BenchOptions) -> tuple[WorkloadResult, di
     bar = _progress_bar(options.sessions, options.progress, f"{options.backend} x{len(stores)}")
     rss_before = current_rss_bytes()
     cpu = CpuMeter(local_broker_pids(options.bootstrap) if options.backend == "kafka" and options.bootstrap else [])
+    before = timings.merge([s.node.timings.snapshot() for s in stores])
     try:
         result = run_workload(stores, options.workload(), progress=bar.update if bar is not None else None)
     finally:
         cpu_use = cpu.stop()
         if bar is not None:
             bar.close()
+    after = timings.merge([s.node.timings.snapshot() for s in stores])
+    report = report_of(result, options, cpu_use, timings.breakdown(before, after, result.elapsed_s))
+    report["rss_before_bytes"] = rss_before
+    return result, report
+
+
+def report_of(result: WorkloadResult, options: BenchOptions, cpu_use: dict[str, Any],
+              breakdown: dict[str, Any]) -> dict[str, Any]:
+    """The report's common part for a finished run."""
     report: dict[str, Any] = {
         "backend": options.backend,
         "lifecycles_per_s": round(result.lifecycles_per_s, 1),
@@ -206,7 +218,6 @@ def measure(stores: Sequence, options: BenchOptions) -> tuple[WorkloadResult, di
                        for op, d in result.latency_ms().items()},
         "latency_counts": {op: d["count"] for op, d in result.latency_ms().items()},
         "peak_rss_bytes": peak_rss_bytes(),
-        "rss_before_bytes": rss_before,
         "workload": {"sessions": result.sessions, "payload_bytes": options.payload,
                      "concurrency": options.concurrency, "mint_session_ids": options.mint_session_ids,
                      "inbox_messages": result.config.inbox_messages,
@@ -215,12 +226,13 @@ def measure(stores: Sequence, options: BenchOptions) -> tuple[WorkloadResult, di
                      "outbox_messages_stored": result.outbox_messages_stored,
                      "closed": result.closed, "timed_out": result.timed_out,
                      "phases_s": {k: round(v, 3) for k, v in result.phases_s.items()}},
+        "write_breakdown": breakdown,
         "errors": result.errors,
         "cpu": cpu_use,
     }
     if result.error_samples:
         report["error_samples"] = result.error_samples
-    return result, report
+    return report
 
 
 def _with_floor(report: dict[str, Any], options: BenchOptions, work_dir: Path) -> None:
@@ -302,6 +314,25 @@ def wait_for_stable_ownership(stores: Sequence, timeout: float = 60.0, quiet: fl
     return None
 
 
+def _run_in_this_process(options: BenchOptions, work: Path, namespace: str,
+                         partitions: int) -> tuple[WorkloadResult, dict[str, Any]]:
+    stores = [open_store(f"node-{i}", work / namespace / f"node-{i}", bootstrap_servers=options.bootstrap,
+                         namespace=namespace, partitions=partitions) for i in range(options.nodes)]
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:  # boot together: one rebalance, not N
+            list(pool.map(lambda s: s.boot(), stores))
+        settle_s = wait_for_stable_ownership(stores)
+        result, report = measure(stores, options)
+        report["ownership_settle_s"] = settle_s
+        return result, report
+    finally:
+        for s in stores:
+            try:
+                s.close()
+            except Exception as e:  # report the figures anyway
+                print(f"warning: closing {s.node_name} failed: {e}", file=sys.stderr)
+
+
 def run_kafka(options: BenchOptions) -> dict[str, Any]:
     if not options.bootstrap:
         raise CsafError("--backend kafka needs --bootstrap HOST:PORT (a running Kafka cluster)")
@@ -310,23 +341,15 @@ def run_kafka(options: BenchOptions) -> dict[str, Any]:
     work, temporary = _work_dir(options)
     namespace = f"bench-{uuid.uuid4().hex[:10]}"
     partitions = _partitions(options)
-    stores = [open_store(f"node-{i}", work / namespace / f"node-{i}", bootstrap_servers=options.bootstrap,
-                         namespace=namespace, partitions=partitions) for i in range(options.nodes)]
     try:
-        try:
-            with ThreadPoolExecutor(len(stores)) as pool:  # boot together: one rebalance, not N
-                list(pool.map(lambda s: s.boot(), stores))
-            settle_s = wait_for_stable_ownership(stores)
-            result, report = measure(stores, options)
-            report["ownership_settle_s"] = settle_s
-        finally:
-            for s in stores:
-                try:
-                    s.close()
-                except Exception as e:  # report the figures anyway
-                    print(f"warning: closing {s.node_name} failed: {e}", file=sys.stderr)
+        if options.processes:
+            from bench.processes import run_node_processes
+            result, report = run_node_processes(options, work, namespace, partitions)
+        else:
+            result, report = _run_in_this_process(options, work, namespace, partitions)
         disk = dir_bytes(work / namespace)
         report["nodes"] = options.nodes
+        report["processes"] = options.processes
         report["namespace"] = namespace
         report["partitions"] = partitions
         report["disk_bytes"] = disk
@@ -430,6 +453,8 @@ def format_report(report: dict[str, Any]) -> str:
                      + (f"  ({report['takeover']['events']:,} events in {report['takeover']['restore_s']:.1f} s)"
                         if t is not None else ""))
     cpu = report.get("cpu") or {}
+    for node, cores in (cpu.get("node_process_cores") or {}).items():
+        lines.append(f"  {'CPU of ' + node:<26}{cores:>9.2f} cores")
     if cpu.get("process_cores") is not None:
         lines.append(f"  {'CPU during the run':<26}{cpu['process_cores']:>9.2f} cores this process"
                      + (f", {cpu['broker_cores']:.2f} the broker" if cpu.get("broker_cores") is not None else "")
@@ -438,6 +463,15 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("errors"):
         lines.append(f"  ERRORS (figures are not comparable): {report['errors']}")
         lines += [f"    {sample}" for sample in report.get("error_samples", [])[:3]]
+    b = report.get("write_breakdown") or {}
+    if b.get("ms_per_write"):
+        lines += ["", "  where a write's time goes (mean ms per write):"]
+        lines += [f"    {phase:<24}{ms:>10.3f}" for phase, ms in b["ms_per_write"].items()]
+        if b.get("transactions"):
+            lines.append(f"    {b['transactions']:,} transactions ({b['transactions_per_s']:,.0f}/s, "
+                         f"{b['failed_transactions']} failed); per transaction {b['commands_per_transaction']} "
+                         f"commands, {b['records_per_transaction']} records, {b['partitions_per_transaction']} "
+                         f"partitions")
     lines += ["", f"  {'latency (ms)':<44}{'count':>8}{'p50':>9}{'p99':>9}{'max':>9}"]
     for op, d in report["latency_ms"].items():
         lines.append(f"  {op:<44}{report.get('latency_counts', {}).get(op, 0):>8}"
@@ -468,6 +502,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="kafka: partitions of the namespace's topics (default: topics.yaml's)")
     p.add_argument("--keep-topics", action="store_true",
                    help="kafka: keep the run's topics on the broker (default: deleted after the run)")
+    p.add_argument("--processes", action="store_true",
+                   help="kafka: run each node in a process of its own, each with S sessions and C in flight "
+                        "(default: all nodes in this process, S and C in all)")
     p.add_argument("--mint-session-ids", action="store_true",
                    help="each session's id minted by its home node, in a partition it owns "
                         "(default: ids that ignore ownership)")
@@ -476,13 +513,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
     if args.backend == "kafka" and not args.bootstrap:
         raise CsafError("--backend kafka needs --bootstrap HOST:PORT (a running Kafka cluster)")
+    if args.processes and args.backend != "kafka":
+        raise CsafError("--processes needs --backend kafka")
     if args.backend == "embedded" and args.nodes != 1:
         raise CsafError(f"the embedded backend is a single node; use --backend kafka for --nodes {args.nodes}")
     return BenchOptions(backend=args.backend, nodes=args.nodes, sessions=args.sessions,
                         concurrency=args.concurrency, payload=args.payload, bootstrap=args.bootstrap,
                         data_dir=args.data_dir, floor=not args.no_floor, progress=not args.no_progress,
                         takeover_events=args.takeover_events, keep_topics=args.keep_topics,
-                        partitions=args.partitions, mint_session_ids=args.mint_session_ids)
+                        partitions=args.partitions, mint_session_ids=args.mint_session_ids,
+                        processes=args.processes)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -174,14 +174,16 @@ class _Failed(Exception):
 
 
 def run_workload(stores: Sequence[ClusterStoreAndForward], config: WorkloadConfig | None = None, *,
-                 progress: Callable[[int], None] | None = None) -> WorkloadResult:
+                 progress: Callable[[int], None] | None = None,
+                 before_timeout: Callable[[], None] | None = None) -> WorkloadResult:
     """Run the lifecycle workload on booted `stores` (one per node) and measure it.
 
     Session ``i`` lives on ``stores[i % len(stores)]`` (its home node); its outbox messages
     are stored from a store chosen at random. `progress(n)` is called (from worker threads)
     each time `n` more sessions have finished steps 1-5, e.g. ``progress=tqdm_bar.update``.
     A call that raises is counted in `errors` (with the first samples kept) and ends that
-    session's work; the run goes on.
+    session's work; the run goes on. `timeout_sessions` is cluster-wide: runs on other
+    processes of the same cluster pass `before_timeout` to wait until all of them are there.
     """
     config = config or WorkloadConfig()
     stores = list(stores)
@@ -334,6 +336,8 @@ def run_workload(stores: Sequence[ClusterStoreAndForward], config: WorkloadConfi
             return 0 if rec.errors else 1
 
         closed = sum(pool.map(close, to_close))
+    if before_timeout is not None:
+        before_timeout()
     t_closed = time.perf_counter()
     if len(to_close) < len(finished):
         try:
