@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from csaf_events.events import CATALOG, decode_state, header
-from csaf_events.log.port import LogEntry
+from csaf_events.log.entries import LogEntry
 
 
 class HistoryEntry(NamedTuple):

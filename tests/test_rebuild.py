@@ -201,7 +201,7 @@ def test_the_tools_explain_what_is_missing(tmp_path: Path) -> None:
 _CRASHING_RESTORE = '''
 import os, sys
 from csaf_events.events import SessionRegistered, to_record
-from csaf_events.log.port import Chunk
+from csaf_events.log.entries import Chunk
 from projections import rebuild
 from projections.rocks import Checkpoint, Projection
 

@@ -14,7 +14,8 @@ from csaf_events.events import Record
 from csaf_events.kafka.ownership import Ownership
 from csaf_events.kafka.reader import KafkaReader
 from csaf_events.kafka.transaction import NodeTransaction
-from csaf_events.log.port import Chunk, LogEntry, OnDone
+from csaf_events.log.entries import Chunk, LogEntry
+from csaf_events.log.port import OnDone
 from csaf_events.timings import Timings
 from csaf_events.topics import Topics
 from projections.rebuild import catch_up
@@ -33,6 +34,7 @@ class KafkaLog:
         self._verified: set[int] = set()  # partitions whose projection was checked by this process
         self.reader = KafkaReader(client_config, topics.events.name, generation,
                                   f"{topics.namespace}.reader.{node_name}", timeout)
+        self.topic = self.reader.topic
         self.ownership = Ownership(node_name, client_config, topics, timeout, self.restore)
         self.transaction = NodeTransaction(node_name, client_config, topics, projection, self.ownership,
                                            generation, timeout, timings)

@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, IsolationLevel, KafkaError, Message, Topic
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from csaf_events.errors import DataAccessError
-from csaf_events.log.port import Chunk, LogEntry
+from csaf_events.log.entries import Chunk, LogEntry
 
 #: Messages taken from librdkafka per call while reading a partition through.
 RESTORE_FETCH = 10_000

@@ -12,13 +12,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from csaf_events.events import Record
-from csaf_events.log.entries import Chunk, LogEntry, LogReader
+from csaf_events.log.entries import LogReader
 from projections.rocks import ProjectionBatch
 
 if TYPE_CHECKING:
     from csaf_events.writer import Pending
-
-__all__ = ["Chunk", "EventLog", "LogEntry", "LogReader"]  # the adapters take the plain types from here too
 
 
 OnDone = Callable[[BaseException | None], None]
