@@ -242,15 +242,15 @@ class FaultLoad:
                 self._call("register", sid, "", store.register_session_at_this_node, sid, "u", f"c-{node}-{t}",
                            "lib", "app", "1")
             mid = f"r{slot}-{t}"
-            self._call("inbox", sid, mid, store.store_message_id_in_inbox, sid, mid)
+            failed = isinstance(self._call("inbox", sid, mid, store.store_message_id_in_inbox, sid, mid), Exception)
             oid = f"o-{node}-{t}-{i}"
-            self._call("outbox", sid, oid, store.store_message_in_outbox, sid, oid, None, None, "PUB", None,
-                       "e", "x", None)
+            failed |= isinstance(self._call("outbox", sid, oid, store.store_message_in_outbox, sid, oid, None, None,
+                                            "PUB", None, "e", "x", None), Exception)
             if i % 3 == 0:
                 self._call("complete", sid, oid, store.outbox_messages_complete, sid, [oid])
             i += 1
-            if pause:
-                time.sleep(pause)
+            # a caller that just got an error backs off a little, as a server would
+            time.sleep(self.spec.get("backoff", 0.25) if failed else pause)
 
     def close(self, timeout: float) -> int:
         """Stop and wait for the calls in flight; returns how many threads are still in a call."""
