@@ -138,7 +138,7 @@ def _topic_specs(args: argparse.Namespace):
         topics = topics.with_partitions(args.partitions)
     specs = topics.cluster_topics()
     if args.node:
-        specs.append(topics.reply_topic(args.node))
+        specs += [topics.reply_topic(args.node), topics.node_topic(args.node)]
     return specs
 
 
@@ -232,5 +232,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             ("verify", _topics_verify, "exit code 1 if any topic differs from topics.yaml")):
         q = sub.add_parser(name, help=text, description=text)
         _cluster(q)
-        q.add_argument("--node", metavar="NAME", help="also this node's reply topic")
+        q.add_argument("--node", metavar="NAME", help="also this node's reply and channel topics")
         q.set_defaults(run=run)

@@ -11,19 +11,23 @@ import logging
 import secrets
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from csaf_events import commands as cmd
-from csaf_events import history
+from csaf_events import health, history
 from csaf_events import validation as v
 from csaf_events.dtos import CurrentNode, MessageType, RequestCorrelation, SessionDto, StoredInMessage, StoredOutMessage
 from csaf_events.errors import CsafError, unreachable
 from csaf_events.history import HistoryEntry
 from csaf_events.backend import Backend
+from csaf_events.channel import NodeChannel
 from csaf_events.node import Node
 from csaf_events.partitioning import partition_for
 from csaf_events.registry import SessionRegistry
 from csaf_events.validation import Limits
+
+if TYPE_CHECKING:
+    from csaf_events.metrics import StoreMetrics
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ class ClusterStoreAndForward:
         self._backend = backend
         self._booted = False
         self._closed = False
+        self.metrics: StoreMetrics | None = None  # set by open_store(metrics=registry): csaf_events.metrics
 
     # ------------------------------------------------------------------ lifecycle --
     def boot(self) -> None:
@@ -55,11 +60,21 @@ class ClusterStoreAndForward:
             except Exception as e:  # noqa: BLE001 - the caller gets a CsafError saying what failed
                 raise unreachable(f"node {self.node_name!r} could not boot", e) from e
             self._booted = True
+            health.watch(self)
+            if self.metrics is not None:
+                self.metrics.attach()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self.metrics is not None:
+                self.metrics.detach()
             self._backend.close()
+
+    def health(self) -> dict[str, Any]:
+        """Booted, partitions owned and assigned, fenced or not, registry lag, last transaction
+        error, takeovers, ...: see `csaf_events.health` (``ok`` says whether all is well)."""
+        return health.facts(self)
 
     def __enter__(self) -> ClusterStoreAndForward:
         self.boot()
@@ -75,6 +90,15 @@ class ClusterStoreAndForward:
     @property
     def registry(self) -> SessionRegistry:
         return self._backend.registry
+
+    @property
+    def channel(self) -> NodeChannel:
+        """This node's end of the node-to-node channel (`csaf_events.channel.NodeChannel`):
+        short control messages to the other nodes of the cluster (a per-node Kafka topic in
+        cluster mode; in process, reaching only this node, when embedded). Its `node_name` is
+        this store's; it is opened by `boot()` and closed by `close()`."""
+        self._check_open()
+        return self._backend.channel
 
     def _run(self, session_id: str, command: cmd.Command) -> Any:
         self._check_open()

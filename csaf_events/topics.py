@@ -10,7 +10,7 @@ import yaml
 
 from csaf_events.errors import CsafError
 
-ROLES = ("events", "commands", "sessions", "replies")
+ROLES = ("events", "commands", "sessions", "replies", "nodes")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Topics:
     commands: TopicSpec
     sessions: TopicSpec
     replies: TopicSpec
+    nodes: TopicSpec
 
     def with_partitions(self, partitions: int) -> Topics:
         return replace(self, events=replace(self.events, partitions=partitions),
@@ -40,6 +41,10 @@ class Topics:
 
     def reply_topic(self, node_name: str) -> TopicSpec:
         return replace(self.replies, name=f"{self.replies.name}.{node_name}")
+
+    def node_topic(self, node_name: str) -> TopicSpec:
+        """The node's channel topic (`csaf_events.kafka.channel`): <namespace>.nodes.<node>."""
+        return replace(self.nodes, name=f"{self.nodes.name}.{node_name}")
 
     def cluster_topics(self) -> list[TopicSpec]:
         return [self.events, self.commands, self.sessions]

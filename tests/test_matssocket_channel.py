@@ -23,10 +23,33 @@ def _in_process(request: pytest.FixtureRequest) -> OpenChannels:
     return lambda *names: [hub.channel(name) for name in names]
 
 
-IMPLEMENTATIONS = {"in-process": _in_process}
+def _kafka(request: pytest.FixtureRequest) -> OpenChannels:
+    """One `KafkaChannel` per name on a real broker, in a namespace of the test's own (each
+    node's topic created first, as a store's boot does)."""
+    from confluent_kafka.admin import AdminClient
+
+    from brokers import unique_namespace
+    from csaf_events.kafka import topics as kafka_topics
+    from csaf_events.kafka.channel import KafkaChannel
+    from csaf_events.topics import load_topics
+    from kafka_fixtures import delete_namespace_topics
+
+    bootstrap = request.getfixturevalue("kafka_bootstrap")
+    topics = load_topics(None, unique_namespace("chan"))
+    request.addfinalizer(lambda: delete_namespace_topics(bootstrap, topics.namespace))
+    config = {"bootstrap.servers": bootstrap}
+
+    def open_channels(*names: str) -> list[NodeChannel]:
+        kafka_topics.ensure(AdminClient(config), [topics.node_topic(n) for n in names], 30.0)
+        return [KafkaChannel(config, topics, n) for n in names]
+    return open_channels
 
 
-@pytest.fixture(params=list(IMPLEMENTATIONS))
+IMPLEMENTATIONS = {"in-process": _in_process, "kafka": _kafka}
+
+
+@pytest.fixture(params=[pytest.param(name, marks=[pytest.mark.kafka] if name == "kafka" else [])
+                        for name in IMPLEMENTATIONS])
 def channels(request: pytest.FixtureRequest) -> Iterator[OpenChannels]:
     opened: list[NodeChannel] = []
     factory = IMPLEMENTATIONS[request.param](request)

@@ -28,12 +28,12 @@ def test_apply_creates_verify_checks_and_describe_shows(kafka_bootstrap: str, ka
 
     code, out, err = _topics(node, "apply", "--node", "node-a")
     assert code == 0, out + err
-    for name in ("events", "commands", "sessions", "replies.node-a"):
+    for name in ("events", "commands", "sessions", "replies.node-a", "nodes.node-a"):
         assert f"created topic {ns}.{name}" in out
 
     code, out, err = _topics(node, "verify", "--node", "node-a")
     assert code == 0, out + err
-    assert "4 topics match topics.yaml" in out
+    assert "5 topics match topics.yaml" in out
 
     code, out, _ = _topics(node, "describe")
     assert code == 0

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from csaf_events.channel import InProcessChannel
 from csaf_events.embedded.log import LOG_CF, CompactionPolicy, EmbeddedLog
 from csaf_events.node import Node
 from projections.files import open_or_repair, open_projection, projection_dir
@@ -57,6 +58,7 @@ class EmbeddedBackend(Backend):
         self.projection.on_sessions_changed = self.registry.apply
         self.node = Node(self._node_name, self.projection, self.log, self._clock)
         self.node.start()
+        self.channel = InProcessChannel(self._node_name)  # one node: it reaches only itself
         if self._compaction is not None:
             self._compactor = threading.Thread(target=self._compact_periodically, daemon=True,
                                                name=f"csaf-compact-{self._node_name}")
@@ -84,6 +86,8 @@ class EmbeddedBackend(Backend):
         self._stop.set()
         if self._compactor is not None:
             self._compactor.join()
+        if hasattr(self, "channel"):
+            self.channel.close()
         if hasattr(self, "node"):
             self.node.close()
             self.log.close()

@@ -21,6 +21,7 @@ from csaf_events.backend import Backend
 from csaf_events.codec import decode_command, encode_outcome
 from csaf_events.errors import CsafError, unreachable
 from csaf_events.kafka import topics as kafka_topics
+from csaf_events.kafka.channel import KafkaChannel
 from csaf_events.kafka.log import KafkaLog
 from csaf_events.kafka.ownership import Origin
 from csaf_events.kafka.registry_tail import RegistryTailer
@@ -65,8 +66,11 @@ class KafkaBackend(Backend):
     def _boot(self) -> None:
         admin = AdminClient(self._config)
         reply = self.topics.reply_topic(self._node_name)
-        states = kafka_topics.ensure(admin, [*self.topics.cluster_topics(), reply], self._timeout)
+        states = kafka_topics.ensure(admin, [*self.topics.cluster_topics(), reply,
+                                             self.topics.node_topic(self._node_name)], self._timeout)
         generation = states[self.topics.events.name].topic_id or "unknown"
+        self.channel = KafkaChannel(self._config, self.topics, self._node_name, self._timeout)
+        self._closers.insert(0, self.channel.close)
         self.projection = open_or_set_aside(self._path)
         self._closers.append(self.projection.close)
         self.tailer = RegistryTailer(self._config, self.topics.sessions.name, self.topics.sessions.partitions,
