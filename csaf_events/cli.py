@@ -10,6 +10,7 @@ errors exit 2).
 
     csaf demo [--data-dir DIR] [--seconds N] [--sessions S] [--concurrency C]
     csaf bench [the options of python -m bench]
+    csaf serve [--port 8080 ...] [--bootstrap HOST:PORT --namespace NS] (--app module:factory | --test-app)
 """
 
 from __future__ import annotations
@@ -158,6 +159,14 @@ def checkout() -> Path:
                     "this installation does not have; run it in the root of a checkout")
 
 
+# -------------------------------------------------------------------- csaf serve --
+
+def _serve_register(subparsers: argparse._SubParsersAction) -> None:
+    """``csaf serve``: csaf_events.matssocket.cli, imported only here (it imports websockets)."""
+    from csaf_events.matssocket.cli import register
+    register(subparsers)
+
+
 # ----------------------------------------------------------------- the registry --
 
 SUBCOMMANDS: tuple[Subcommand | SubcommandGroup, ...] = (
@@ -166,6 +175,7 @@ SUBCOMMANDS: tuple[Subcommand | SubcommandGroup, ...] = (
     Subcommand("bench", "the lifecycle benchmark of a source checkout (python -m bench): throughput, latency, "
                         "memory, disk, floor", _bench_arguments, _bench, passes_on=True),
     SubcommandGroup(cli_log.register),  # replay, rebuild, audit, topics
+    SubcommandGroup(_serve_register),  # serve: a MatsSocket node
 )
 
 

@@ -1,13 +1,15 @@
 """``csaf serve``: run a MatsSocket node from the command line.
 
     csaf serve [--port 8080 ...] [--host localhost] [--data-dir DIR] [--node-name NAME]
-               [--bootstrap HOST:PORT --namespace NS] (--app module:factory | --test-app)
+               [--bootstrap HOST:PORT --namespace NS [--partitions N]] (--app module:factory | --test-app)
 
 `--app` names a factory ``factory(store) -> MatsSocketServer`` that builds the server with
 its authenticator and endpoints; ``--test-app`` uses the test app
 (`csaf_events.matssocket.testapp`) and, unless ports are given, listens on 8080 and 8081 as
 the MatsSocket JS client's integration suite expects. The store is embedded unless
-``--bootstrap`` is given. The node runs until SIGINT or SIGTERM, then closes its sockets
+``--bootstrap`` is given; with it, every node started on the same Kafka cluster and namespace
+(each with its own ``--node-name`` and data dir) is a node of one MatsSocket cluster, the
+nodes reaching each other through the store's channel (`ClusterStoreAndForward.channel`). The node runs until SIGINT or SIGTERM, then closes its sockets
 with SERVICE_RESTART (clients reconnect elsewhere) and closes the store.
 
 `register(subparsers)` adds the subcommand to the ``csaf`` command; ``python -m
@@ -46,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="this node's data directory (default ./csaf-data/NODE)")
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: embedded store, one node)")
     parser.add_argument("--namespace", default="csaf", help="Kafka namespace of the cluster (default csaf)")
+    parser.add_argument("--partitions", type=int, help="partitions of the events and commands topics (default:"
+                        " topics.yaml's; every node of a cluster must use the same)")
     app = parser.add_mutually_exclusive_group(required=True)
     app.add_argument("--app", help="module:factory, factory(store) -> MatsSocketServer")
     app.add_argument("--test-app", action="store_true", help="the MatsSocket clients' integration test app")
@@ -66,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     factory = load_factory(TEST_APP if args.test_app else args.app)
     ports = args.port or (list(TEST_APP_PORTS) if args.test_app else [8080])
     data_dir = args.data_dir or Path("csaf-data") / args.node_name
-    with open_store(args.node_name, data_dir, args.bootstrap, namespace=args.namespace) as store:
+    with open_store(args.node_name, data_dir, args.bootstrap, namespace=args.namespace,
+                    partitions=args.partitions) as store:
         server = factory(store)
         if not isinstance(server, MatsSocketServer):
             raise TypeError(f"the --app factory returned {type(server).__name__}, not a MatsSocketServer")
@@ -86,7 +91,8 @@ async def _serve(server: MatsSocketServer, host: str, ports: Sequence[int]) -> N
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``serve`` to the ``csaf`` command (a `SubcommandGroup` row of csaf_events.cli)."""
-    parser = subparsers.add_parser("serve", help="run a MatsSocket node", description=__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser("serve", help="run a MatsSocket node", description="Run a MatsSocket node: "
+                                   "an embedded store, or a node of a Kafka cluster with --bootstrap.")
     add_arguments(parser)
     parser.set_defaults(run=run)
 
