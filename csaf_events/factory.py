@@ -6,6 +6,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from prometheus_client import REGISTRY, CollectorRegistry
+
 from csaf_events.store import ClusterStoreAndForward
 from csaf_events.topics import load_topics
 from csaf_events.validation import Limits
@@ -19,12 +21,15 @@ def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | No
                topics_file: str | Path | None = None, limits: Limits | None = None,
                sync: bool = False, request_timeout: float = 30.0,
                kafka_config: dict | None = None,
-               clock: Callable[[], int] = now_ms) -> ClusterStoreAndForward:
+               clock: Callable[[], int] = now_ms,
+               metrics: CollectorRegistry | None = REGISTRY) -> ClusterStoreAndForward:
     """Open a store for this node; call `boot()` (or use `with`) before using it.
 
     Without `bootstrap_servers` the store is embedded: one node with a durable local log,
     no broker. With it, the node joins the Kafka cluster of `namespace`.
     `sync=True` fsyncs every embedded append (survives power loss, not just process death).
+    `metrics` is the Prometheus registry the store reports to (default the process-wide one;
+    None: no metrics, the calls are not wrapped at all); see `csaf_events.metrics`.
     """
     if not isinstance(node_name, str) or not _NAME.match(node_name):
         raise ValueError(f"node_name must be 1-100 characters of letters, digits, '.', '_' or '-', got {node_name!r}")
@@ -32,6 +37,8 @@ def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | No
         raise ValueError(f"namespace must be 1-100 characters of letters, digits, '.', '_' or '-', got {namespace!r}")
     if not isinstance(data_dir, (str, Path)) or not str(data_dir):
         raise TypeError(f"data_dir must be a path, got {data_dir!r}")
+    if metrics is not None and not isinstance(metrics, CollectorRegistry):
+        raise TypeError(f"metrics must be a prometheus_client CollectorRegistry or None, got {metrics!r}")
     topics = load_topics(topics_file, namespace)
     if partitions is not None:
         if isinstance(partitions, bool) or not isinstance(partitions, int) or not 1 <= partitions <= 4096:
@@ -49,4 +56,9 @@ def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | No
         from csaf_events.kafka.backend import KafkaBackend
         backend = KafkaBackend(node_name, Path(data_dir), bootstrap_servers, topics, clock,
                                request_timeout=request_timeout, kafka_config=kafka_config or {})
-    return ClusterStoreAndForward(node_name, topics.events.partitions, backend, limits)
+    store = ClusterStoreAndForward(node_name, topics.events.partitions, backend, limits)
+    if metrics is not None:
+        from csaf_events.metrics import StoreMetrics
+        store.metrics = StoreMetrics(store, metrics)
+        store.metrics.instrument()
+    return store
