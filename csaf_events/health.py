@@ -99,8 +99,10 @@ def facts(store: ClusterStoreAndForward, registry_lag: bool = True) -> dict[str,
              "events": t.events, "attempts": t.attempts, "finished_at": t.finished_at}
             for t in sorted(list(ownership.takeovers.values()), key=lambda t: t.partition)
             if t.partition in assigned]
-        transaction = getattr(event_log, "transaction", None)
-        error = getattr(transaction, "last_error", None)
+        if hasattr(event_log, "last_transaction_error"):  # several transaction lanes
+            error = event_log.last_transaction_error
+        else:
+            error = getattr(getattr(event_log, "transaction", None), "last_error", None)
         out["last_transaction_error"] = error
         w = getattr(node.timings, "_csaf_watch", None)
         out["fenced"] = bool(w is not None and w.last_ok is False and is_fencing(error))

@@ -73,6 +73,7 @@ class KafkaRouter:
             try:
                 raw = fut.result(timeout + REPLY_GRACE)
             except FutureTimeout:
+                self.timed_out = getattr(self, "timed_out", 0) + 1  # csaf_routed_calls_timed_out_total
                 raise DataAccessError(
                     f"the owner of partition {partition} did not answer {type(command).__name__} within "
                     f"{timeout:.1f}s; the outcome is unknown (it is not executed after that)",
