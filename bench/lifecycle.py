@@ -67,6 +67,7 @@ class BenchOptions:
     partitions: int | None = None     # kafka: partitions of the events topic (default: topics.yaml's)
     mint_session_ids: bool = False    # each session's id minted by its home node (`new_session_id`)
     processes: bool = False           # kafka: each node in a process of its own, S sessions and C in flight each
+    transaction_lanes: int = 1        # kafka: transactional producers per node (`open_store(transaction_lanes=)`)
 
     def workload(self) -> WorkloadConfig:
         return WorkloadConfig(sessions=self.sessions, payload_bytes=self.payload, concurrency=self.concurrency,
@@ -317,7 +318,8 @@ def wait_for_stable_ownership(stores: Sequence, timeout: float = 60.0, quiet: fl
 def _run_in_this_process(options: BenchOptions, work: Path, namespace: str,
                          partitions: int) -> tuple[WorkloadResult, dict[str, Any]]:
     stores = [open_store(f"node-{i}", work / namespace / f"node-{i}", bootstrap_servers=options.bootstrap,
-                         namespace=namespace, partitions=partitions) for i in range(options.nodes)]
+                         namespace=namespace, partitions=partitions, transaction_lanes=options.transaction_lanes)
+              for i in range(options.nodes)]
     try:
         with ThreadPoolExecutor(len(stores)) as pool:  # boot together: one rebalance, not N
             list(pool.map(lambda s: s.boot(), stores))
@@ -350,6 +352,7 @@ def run_kafka(options: BenchOptions) -> dict[str, Any]:
         disk = dir_bytes(work / namespace)
         report["nodes"] = options.nodes
         report["processes"] = options.processes
+        report["transaction_lanes"] = options.transaction_lanes
         report["namespace"] = namespace
         report["partitions"] = partitions
         report["disk_bytes"] = disk
@@ -421,7 +424,9 @@ def format_report(report: dict[str, Any]) -> str:
     m, v, w = report["machine"], report["versions"], report["workload"]
     lines = [
         f"csaf-events lifecycle benchmark — backend {report['backend']}"
-        + (f", {report['nodes']} node(s)" if "nodes" in report else ""),
+        + (f", {report['nodes']} node(s)" if "nodes" in report else "")
+        + (" in processes of their own" if report.get("processes") else "")
+        + (f", {report['transaction_lanes']} transaction lane(s) per node" if "transaction_lanes" in report else ""),
         f"machine: {m.get('cpu_model')}, {m.get('cores')} cores, {_gib(m.get('memory_bytes'))} memory; "
         f"python {v['python']}, rocksdict {v['rocksdict']}, orjson {v['orjson']}, "
         f"confluent-kafka {v['confluent_kafka']} (librdkafka {v['librdkafka']})",
@@ -502,6 +507,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="kafka: partitions of the namespace's topics (default: topics.yaml's)")
     p.add_argument("--keep-topics", action="store_true",
                    help="kafka: keep the run's topics on the broker (default: deleted after the run)")
+    p.add_argument("--lanes", type=positive_int, default=1, metavar="L",
+                   help="kafka: transactional producers per node (default 1)")
     p.add_argument("--processes", action="store_true",
                    help="kafka: run each node in a process of its own, each with S sessions and C in flight "
                         "(default: all nodes in this process, S and C in all)")
@@ -522,7 +529,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
                         data_dir=args.data_dir, floor=not args.no_floor, progress=not args.no_progress,
                         takeover_events=args.takeover_events, keep_topics=args.keep_topics,
                         partitions=args.partitions, mint_session_ids=args.mint_session_ids,
-                        processes=args.processes)
+                        processes=args.processes, transaction_lanes=args.lanes)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -91,7 +91,7 @@ def test_an_aborted_transaction_decides_its_routed_command_again_exactly_once(
         p = owner.node.owned()[0]
         sid = _session_in(p, "routed")
         owner.register_session_at_this_node(sid, "u", "c", "lib", "app", "1")
-        txn = owner.node.log.transaction
+        txn = owner.node.log.transaction_for(p)
         txn._producer = failing = _AbortOnce(txn._producer)
         before = owner.node.log.ownership.takeovers[p].finished_at
 

@@ -38,12 +38,14 @@ log = logging.getLogger(__name__)
 
 class KafkaBackend(Backend):
     def __init__(self, node_name: str, data_dir: Path, bootstrap: str, topics: Topics,
-                 clock: Callable[[], int], request_timeout: float, kafka_config: dict[str, Any]) -> None:
+                 clock: Callable[[], int], request_timeout: float, kafka_config: dict[str, Any],
+                 transaction_lanes: int = 1) -> None:
         self._node_name = node_name
         self._path = projection_dir(data_dir, topics.namespace)
         self.topics = topics
         self._clock = clock
         self._timeout = request_timeout
+        self._lanes = transaction_lanes
         self._config = {"bootstrap.servers": bootstrap, "client.id": f"csaf-{node_name}", **kafka_config}
         self.registry = SessionRegistry()
         # Routed writes are submitted in the order consumed, on one thread (not the polling
@@ -81,7 +83,7 @@ class KafkaBackend(Backend):
         self._closers.insert(0, self.router.close)
         timings = Timings()
         self.log = KafkaLog(self._node_name, self._config, self.topics, self.projection, generation, self._timeout,
-                            timings)
+                            timings, self._lanes)
         self._closers.insert(0, self.log.close)
         self.node = Node(self._node_name, self.projection, self.log, self._clock, self.router, self._timeout,
                          timings)

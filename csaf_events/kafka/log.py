@@ -1,6 +1,6 @@
 """The Kafka log adapter (`EventLog`) on the events topic.
 
-Appends go through the node transaction (`transaction`), reads through the reader
+Appends go through the node's transaction lanes (`transaction`), reads through the reader
 (`reader`), and which partitions this node may append to is the ownership's answer
 (`ownership`): this class only puts the three behind the log port.
 """
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 class KafkaLog:
     def __init__(self, node_name: str, client_config: dict[str, Any], topics: Topics, projection: Projection,
-                 generation: str, timeout: float, timings: Timings) -> None:
+                 generation: str, timeout: float, timings: Timings, lanes: int = 1) -> None:
         self.partitions = topics.events.partitions
         self._projection = projection
         self._generation = generation
@@ -36,8 +36,8 @@ class KafkaLog:
                                   f"{topics.namespace}.reader.{node_name}", timeout)
         self.topic = self.reader.topic
         self.ownership = Ownership(node_name, client_config, topics, timeout, self.restore)
-        self.transaction = NodeTransaction(node_name, client_config, topics, projection, self.ownership,
-                                           generation, timeout, timings)
+        self.transactions = [NodeTransaction(node_name, client_config, topics, projection, self.ownership,
+                                             generation, timeout, timings, lane) for lane in range(lanes)]
 
     def set_ownership_listener(self, on_assigned: Callable[[list[int]], None],
                                on_revoked: Callable[[list[int]], None]) -> None:
@@ -54,7 +54,15 @@ class KafkaLog:
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                group: Sequence[Pending] = (), *, on_done: OnDone | None = None,
                valid: Callable[[], bool] | None = None) -> None:
-        self.transaction.append(partition, records, batch, group, on_done=on_done, valid=valid)
+        self.transaction_for(partition).append(partition, records, batch, group, on_done=on_done, valid=valid)
+
+    def transaction_for(self, partition: int) -> NodeTransaction:
+        """The lane that commits `partition` (always the same one: its appends stay in order)."""
+        return self.transactions[partition % len(self.transactions)]
+
+    @property
+    def last_transaction_error(self) -> str | None:
+        return next((t.last_error for t in self.transactions if t.last_error is not None), None)
 
     def read(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[LogEntry]:
         return self.reader.read(partition, start, end)
@@ -74,4 +82,5 @@ class KafkaLog:
     def close(self) -> None:
         self.ownership.close()
         self.reader.close()
-        self.transaction.close()
+        for t in self.transactions:
+            t.close()

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 #: Backoff of a takeover step that failed: first retry, and the most between retries (seconds).
 RETRY_FIRST, RETRY_MAX = 0.2, 5.0
 
+#: Seconds between reads of the group metadata outside the rebalance callbacks.
+METADATA_REFRESH_S = 1.0
+
 
 class Origin(NamedTuple):
     """Where a routed command came from: the owner's reply goes there, in the transaction."""
@@ -172,6 +175,7 @@ class Ownership:
 
     def _revoke(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         try:
+            self.group_metadata = consumer.consumer_group_metadata()
             self.release([tp.partition for tp in tps], "revoked by the owners group")
         except BaseException:  # noqa: BLE001 - see above
             log.exception("node %s: handling the revocation of %s failed", self._node, tps)
@@ -217,14 +221,19 @@ class Ownership:
     def _poll_loop(self) -> None:
         group = self._group
         assert group is not None
+        metadata_due = 0.0
         while not self._stop.is_set():
             try:
                 self._pause_and_resume(group)
                 msg = group.poll(0.05)
                 # Only this thread touches the group consumer, so the group metadata for the
-                # transactional offset commits is read here, after every poll (and so after
-                # every rebalance), and the transactions use that copy.
-                self.group_metadata = group.consumer_group_metadata()
+                # transactional offset commits is read here, and the transactions use that
+                # copy: in every rebalance callback (a new generation), and at least every
+                # METADATA_REFRESH_S besides. Not after every poll: the call waits for the
+                # client's own thread while holding the interpreter lock (7 % of it under load).
+                if time.monotonic() >= metadata_due:
+                    self.group_metadata = group.consumer_group_metadata()
+                    metadata_due = time.monotonic() + METADATA_REFRESH_S
             except BaseException as e:  # noqa: BLE001 - KafkaException, a KafkaError, a callback's error
                 self.last_poll_error = f"{type(e).__name__}: {e}"
                 log.warning("node %s: polling the owners group failed (%s); polling on", self._node,

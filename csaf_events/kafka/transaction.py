@@ -1,8 +1,13 @@
-"""The node transaction: one transactional producer per node, and its group commit.
+"""The node's transactions: a few transactional producers per node ("lanes"), each with a
+committer thread of its own.
 
-`transactional.id = <ns>.node.<node>`; a restarted node fences its previous incarnation.
-The appends pending on all the partitions this node serves are committed together in one
-transaction: the events, the session rows (for the session registry topic), the replies
+Partition p is committed by lane `p % lanes`, always, so a partition's appends commit in
+the order they were decided while the lanes' transactions run side by side: a Kafka
+transaction's cycle is dominated by round trips and by the commit markers of the previous
+one (each later transaction of the same producer waits for them), not by its size, so
+lanes cut the time a write waits. `transactional.id = <ns>.node.<node>[.<lane>]`; a
+restarted node fences its previous incarnation. The appends pending on a lane's partitions
+are committed together in one transaction: the events, the session rows (for the session registry topic), the replies
 to routed commands, and the command offsets of every partition in the transaction, sent
 with the group metadata of the latest poll (KIP-447). So a node that was rebalanced out
 cannot commit (the group coordinator refuses the stale generation and the transaction
@@ -76,8 +81,9 @@ class NodeTransaction:
     each with every append queued since the previous one began."""
 
     def __init__(self, node_name: str, client_config: dict[str, Any], topics: Topics, projection: Projection,
-                 ownership: Ownership, generation: str, timeout: float, timings: Timings) -> None:
+                 ownership: Ownership, generation: str, timeout: float, timings: Timings, lane: int = 0) -> None:
         self._node = node_name
+        self._transactional_id = f"{topics.namespace}.node.{node_name}" + (f".{lane}" if lane else "")
         self._config = client_config
         self._topics = topics
         self._projection = projection
@@ -90,12 +96,13 @@ class NodeTransaction:
         self._queued = threading.Condition()
         self._closed = False
         self.last_error: str | None = None
-        self._committer = threading.Thread(target=self._run, name=f"csaf-commit-{node_name}", daemon=True)
+        self._committer = threading.Thread(target=self._run, name=f"csaf-commit-{node_name}-{lane}",
+                                           daemon=True)
         self._committer.start()
 
     def _new_producer(self) -> Producer:
         producer = Producer({
-            **self._config, "transactional.id": f"{self._topics.namespace}.node.{self._node}",
+            **self._config, "transactional.id": self._transactional_id,
             "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS, "linger.ms": 1, "acks": "all",
             # Back-to-back transactions meet CONCURRENT_TRANSACTIONS while the previous commit's
             # markers are written; the default 100 ms backoff would cap a node at ~10 commits/s.
