@@ -25,8 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from csaf_events import cli_log
+from csaf_events import cli_log, cli_ops
+from csaf_events import logs
 from csaf_events.errors import CsafError
+from csaf_events.logs import LEVELS as LOG_LEVELS
 
 PROG = "csaf"
 
@@ -176,12 +178,17 @@ SUBCOMMANDS: tuple[Subcommand | SubcommandGroup, ...] = (
                         "memory, disk, floor", _bench_arguments, _bench, passes_on=True),
     SubcommandGroup(cli_log.register),  # replay, rebuild, audit, topics
     SubcommandGroup(_serve_register),  # serve: a MatsSocket node
+    SubcommandGroup(cli_ops.register),  # status, metrics
 )
 
 
 def build_parser(subcommands: Sequence[Subcommand | SubcommandGroup] = SUBCOMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="csaf-events: the Cluster Store-and-Forward of a MatsSocket cluster.")
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
+                        help=f"log level ({', '.join(LOG_LEVELS)}; default WARNING)")
+    parser.add_argument("--log-json", action="store_true",
+                        help="log one JSON object per line (time, level, logger, message, node, partition, session)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for c in subcommands:
         if isinstance(c, SubcommandGroup):
@@ -211,8 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest and not getattr(args, "passes_on", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.passed_on = rest
-    if not logging.getLogger().handlers:  # tools report progress and takeovers through logging
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level or args.log_json or not logging.getLogger().handlers:
+        # tools report progress and takeovers through logging; lines name their node, partition, session
+        logs.configure(args.log_level or "WARNING", args.log_json)
     return run_main(lambda: args.run(args))
 
 
