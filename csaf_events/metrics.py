@@ -115,12 +115,13 @@ class MatsSocketMetrics:
         self._in: dict[str, Any] = {}
         self._out: dict[str, Any] = {}
 
-    def received(self, envelope_type: object) -> None:
-        key = str(envelope_type)
-        c = self._in.get(key)
-        if c is None:
-            c = self._in[key] = self._fam.envelopes_in.labels(self._node, key)
-        c.inc()
+    def received(self, envelopes: list[dict[str, Any]]) -> None:
+        for e in envelopes:
+            key = str(e.get("t"))
+            c = self._in.get(key)
+            if c is None:
+                c = self._in[key] = self._fam.envelopes_in.labels(self._node, key)
+            c.inc()
 
     def sent(self, envelopes: list[dict[str, Any]]) -> None:
         for e in envelopes:
@@ -136,6 +137,32 @@ class MatsSocketMetrics:
                 _remove(family, self._node, key)
         for family in (self._fam.sockets, self._fam.redeliveries, self._fam.dead_letters):
             _remove(family, self._node)
+
+
+class _Nothing:
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+
+class NoMatsSocketMetrics:
+    """What a MatsSocket node on a store without metrics counts with: nothing."""
+
+    sockets = redeliveries = dead_letters = _Nothing()
+
+    def received(self, envelopes: list[dict[str, Any]]) -> None:
+        pass
+
+    def sent(self, envelopes: list[dict[str, Any]]) -> None:
+        pass
+
+
+def matssocket_metrics(store: Any) -> MatsSocketMetrics | NoMatsSocketMetrics:
+    """The MatsSocket counters of a node on `store` (its registry's; none without one)."""
+    m = getattr(store, "metrics", None)
+    return m.matssocket if m is not None else NoMatsSocketMetrics()
 
 
 def _remove(family: Any, *labels: str) -> None:

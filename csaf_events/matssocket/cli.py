@@ -29,6 +29,7 @@ from pathlib import Path
 
 from csaf_events.factory import open_store
 from csaf_events.matssocket.server import MatsSocketServer
+from csaf_events.metrics import serve_metrics
 from csaf_events.store import ClusterStoreAndForward
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", default="csaf", help="Kafka namespace of the cluster (default csaf)")
     parser.add_argument("--partitions", type=int, help="partitions of the events and commands topics (default:"
                         " topics.yaml's; every node of a cluster must use the same)")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve this node's Prometheus metrics on /metrics and store.health() on /health "
+                             "on this port (default: not served)")
     app = parser.add_mutually_exclusive_group(required=True)
     app.add_argument("--app", help="module:factory, factory(store) -> MatsSocketServer")
     app.add_argument("--test-app", action="store_true", help="the MatsSocket clients' integration test app")
@@ -75,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
         server = factory(store)
         if not isinstance(server, MatsSocketServer):
             raise TypeError(f"the --app factory returned {type(server).__name__}, not a MatsSocketServer")
-        asyncio.run(_serve(server, args.host, ports))
+        metrics = serve_metrics(store, args.metrics_port, args.host) if args.metrics_port is not None else None
+        try:
+            asyncio.run(_serve(server, args.host, ports))
+        finally:
+            if metrics is not None:
+                metrics.close()
     return 0
 
 

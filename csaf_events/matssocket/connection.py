@@ -116,7 +116,9 @@ class Connection:
         try:
             if isinstance(frame, bytes):
                 raise ProtocolError("Binary frames are not part of the MatsSocket protocol")
-            await self._process(parse_frame(frame), received)
+            envelopes = parse_frame(frame)
+            self.server.metrics.received(envelopes)
+            await self._process(envelopes, received)
         except ProtocolError as e:
             log.warning("closing session %s (connection %s) with %s: %s", self.session_id, self.connection_id,
                         e.code.name, e.reason)
@@ -129,6 +131,7 @@ class Connection:
         """Send one frame; False if the socket is gone (the caller's data stays where it is)."""
         try:
             await self.ws.send(encode(envelopes))
+            self.server.metrics.sent(envelopes)
             return True
         except ConnectionClosed:
             log.debug("socket of %s closed before a send", self.session_id)

@@ -82,6 +82,7 @@ class OutboxForwarder:
             log.warning("session %s: dead-lettering %d message(s) after %d attempts: %s", sid, len(dead),
                         MAX_DELIVERY_ATTEMPTS, dead)
             await server.io(server.store.outbox_messages_dead_letter_queue, sid, dead)
+            server.metrics.dead_letters.inc(len(dead))
             return True
         more = len(messages) == BATCH
         redeliveries = [m for m in messages if m.delivery_count > 0]
@@ -93,6 +94,8 @@ class OutboxForwarder:
         await server.io(server.store.outbox_messages_attempted_delivery, sid, ids)
         if not await conn.send([self._envelope(m) for m in messages]):
             return False
+        if redeliveries:
+            server.metrics.redeliveries.inc(len(messages))
         log.debug("session %s: forwarded %d message(s)", sid, len(ids))
         return more
 

@@ -29,6 +29,7 @@ from websockets.http11 import Request, Response
 from csaf_events.channel import InProcessChannel, NodeChannel
 from csaf_events.dtos import MessageType as T
 from csaf_events.maintenance import Maintenance
+from csaf_events.metrics import matssocket_metrics
 from csaf_events.matssocket.auth import Authenticator
 from csaf_events.matssocket.connection import Connection
 from csaf_events.matssocket.endpoints import Endpoint, IncomingHandler, LaterReply
@@ -85,6 +86,7 @@ class MatsSocketServer:
         self.topics = Topics()
         self.nodes = NodeMessages(self, self.channel)
         self.http_handler = http_handler  # other HTTP paths: None answers 404
+        self.metrics = matssocket_metrics(store)  # csaf_matssocket_* on the store's registry
         self._executor = ThreadPoolExecutor(store_threads, thread_name_prefix=f"csaf-store-{self.node_name}")
         self._maintenance = Maintenance(store, self.live_session_ids, **maintenance) if maintenance is not None else None
         self._local: dict[str, Connection] = {}
@@ -161,10 +163,12 @@ class MatsSocketServer:
         # (websockets itself refuses, with HTTP 400, a handshake that does not offer the subprotocol)
         conn = Connection(self, ws)
         self._connections.add(conn)
+        self.metrics.sockets.inc()
         try:
             await conn.run()
         finally:
             self._connections.discard(conn)
+            self.metrics.sockets.dec()
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] == self.path:
