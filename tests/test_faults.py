@@ -2,15 +2,22 @@
 
 Four faults, each under load from several node processes (`node_process.FaultLoad`: all
 nodes write to the same sessions, so calls are decided locally or routed, and the nodes
-race on the same inbox ids):
+race on the same inbox ids; node a also writes to every partition every 0.25 s, to time
+each partition's gaps):
 
 1. one broker (the owners group's coordinator) SIGKILLed under load and restarted 15 s
    later; a fourth node boots while it is down;
-2. a node SIGKILLed, and a second one SIGKILLed while it is taking over the first one's
-   partitions;
-3. a slow takeover: nodes opened with `request_timeout=5` (shorter than the dead node's
-   open transaction, which a new owner has to wait out), one of them SIGKILLed;
-4. nodes joining and leaving (clean close and SIGKILL) every ~10 s under routed load.
+2. node c SIGKILLed with a transaction open (so whoever takes over its partition must wait
+   that transaction out, up to its 15 s timeout), and node b SIGKILLed 8 s later, while
+   the takeover of c's partitions is under way;
+3. a slow takeover: nodes opened with `request_timeout=5`, shorter than the open
+   transaction a new owner has to wait out; c SIGKILLed with a transaction open;
+4. nodes joining and leaving every ~10 s under routed load: c joins, c closes cleanly, d
+   joins, d is SIGKILLed with a transaction open, e joins.
+
+"With a transaction open" is arranged, not hoped for: the node is frozen (SIGSTOP) until
+the group coordinator reports its partitions' offsets unstable twice, half a second apart
+(`Scenario.kill_in_transaction`).
 
 Every test asserts, after the fault:
 - nothing acknowledged is lost: every acknowledged outbox message (not completed since) is
@@ -652,8 +659,9 @@ def test_broker_killed_and_restarted_under_load(kafka3: LocalCluster, figures, t
 
 
 def test_node_killed_while_another_is_mid_takeover(kafka3: LocalCluster, figures, tmp_path: Path) -> None:
-    """c is SIGKILLed under load; when the group has noticed (session timeout) and b is
-    taking over c's partitions, b is SIGKILLed too. a must end up serving everything."""
+    """c is SIGKILLed under load with a transaction open; once the group has noticed
+    (session timeout) a and b are taking over c's partitions, one of them waiting out c's
+    transaction; then b is SIGKILLed too. a must end up serving everything."""
     s = Scenario("kill_mid_takeover", kafka3, tmp_path)
     try:
         a, b, c = s.first("a", "b", "c")
@@ -686,8 +694,8 @@ def test_node_killed_while_another_is_mid_takeover(kafka3: LocalCluster, figures
 
 
 def test_slow_takeover_with_short_request_timeout(kafka3: LocalCluster, figures, tmp_path: Path) -> None:
-    """Nodes with request_timeout=5 s, shorter than the transaction a killed owner leaves
-    open (15 s): the new owner's takeover outlasts a request, and must still finish."""
+    """Nodes with request_timeout=5 s; c is SIGKILLed with a transaction open (15 s timeout),
+    so the new owner's takeover outlasts a request timeout, and must still finish."""
     s = Scenario("slow_takeover", kafka3, tmp_path, request_timeout=5.0)
     try:
         a, b, c = s.first("a", "b", "c")
@@ -710,9 +718,9 @@ def test_slow_takeover_with_short_request_timeout(kafka3: LocalCluster, figures,
 
 
 def test_nodes_joining_and_leaving_under_routed_load(kafka3: LocalCluster, figures, tmp_path: Path) -> None:
-    """a and b stay; every ~10 s a node joins or leaves (clean close, then SIGKILL), each
-    joined node adding its own load. Most calls are routed: 2 of 3 partitions are owned
-    elsewhere."""
+    """a and b stay; every ~10 s a node joins or leaves (a clean close, then a SIGKILL with
+    a transaction open), each joined node adding its own load. Most calls are routed: with
+    three nodes, two of three partitions are owned elsewhere."""
     s = Scenario("join_leave", kafka3, tmp_path)
     try:
         a, b = s.first("a", "b")
