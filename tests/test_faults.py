@@ -578,8 +578,9 @@ class Scenario:
         f["max_time_without_a_write_at_s"] = gap_at
         # takeovers: from the fault to the first decided write of each partition afterwards
         if takeover_of is not None:
-            f["takeover_s"] = {p: round((min((t for t in done[p] if t > fault_start), default=float("nan"))
-                                         - fault_start) / 1000, 2) for p in takeover_of}
+            # (None: no write on the partition after the fault at all)
+            firsts = {p: min((t for t in done[p] if t > fault_start), default=None) for p in takeover_of}
+            f["takeover_s"] = {p: None if t is None else round((t - fault_start) / 1000, 2) for p, t in firsts.items()}
 
         # what the nodes' logs say (figures only)
         f["logs"] = {name: log_findings(n.log_path, self.t_start) for name, n in self.nodes.items()}
