@@ -71,3 +71,11 @@ def test_serve_the_test_app_until_sigterm(tmp_path: Path) -> None:
 def test_a_bad_app_spec_is_refused_with_its_reason(spec: str) -> None:
     with pytest.raises(ValueError, match="factory"):
         load_factory(spec)
+
+
+def test_csaf_serve_is_a_subcommand_of_csaf() -> None:
+    from csaf_events import cli
+    from csaf_events.matssocket import cli as serve_cli
+
+    args = cli.build_parser().parse_args(["serve", "--test-app", "--bootstrap", "k:9092", "--partitions", "3"])
+    assert args.run is serve_cli.run and (args.bootstrap, args.partitions, args.test_app) == ("k:9092", 3, True)

@@ -71,6 +71,9 @@ def load_factory(spec: str) -> ServerFactory:
 
 
 def run(args: argparse.Namespace) -> int:
+    node_log = logging.getLogger("csaf_events.matssocket")
+    if node_log.level == logging.NOTSET:  # the node's start and stop lines, also under `csaf` (warnings only)
+        node_log.setLevel(logging.INFO)
     factory = load_factory(TEST_APP if args.test_app else args.app)
     ports = args.port or (list(TEST_APP_PORTS) if args.test_app else [8080])
     data_dir = args.data_dir or Path("csaf-data") / args.node_name
