@@ -68,6 +68,7 @@ class BenchOptions:
     mint_session_ids: bool = False    # each session's id minted by its home node (`new_session_id`)
     processes: bool = False           # kafka: each node in a process of its own, S sessions and C in flight each
     transaction_lanes: int = 1        # kafka: transactional producers per node (`open_store(transaction_lanes=)`)
+    metrics: bool = True              # the stores report Prometheus metrics (open_store's default); off: metrics=None
 
     def workload(self) -> WorkloadConfig:
         return WorkloadConfig(sessions=self.sessions, payload_bytes=self.payload, concurrency=self.concurrency,
@@ -213,6 +214,7 @@ def report_of(result: WorkloadResult, options: BenchOptions, cpu_use: dict[str, 
     """The report's common part for a finished run."""
     report: dict[str, Any] = {
         "backend": options.backend,
+        "metrics": options.metrics,
         "lifecycles_per_s": round(result.lifecycles_per_s, 1),
         "ops_per_s": round(result.ops_per_s, 1),
         "latency_ms": {op: {k: round(v, 3) for k, v in d.items() if k != "count"}
@@ -262,7 +264,7 @@ def run_embedded(options: BenchOptions) -> dict[str, Any]:
     work, temporary = _work_dir(options)
     data = work / f"embedded-{uuid.uuid4().hex[:8]}"
     try:
-        with open_store("node-0", data) as store:
+        with open_store("node-0", data, metrics=_registry(options)) as store:
             result, report = measure([store], options)
         disk = dir_bytes(data)  # after close: what stays on disk
         report["disk_bytes"] = disk
@@ -274,6 +276,13 @@ def run_embedded(options: BenchOptions) -> dict[str, Any]:
         if temporary:
             shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _registry(options: BenchOptions) -> Any:
+    """--metrics on: a registry of the run's own (what open_store does by default, without
+    mixing runs); off: none, the store's calls are not wrapped."""
+    from prometheus_client import CollectorRegistry
+    return CollectorRegistry() if options.metrics else None
 
 
 def _takeover(options: BenchOptions) -> dict[str, Any] | None:
@@ -318,7 +327,8 @@ def wait_for_stable_ownership(stores: Sequence, timeout: float = 60.0, quiet: fl
 def _run_in_this_process(options: BenchOptions, work: Path, namespace: str,
                          partitions: int) -> tuple[WorkloadResult, dict[str, Any]]:
     stores = [open_store(f"node-{i}", work / namespace / f"node-{i}", bootstrap_servers=options.bootstrap,
-                         namespace=namespace, partitions=partitions, transaction_lanes=options.transaction_lanes)
+                         namespace=namespace, partitions=partitions, transaction_lanes=options.transaction_lanes,
+                         metrics=_registry(options))
               for i in range(options.nodes)]
     try:
         with ThreadPoolExecutor(len(stores)) as pool:  # boot together: one rebalance, not N
@@ -426,7 +436,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"csaf-events lifecycle benchmark — backend {report['backend']}"
         + (f", {report['nodes']} node(s)" if "nodes" in report else "")
         + (" in processes of their own" if report.get("processes") else "")
-        + (f", {report['transaction_lanes']} transaction lane(s) per node" if "transaction_lanes" in report else ""),
+        + (f", {report['transaction_lanes']} transaction lane(s) per node" if "transaction_lanes" in report else "")
+        + (", metrics off" if report.get("metrics") is False else ", metrics on"),
         f"machine: {m.get('cpu_model')}, {m.get('cores')} cores, {_gib(m.get('memory_bytes'))} memory; "
         f"python {v['python']}, rocksdict {v['rocksdict']}, orjson {v['orjson']}, "
         f"confluent-kafka {v['confluent_kafka']} (librdkafka {v['librdkafka']})",
@@ -512,12 +523,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", action="store_true",
                    help="kafka: run each node in a process of its own, each with S sessions and C in flight "
                         "(default: all nodes in this process, S and C in all)")
+    p.add_argument("--metrics", choices=("on", "off"), default="on",
+                   help="the stores report Prometheus metrics (on, open_store's default) or not (off: calls "
+                        "not wrapped); run both to see what metrics cost a call")
     p.add_argument("--mint-session-ids", action="store_true",
                    help="each session's id minted by its home node, in a partition it owns "
                         "(default: ids that ignore ownership)")
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    if args.processes and args.metrics == "off":
+        raise CsafError("--metrics off is not passed to node processes (--processes); run in this process")
     if args.backend == "kafka" and not args.bootstrap:
         raise CsafError("--backend kafka needs --bootstrap HOST:PORT (a running Kafka cluster)")
     if args.processes and args.backend != "kafka":
@@ -529,7 +545,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
                         data_dir=args.data_dir, floor=not args.no_floor, progress=not args.no_progress,
                         takeover_events=args.takeover_events, keep_topics=args.keep_topics,
                         partitions=args.partitions, mint_session_ids=args.mint_session_ids,
-                        processes=args.processes, transaction_lanes=args.lanes)
+                        processes=args.processes, transaction_lanes=args.lanes, metrics=args.metrics == "on")
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -206,42 +206,54 @@ class StoreMetrics:
         clock = time.perf_counter
         partitions = store.partitions
 
-        if method in SESSION_METHODS:
-            def routed(args: tuple, kw: dict) -> int:
-                sid = args[0] if args else kw.get("session_id")
-                node = getattr(store._backend, "node", None)
-                return int(node is None or type(sid) is not str
-                           or node.writer(partition_for(sid, partitions)) is None)
-        elif method in REGISTRY_METHODS:
-            def routed(args: tuple, kw: dict) -> int:
+        def record(dt: float, where: int, error: BaseException | None) -> None:
+            with lock:
+                acc[2] += dt
+                acc[3 + bisect_left(bounds, dt)] += 1
+                if error is None:
+                    acc[where] += 1
+                else:
+                    key = (method, type(error).__name__)
+                    errors[key] = errors.get(key, 0) + 1
+
+        if method in SESSION_METHODS:  # the hot path: kept flat, it runs on every call
+            @functools.wraps(fn)
+            def call(*args: Any, **kw: Any) -> Any:
+                t0 = clock()
+                try:
+                    where = store._backend.node.writer(
+                        partition_for(args[0] if args else kw["session_id"], partitions)) is None
+                except Exception:  # noqa: BLE001 - not booted, or a bad argument the call itself reports
+                    where = True
+                try:
+                    result = fn(*args, **kw)
+                except BaseException as e:
+                    record(clock() - t0, where, e)
+                    raise
+                dt = clock() - t0
+                with lock:
+                    acc[where] += 1
+                    acc[2] += dt
+                    acc[3 + bisect_left(bounds, dt)] += 1
+                return result
+            return call
+
+        def routed() -> int:
+            if method in REGISTRY_METHODS:
                 return 0
-        else:
-            def routed(args: tuple, kw: dict) -> int:
-                node = getattr(store._backend, "node", None)
-                return int(node is None or len(node.owned()) != partitions)
+            node = getattr(store._backend, "node", None)
+            return int(node is None or len(node.owned()) != partitions)
 
         @functools.wraps(fn)
-        def call(*args: Any, **kw: Any) -> Any:
+        def call(*args: Any, **kw: Any) -> Any:  # noqa: F811 - the cluster-wide calls
             t0 = clock()
-            try:
-                where = routed(args, kw)
-            except Exception:  # noqa: BLE001 - a bad argument: the call itself says what is wrong
-                where = 1
+            where = routed()
             try:
                 result = fn(*args, **kw)
             except BaseException as e:
-                dt = clock() - t0
-                key = (method, type(e).__name__)
-                with lock:
-                    acc[2] += dt
-                    acc[3 + bisect_left(bounds, dt)] += 1
-                    errors[key] = errors.get(key, 0) + 1
+                record(clock() - t0, where, e)
                 raise
-            dt = clock() - t0
-            with lock:
-                acc[where] += 1
-                acc[2] += dt
-                acc[3 + bisect_left(bounds, dt)] += 1
+            record(clock() - t0, where, None)
             return result
 
         return call
