@@ -8,8 +8,8 @@ does not count; rounds alternate between the two stores and the fastest round of
 kept. ``wrapper`` times the metrics wrapper alone around a function that does nothing:
 what counting and timing one call costs, whatever the call (two clock reads, a partition
 hash, three list additions under a lock). Compare it with a call's CPU time: the reads
-and writes here, and the lifecycle benchmark's CPU time per operation
-(``python -m bench --metrics on|off`` prints it as CPU µs per op).
+and writes here, and the lifecycle benchmark's CPU time per operation (``python -m bench
+--json FILE``: cpu.process_cores × cpu.wall_s / workload.ops).
 """
 
 from __future__ import annotations

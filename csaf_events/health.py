@@ -45,6 +45,8 @@ class TransactionWatch:
 
 def watch(store: ClusterStoreAndForward) -> TransactionWatch | None:
     """Start watching the transactions of a booted store (once)."""
+    from csaf_events import logs
+    logs.track(store)
     node = getattr(store._backend, "node", None)
     if node is None:
         return None

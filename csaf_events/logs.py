@@ -7,7 +7,8 @@ and ``session`` attributes: code passes them in ``extra`` where it has them, and
 - the message's own arguments: the argument after the word ``node``, ``partition(s)`` or
   ``session`` in the format string (``"node %s took over partition %d"``), as the library's
   messages are written;
-- the thread that logged it: every thread of a node is named ``csaf-<role>-<node>``.
+- the thread that logged it: every thread of a node is named ``csaf-<role>-<node>``;
+- else, when the process has one open store, that store's node (a MatsSocket node's lines).
 
 `configure(level, json_lines)` sets up the root logger for a command-line tool: text lines
 that end with ``[node=… partition=… session=…]``, or one JSON object per line
@@ -23,6 +24,7 @@ import logging
 import re
 import sys
 import time
+import weakref
 from typing import Any
 
 import orjson
@@ -68,6 +70,20 @@ def _node_of_thread(name: str) -> str | None:
     return None
 
 
+_stores: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def track(store: Any) -> None:
+    """Remember a booted store: when it is the only open one in the process, records that
+    name no node are its node's (a MatsSocket node's lines, logged on the event loop)."""
+    _stores.add(store)
+
+
+def _only_node() -> str | None:
+    names = {s.node_name for s in list(_stores) if not s._closed}
+    return names.pop() if len(names) == 1 else None
+
+
 class ContextFilter(logging.Filter):
     """Gives every record ``node``, ``partition`` and ``session`` (None where unknown)."""
 
@@ -79,6 +95,8 @@ class ContextFilter(logging.Filter):
                 value = parsed.get(f)
                 if f == "node" and value is None:
                     value = _node_of_thread(record.threadName or "")
+                    if value is None and record.name.startswith("csaf_events"):
+                        value = _only_node()
                 setattr(record, f, value)
         return True
 

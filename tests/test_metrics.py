@@ -322,3 +322,11 @@ def test_cli_log_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
             if h not in before:
                 root.removeHandler(h)
         root.setLevel(logging.WARNING)
+
+
+def test_a_record_that_names_no_node_is_the_only_open_stores(tmp_path: Path) -> None:
+    with open_store("lonely", tmp_path / "lonely", metrics=None):
+        r = logging.LogRecord("csaf_events.matssocket.connection", logging.INFO, __file__, 1,
+                              "session %s established", ("sid-9",), None)
+        ContextFilter().filter(r)
+        assert (r.node, r.session) == ("lonely", "sid-9")

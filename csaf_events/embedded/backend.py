@@ -80,7 +80,7 @@ class EmbeddedBackend(Backend):
                 self.compact()
             except Exception:
                 log.exception("compacting the embedded log failed; trying again in %.0fs",
-                              self._compaction_interval)
+                              self._compaction_interval, extra={"node": self._node_name})
 
     def close(self) -> None:
         self._stop.set()

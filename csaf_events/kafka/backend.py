@@ -104,7 +104,7 @@ class KafkaBackend(Backend):
             command = decode_command(raw)
         except Exception:
             log.exception("dropping an undecodable command at %s[%d]@%d", self.topics.commands.name,
-                          partition, origin.offset)
+                          partition, origin.offset, extra={"node": self._node_name, "partition": partition})
             return
         if command.READ_ONLY:
             self._routed_reads.submit(self._answer_read, writer, command, origin)
@@ -129,4 +129,4 @@ class KafkaBackend(Backend):
             try:
                 close()
             except Exception:
-                log.exception("closing the Kafka backend")
+                log.exception("closing the Kafka backend", extra={"node": self._node_name})
