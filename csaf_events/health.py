@@ -10,15 +10,17 @@ the node keeps anyway.
 
 ``ok`` is true when the store is booted and not closed, is not fenced, and serves every
 partition the owners group gave it (false while a takeover runs). ``fenced`` is true when
-the node's last transaction was refused as coming from a fenced member or producer (the
-group moved on, or another process took this node's transactional id); the next
-transaction that commits clears it. ``registry_lag`` is the number of committed records of
+the node's last transaction was refused as coming from a fenced producer (another process
+took this node's transactional id, or its transaction timed out while it stalled) until a
+transaction commits, or as coming from a member the owners group has moved on from, for a
+minute after that refusal (a rebalance settles within seconds). ``registry_lag`` is the number of committed records of
 the sessions topic that this node's registry has not applied yet (None when the topic's end
 could not be read; always 0 embedded).
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,10 +36,11 @@ class TransactionWatch:
 
     def __init__(self, timings: Any) -> None:
         self.last_ok: bool | None = None
+        self.last_at = 0.0  # time.monotonic() of the last transaction
         inner = timings.transaction
 
         def transaction(commands: int, records: int, partitions: int, ok: bool) -> None:
-            self.last_ok = ok
+            self.last_ok, self.last_at = ok, time.monotonic()
             inner(commands, records, partitions, ok)
 
         timings.transaction = transaction
@@ -57,13 +60,23 @@ def watch(store: ClusterStoreAndForward) -> TransactionWatch | None:
     return w
 
 
+#: Seconds a transaction aborted because the owners group moved on counts as fenced: a
+#: rebalance settles within seconds, a node still refused after that keeps failing anew.
+GROUP_MOVED_FENCE_S = 60.0
+
+
 def is_fencing(error: str | None) -> bool:
     """A transaction error that says another member or producer superseded this node."""
-    if not error:
-        return False
-    e = error.lower()
-    return "fenced" in e or "producer_fenced" in e or "invalid_producer_epoch" in e or (
-        error.startswith("NotOwnerError") and "transaction aborted" in e)
+    return is_producer_fenced(error) or is_group_moved(error)
+
+
+def is_producer_fenced(error: str | None) -> bool:
+    e = (error or "").lower()
+    return "fenced" in e or "invalid_producer_epoch" in e
+
+
+def is_group_moved(error: str | None) -> bool:
+    return bool(error) and error.startswith("NotOwnerError") and "transaction aborted" in error.lower()
 
 
 def facts(store: ClusterStoreAndForward, registry_lag: bool = True) -> dict[str, Any]:
@@ -107,7 +120,9 @@ def facts(store: ClusterStoreAndForward, registry_lag: bool = True) -> dict[str,
             error = getattr(getattr(event_log, "transaction", None), "last_error", None)
         out["last_transaction_error"] = error
         w = getattr(node.timings, "_csaf_watch", None)
-        out["fenced"] = bool(w is not None and w.last_ok is False and is_fencing(error))
+        out["fenced"] = bool(w is not None and w.last_ok is False and (
+            is_producer_fenced(error)
+            or (is_group_moved(error) and time.monotonic() - w.last_at < GROUP_MOVED_FENCE_S)))
         router = getattr(backend, "router", None)
         if router is not None:
             out["routed_in_flight"] = len(router._waiting)

@@ -356,8 +356,8 @@ class StoreMetrics:
                "(the caller got DataAccessError)", [((), f["routed_timed_out"])])
         yield ("gauge", "csaf_projection_disk_bytes", "Size of this node's projection database on disk",
                [((), f["projection_disk_bytes"])])
-        yield ("gauge", "csaf_fenced", "1 when this node's last transaction was refused as from a fenced "
-               "(zombie) member or producer", [((), int(f["fenced"]))])
+        yield ("gauge", "csaf_fenced", "1 when this node's transactions are refused as from a fenced (zombie) "
+               "member or producer (store.health())", [((), int(f["fenced"]))])
         yield ("gauge", "csaf_up", "1 when store.health() says ok", [((), int(f["ok"]))])
 
 

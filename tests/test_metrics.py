@@ -330,3 +330,13 @@ def test_a_record_that_names_no_node_is_the_only_open_stores(tmp_path: Path) -> 
                               "session %s established", ("sid-9",), None)
         ContextFilter().filter(r)
         assert (r.node, r.session) == ("lonely", "sid-9")
+
+
+def test_fenced_says_which_transaction_errors_fence_a_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    from csaf_events import health
+    assert health.is_producer_fenced("DataAccessError: partitions [1]: the transaction was fenced, nothing was "
+                                     "written: KafkaError{code=PRODUCER_FENCED}")
+    assert health.is_group_moved("NotOwnerError: partitions [1]: transaction aborted, nothing was written: "
+                                 "KafkaError{code=ILLEGAL_GENERATION}")
+    assert not health.is_fencing("DataAccessError: partitions [1]: commit outcome unknown: timed out")
+    assert not health.is_fencing(None)
