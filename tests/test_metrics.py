@@ -340,3 +340,51 @@ def test_fenced_says_which_transaction_errors_fence_a_node(monkeypatch: pytest.M
                                  "KafkaError{code=ILLEGAL_GENERATION}")
     assert not health.is_fencing("DataAccessError: partitions [1]: commit outcome unknown: timed out")
     assert not health.is_fencing(None)
+
+
+def test_csaf_serve_metrics_port_and_json_logs(tmp_path: Path) -> None:
+    import re
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from websockets.asyncio.client import connect
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        metrics_port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "csaf_events.cli", "--log-json", "--log-level", "INFO", "serve", "--test-app",
+         "--port", "0", "--host", "127.0.0.1", "--metrics-port", str(metrics_port), "--node-name", "served",
+         "--data-dir", str(tmp_path / "served")],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        deadline, port, listening = time.monotonic() + 60, None, None
+        while port is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            assert line, "the node exited"
+            m = re.search(r"listening on \S+ port\(s\) \[(\d+)", line)
+            if m:
+                port, listening = int(m.group(1)), json.loads(line)
+        assert port is not None and listening["node"] == "served" and listening["level"] == "INFO"
+        url = f"http://127.0.0.1:{metrics_port}"
+        status, health = get_json(f"{url}/health")
+        assert status == 200 and health["node"] == "served" and health["ok"]
+
+        async def hello() -> None:
+            async with connect(f"ws://127.0.0.1:{port}/matssocket", subprotocols=["matssocket"]) as ws:
+                await ws.send(orjson.dumps([{"t": "HELLO", "clv": "t", "an": "a", "av": "1",
+                                             "auth": f"DummyAuth:u:{int(time.time() * 1000) + 60_000}"}]).decode())
+                assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))[0]["t"] == "WELCOME"
+        asyncio.run(hello())
+        samples = scrape(url)
+        assert value(samples, "csaf_matssocket_envelopes_received_total", node="served", type="HELLO") == 1
+        assert value(samples, "csaf_calls_total", node="served", method="register_session_at_this_node",
+                     outcome="local") == 1
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
