@@ -7,12 +7,15 @@ channel (`csaf_events.kafka.channel`): a message stored on A for a session whose
 on B ("new outbox message"), publish fan-out, "close your socket for session S" and
 "disconnect your older socket". The last test kills B with SIGKILL while it streams to a
 client, which reconnects to A. The nodes are started once for the module (a Kafka boot and
-the rebalance between the two take seconds); the kill test comes last.
+the rebalance between the two take seconds); the kill test comes last. The real MatsSocket
+JavaScript client's own integration suite also runs against the two nodes (its sessions
+spread over both).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -28,9 +31,10 @@ from websockets.exceptions import ConnectionClosed
 
 from brokers import unique_namespace
 from csaf_events.matssocket import IncomingContext, MatsSocketServer
-from csaf_events.matssocket.testapp import DummyAuthenticator
+from csaf_events.matssocket.testapp import DummyAuthenticator, install
 from csaf_events.store import ClusterStoreAndForward
 from kafka_fixtures import delete_namespace_topics
+from test_matssocket_js import JS_DIR, client_suite, js_client  # noqa: F401 - fixtures
 from test_matssocket_protocol import RawClient, token
 
 pytestmark = pytest.mark.kafka
@@ -40,10 +44,12 @@ STREAM = 200  # messages of the SIGKILL test
 
 
 def create_server(store: ClusterStoreAndForward) -> MatsSocketServer:
-    """The nodes' app (``--app test_matssocket_cluster:create_server``): terminators that make
-    the node store messages for a session (``stream``), publish (``publish``) and close a
-    session (``close``), wherever that session's socket is."""
+    """The nodes' app (``--app test_matssocket_cluster:create_server``): the test app (for the
+    MatsSocket JS client's suite), and terminators that make the node store messages for a
+    session (``stream``), publish (``publish``) and close a session (``close``), wherever that
+    session's socket is."""
     server = MatsSocketServer(store, DummyAuthenticator())
+    install(server)
 
     @server.terminator("stream")
     async def stream(ctx: IncomingContext) -> None:
@@ -212,6 +218,21 @@ def test_close_and_disconnect_reach_the_node_that_holds_the_socket(cluster: dict
         assert (await gone.closed())[0] == 4001  # SESSION_LOST: the session left the store
         await on_a.close()
     run(scenario())
+
+
+def test_the_js_client_s_own_integration_suite_passes_against_the_two_nodes(cluster: dict[str, Node],
+                                                                            client_suite: Path) -> None:
+    """MatsSocket's mocha suite with both nodes' URLs: each MatsSocket of the suite picks one,
+    so sessions live on both nodes and the HTTP side channel publishes on either."""
+    urls = ",".join(f"ws://127.0.0.1:{node.port}/matssocket" for node in cluster.values())
+    env = {**os.environ, "MATS_SOCKET_URLS": urls, "NODE_OPTIONS": "--experimental-websocket"}
+    result = subprocess.run([str(JS_DIR / "node_modules" / ".bin" / "mocha"), "--exit", "--reporter", "json",
+                             "suite/*test.js"], cwd=JS_DIR, env=env, capture_output=True, text=True, timeout=300)
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    stats = report["stats"]
+    failures = [f"{t['fullTitle']}: {t['err'].get('message')}" for t in report["failures"]]
+    assert failures == [], f"{stats['failures']} of {stats['tests']} failed:\n" + "\n".join(failures)
+    assert stats["passes"] >= 80 and stats["pending"] <= 3, stats
 
 
 def test_node_b_killed_mid_stream_the_client_gets_everything_once_in_order_from_a(cluster: dict[str, Node]) -> None:
