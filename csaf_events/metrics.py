@@ -192,6 +192,8 @@ class StoreMetrics:
         self._locks = {m: threading.Lock() for m in METHODS}
         self._matssocket: MatsSocketMetrics | None = None
         self._attached = False
+        self._takeovers_seen: dict[int, float] = {}  # partition -> finished_at of the last takeover counted
+        self._takeover_totals = [0, 0, 0.0]  # takeovers, events restored, seconds
 
     # ------------------------------------------------------------- per call --
     def instrument(self) -> None:
@@ -334,6 +336,13 @@ class StoreMetrics:
         yield ("gauge", "csaf_partition_owned", "1 for each partition this node serves",
                [((str(p),), 1) for p in f["owned_partitions"]])
         takeovers = f["takeovers"]
+        counted = self._count_takeovers()
+        yield ("counter", "csaf_takeovers", "Takeovers of a partition by this node (counted at scrape time: two "
+               "of one partition between two scrapes count once)", [((), counted[0])])
+        yield ("counter", "csaf_takeovers_events_restored", "Events restored by the takeovers counted in "
+               "csaf_takeovers_total", [((), counted[1])])
+        yield ("counter", "csaf_takeovers_seconds", "Seconds spent by the takeovers counted in "
+               "csaf_takeovers_total (settle + restore)", [((), counted[2])])
         for key, name, what in (
                 ("seconds", "csaf_takeover_seconds", "Seconds the last takeover of the partition took "
                  "(settle + restore)"),
@@ -359,6 +368,19 @@ class StoreMetrics:
         yield ("gauge", "csaf_fenced", "1 when this node's transactions are refused as from a fenced (zombie) "
                "member or producer (store.health())", [((), int(f["fenced"]))])
         yield ("gauge", "csaf_up", "1 when store.health() says ok", [((), int(f["ok"]))])
+
+
+    def _count_takeovers(self) -> list:
+        ownership = getattr(self.store.node.log, "ownership", None)
+        if ownership is not None:
+            with self._locks[METHODS[0]]:  # scrapes may run at once
+                for t in list(ownership.takeovers.values()):
+                    if self._takeovers_seen.get(t.partition) != t.finished_at:
+                        self._takeovers_seen[t.partition] = t.finished_at
+                        self._takeover_totals[0] += 1
+                        self._takeover_totals[1] += t.events
+                        self._takeover_totals[2] += t.settle_seconds + t.restore_seconds
+        return list(self._takeover_totals)
 
 
 class _StoresCollector(Collector):
@@ -397,7 +419,8 @@ class _StoresCollector(Collector):
             for kind, name, help_, samples in rows:
                 fam = out.get(name)
                 if fam is None:
-                    extra = labels_of.get(name, ("partition",) if name.startswith("csaf_takeover_") else ())
+                    extra = labels_of.get(name, ("partition",) if name.startswith("csaf_takeover_") and kind == "gauge"
+                                          else ())
                     cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
                     fam = out[name] = cls(name, help_, labels=("node", *extra))
                 for values, value in samples:

@@ -212,7 +212,10 @@ def test_kafka_two_nodes_metrics_health_and_status(kafka_bootstrap: str, kafka_n
             assert total(samples, "csaf_owned_partitions") == 3
             assert value(samples, "csaf_routed_calls_in_flight", node="node-0") == 0
             assert value(samples, "csaf_registry_lag_records", node="node-1") >= 0
-            assert {ls for (n, ls) in samples if n == "csaf_takeover_seconds"}  # each owned partition's takeover
+            assert {dict(ls)["partition"] for (n, ls) in samples if n == "csaf_takeover_seconds"
+                    and dict(ls)["node"] == "node-0"} == {str(p) for p in owned_by_a}
+            assert value(samples, "csaf_takeovers_total", node="node-0") >= len(owned_by_a)
+            assert value(samples, "csaf_takeovers_seconds_total", node="node-0") > 0
             status, health = get_json(f"{server.url}/health")
             assert status == 200 and health["ok"] and health["backend"] == "kafka" and not health["fenced"]
             assert health["assigned_partitions"] == sorted(owned_by_a)
