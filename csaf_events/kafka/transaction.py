@@ -56,7 +56,8 @@ TRANSACTION_TIMEOUT_MS = 10_000
 class Append:
     """One partition's share of a node transaction."""
 
-    __slots__ = ("partition", "records", "batch", "routed", "commands", "offsets", "on_done", "valid", "queued_at")
+    __slots__ = ("partition", "records", "batch", "routed", "commands", "last_offset", "on_done", "valid",
+                 "queued_at")
 
     def __init__(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                  group: Sequence[Pending], on_done: OnDone, valid: Callable[[], bool]) -> None:
@@ -65,7 +66,7 @@ class Append:
         self.batch = batch
         self.routed = [p for p in group if p.origin is not None]
         self.commands = len(group)
-        self.offsets: list[int] = []
+        self.last_offset: int | None = None  # of its last record, once delivered
         self.on_done = on_done
         self.valid = valid
         self.queued_at = time.perf_counter()
@@ -203,12 +204,17 @@ class NodeTransaction:
             for req in reqs:
                 def delivered(err: KafkaError | None, msg: Any, req: Append = req) -> None:
                     if err is None:
-                        req.offsets.append(msg.offset())
+                        req.last_offset = msg.offset()
 
                 p = req.partition
+                last = req.records[-1] if req.records else None
                 for r in req.records:
+                    # Only the last record of an append reports its delivery: it gives the
+                    # checkpoint, and with an idempotent producer the records of a partition
+                    # are delivered in order (any failure fails the commit). A report per
+                    # record cost a Python callback each, under the interpreter lock.
                     producer.produce(events_topic, r.value, r.key, partition=p, headers=list(r.headers),
-                                     on_delivery=delivered)
+                                     on_delivery=delivered if r is last else None)
                     if r.key.startswith(_SESSION_KEY_PREFIX):
                         producer.produce(sessions_topic, r.value, r.key, partition=p, headers=list(r.headers))
                 for pend in req.routed:
@@ -294,10 +300,10 @@ class NodeTransaction:
         for i, req in enumerate(reqs):
             t0 = time.perf_counter()
             try:
-                if len(req.offsets) != len(req.records):
-                    raise DataAccessError(f"partition {req.partition}: {len(req.records) - len(req.offsets)} events "
-                                          f"were not acknowledged, outcome unknown")
-                cp = {req.partition: Checkpoint(max(req.offsets) + 1, self._generation)} if req.offsets else None
+                if req.records and req.last_offset is None:
+                    raise DataAccessError(f"partition {req.partition}: the commit returned but the events were not "
+                                          f"acknowledged, outcome unknown")
+                cp = {req.partition: Checkpoint(req.last_offset + 1, self._generation)} if req.records else None
                 self._projection.write(req.batch, cp)
             except BaseException as e:  # noqa: BLE001 - committed, but this node's view is in doubt
                 error = e if isinstance(e, DataAccessError) else DataAccessError(
