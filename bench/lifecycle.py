@@ -68,6 +68,7 @@ class BenchOptions:
     mint_session_ids: bool = False    # each session's id minted by its home node (`new_session_id`)
     processes: bool = False           # kafka: each node in a process of its own, S sessions and C in flight each
     transaction_lanes: int = 1        # kafka: transactional producers per node (`open_store(transaction_lanes=)`)
+    kafka_config: tuple[tuple[str, str], ...] = ()  # kafka: client settings (`open_store(kafka_config=)`)
     metrics: bool = True              # the stores report Prometheus metrics (open_store's default); off: metrics=None
 
     def workload(self) -> WorkloadConfig:
@@ -363,6 +364,7 @@ def run_kafka(options: BenchOptions) -> dict[str, Any]:
         report["nodes"] = options.nodes
         report["processes"] = options.processes
         report["transaction_lanes"] = options.transaction_lanes
+        report["kafka_config"] = dict(options.kafka_config)
         report["namespace"] = namespace
         report["partitions"] = partitions
         report["disk_bytes"] = disk
@@ -495,6 +497,13 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options (`csaf bench` passes its arguments on to `python -m bench`)."""
     p.add_argument("--backend", choices=("embedded", "kafka"), default="embedded",
@@ -520,6 +529,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="kafka: keep the run's topics on the broker (default: deleted after the run)")
     p.add_argument("--lanes", type=positive_int, default=1, metavar="L",
                    help="kafka: transactional producers per node (default 1)")
+    p.add_argument("--kafka-config", action="append", default=[], type=_setting, metavar="KEY=VALUE",
+                   help="kafka: a librdkafka setting for the nodes' clients (repeatable)")
     p.add_argument("--processes", action="store_true",
                    help="kafka: run each node in a process of its own, each with S sessions and C in flight "
                         "(default: all nodes in this process, S and C in all)")

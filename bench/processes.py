@@ -38,7 +38,8 @@ def _node(index: int, options: Any, work: Path, namespace: str, partitions: int,
           all_there: Any) -> None:
     try:
         store = open_store(f"node-{index}", work / namespace / f"node-{index}", bootstrap_servers=options.bootstrap,
-                           namespace=namespace, partitions=partitions, transaction_lanes=options.transaction_lanes)
+                           namespace=namespace, partitions=partitions, transaction_lanes=options.transaction_lanes,
+                           kafka_config=dict(options.kafka_config))
         store.boot()
         while not go.wait(0.25):
             out.put(("owned", index, store.node.owned()))

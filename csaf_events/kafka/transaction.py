@@ -103,11 +103,12 @@ class NodeTransaction:
 
     def _new_producer(self) -> Producer:
         producer = Producer({
-            **self._config, "transactional.id": self._transactional_id,
-            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS, "linger.ms": 1, "acks": "all",
+            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS, "linger.ms": 1,
             # Back-to-back transactions meet CONCURRENT_TRANSACTIONS while the previous commit's
             # markers are written; the default 100 ms backoff would cap a node at ~10 commits/s.
-            "retry.backoff.ms": 1, "retry.backoff.max.ms": 20})
+            "retry.backoff.ms": 1, "retry.backoff.max.ms": 20,
+            **self._config,  # the operator's kafka_config may tune the above, not what follows
+            "transactional.id": self._transactional_id, "acks": "all"})
         producer.init_transactions(self._timeout)  # fences an earlier incarnation of this node
         return producer
 
