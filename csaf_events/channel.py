@@ -17,14 +17,15 @@ still delivers the outbox when the client reconnects, at the latest).
 `InProcessChannel` is the implementation for nodes in one process (the embedded store,
 tests with several nodes on one loop): nodes that share an `InProcessHub` reach each other.
 
-For the store to provide: a Kafka implementation in cluster mode, exposed as the store's
-``channel`` attribute (a `NodeChannel` whose `node_name` is the store's; the MatsSocket
-server picks it up). What it must do, and `tests/test_matssocket_channel.py` checks
-(add it to ``IMPLEMENTATIONS`` there): `send` to one node and `broadcast` to every other node
-of the namespace, handlers called with the dict as sent (JSON round trip), messages of
-nodes that are gone dropped, `close` stops delivery. Only messages sent after a node's end
-opened need to reach it (start at the log end), and latency matters more than durability:
-no transactions, ``acks=1`` is enough.
+The store provides a channel of its own, ``store.channel`` (a `NodeChannel` whose `node_name`
+is the store's; the MatsSocket server picks it up): an `InProcessChannel` alone when embedded,
+`csaf_events.kafka.channel.KafkaChannel` (a topic per node) in cluster mode. What every
+implementation must do, and `tests/test_matssocket_channel.py` checks for each one listed in
+``IMPLEMENTATIONS`` there: `send` to one node and `broadcast` to every other node of the
+namespace, handlers called with the dict as sent (JSON round trip), messages of nodes that
+are gone dropped, `close` stops delivery. Only messages sent after a node's end opened need
+to reach it (start at the log end), and latency matters more than durability: no
+transactions, ``acks=1`` is enough.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The node-to-node channel (csaf_events.channel).
 
-The contract tests take a `channels` factory, parametrized over the implementations: add a
-row to `IMPLEMENTATIONS` for another one (a Kafka channel: open one end per node name on a
-fresh namespace). Delivery may be asynchronous, so the tests wait for what they expect
+The contract tests take a `channels` factory, parametrized over the implementations in
+`IMPLEMENTATIONS` (in process; Kafka on a real broker, one end per node name on a fresh
+namespace). Delivery may be asynchronous, so the tests wait for what they expect
 (`eventually`) and, for what must not arrive, send a marker behind it and wait for that.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -145,3 +146,28 @@ def test_in_process_standalone_channel_and_unique_names() -> None:
         alone.subscribe("not callable")  # type: ignore[arg-type]
     alone.close()
     assert InProcessChannel("x", hub=InProcessHub()).node_name == "x"
+
+
+def test_the_store_s_channel(store_factory: Any, backend: str) -> None:
+    """`store.channel`: this node's end (its node name), open from boot to close; on Kafka the
+    nodes of one namespace reach each other through it."""
+    from csaf_events import CsafError, open_store
+
+    unbooted = open_store("node-x", store_factory.tmp_path / "unbooted")
+    with pytest.raises(CsafError, match="boot"):
+        unbooted.channel
+    a = store_factory("node-a")
+    assert isinstance(a.channel, NodeChannel) and a.channel.node_name == "node-a"
+    got_a = collect(a.channel)
+    a.channel.send("node-a", {"k": "to-self"})
+    eventually(lambda: got_a == [{"k": "to-self"}], "a message to itself")
+    if store_factory.cluster:
+        b = store_factory("node-b")
+        got_b = collect(b.channel)
+        a.channel.send("node-b", {"k": "outbox", "sid": "s"})
+        b.channel.broadcast({"k": "pub"})
+        eventually(lambda: got_b == [{"k": "outbox", "sid": "s"}], "A's message on B")
+        eventually(lambda: got_a == [{"k": "to-self"}, {"k": "pub"}], "B's broadcast on A")
+    a.close()
+    with pytest.raises(CsafError, match="closed"):
+        a.channel
