@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 #: Backoff of a takeover step that failed: first retry, and the most between retries (seconds).
 RETRY_FIRST, RETRY_MAX = 0.2, 5.0
 
-#: Seconds between reads of the group metadata outside the rebalance callbacks.
-METADATA_REFRESH_S = 1.0
+#: Seconds between reads of the group metadata outside the rebalance callbacks (a safety
+#: net: a transaction refused for a stale generation asks for a read at once).
+METADATA_REFRESH_S = 30.0
 
 
 class Origin(NamedTuple):
@@ -85,6 +86,7 @@ class Ownership:
         self._commands_to_pause: set[int] = set()
         self.command_offsets: dict[int, int] = {}  # served partition -> next command offset to commit
         self.group_metadata: Any = None
+        self._metadata_due = 0.0  # monotonic time of the next read of the group metadata
         self.takeovers: dict[int, Takeover] = {}
         self.last_poll_error: str | None = None
         self._on_served: Callable[[list[int]], None] = lambda ps: None
@@ -147,6 +149,10 @@ class Ownership:
             t.join(self._timeout)
         if self._offsets is not None:
             self._offsets.close()
+
+    def refresh_group_metadata(self) -> None:
+        """Have the poll thread read the group metadata again at its next turn."""
+        self._metadata_due = 0.0
 
     # ------------------------------------------------------- the group's callbacks --
     # They run on the poll thread inside poll(); they must not raise (an exception would
@@ -221,19 +227,19 @@ class Ownership:
     def _poll_loop(self) -> None:
         group = self._group
         assert group is not None
-        metadata_due = 0.0
         while not self._stop.is_set():
             try:
                 self._pause_and_resume(group)
                 msg = group.poll(0.05)
                 # Only this thread touches the group consumer, so the group metadata for the
                 # transactional offset commits is read here, and the transactions use that
-                # copy: in every rebalance callback (a new generation), and at least every
-                # METADATA_REFRESH_S besides. Not after every poll: the call waits for the
-                # client's own thread while holding the interpreter lock (7 % of it under load).
-                if time.monotonic() >= metadata_due:
+                # copy: in every rebalance callback (a new generation), when a transaction was
+                # refused for a stale one, and every METADATA_REFRESH_S besides. Not after every
+                # poll: the call waits for the client's own thread while it holds the
+                # interpreter lock (4-7 % of that lock under load, at one call a second).
+                if time.monotonic() >= self._metadata_due:
+                    self._metadata_due = time.monotonic() + METADATA_REFRESH_S
                     self.group_metadata = group.consumer_group_metadata()
-                    metadata_due = time.monotonic() + METADATA_REFRESH_S
             except BaseException as e:  # noqa: BLE001 - KafkaException, a KafkaError, a callback's error
                 self.last_poll_error = f"{type(e).__name__}: {e}"
                 log.warning("node %s: polling the owners group failed (%s); polling on", self._node,

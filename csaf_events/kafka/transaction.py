@@ -93,6 +93,7 @@ class NodeTransaction:
         self._timeout = timeout
         self._timings = timings
         self._producer: Producer | None = self._new_producer()
+        self._begun = False  # the producer's next transaction is begun already
         self._queue: list[Append] = []
         self._queued = threading.Condition()
         self._closed = False
@@ -164,7 +165,7 @@ class NodeTransaction:
         error: BaseException | None = None
         if self._producer is None:  # lost to a fencing: open a new one, or fail this round
             try:
-                self._producer = self._new_producer()
+                self._producer, self._begun = self._new_producer(), False
             except Exception as e:  # noqa: BLE001 - the next round tries again
                 error = DataAccessError(f"node {self._node!r} cannot open a transactional producer, nothing was "
                                         f"written: {type(e).__name__}: {e}", may_have_written=False)
@@ -196,7 +197,9 @@ class NodeTransaction:
         commands = sum(r.commands for r in reqs)
         self._timings.add_each("txn_wait", [began - r.queued_at for r in reqs for _ in range(r.commands)])
         try:
-            producer.begin_transaction()
+            if not self._begun:
+                producer.begin_transaction()
+            self._begun = False
         except KafkaException as e:  # a producer left in a bad state: replaced before the next round
             self._producer = None
             raise DataAccessError(f"node {self._node!r} could not begin a transaction, nothing was written: {e}",
@@ -247,6 +250,13 @@ class NodeTransaction:
             raise DataAccessError(f"partitions {sorted({r.partition for r in reqs})}: transaction failed, outcome "
                                   f"unknown: {e!r}") from e
         committed = time.perf_counter()
+        try:
+            # Begin the next one now: `begin_transaction` waits for the client's own thread
+            # while it holds the interpreter lock, and that thread is free right after a commit.
+            producer.begin_transaction()
+            self._begun = True
+        except KafkaException:  # begun the usual way next time
+            pass
         for phase, seconds in (("produce", produced - began), ("send_offsets", offsets_sent - produced),
                                ("flush", flushed - offsets_sent), ("commit", committed - flushed)):
             self._timings.add(phase, seconds, commands)
@@ -267,6 +277,7 @@ class NodeTransaction:
                 pass
             else:
                 if err.code() in _GROUP_MOVED:
+                    self._ownership.refresh_group_metadata()
                     log.warning("node %s: the owners group moved on; transaction for partitions %s aborted",
                                 self._node, partitions)
                 return NotOwnerError(f"partitions {partitions}: transaction aborted, nothing was written: {err}")
@@ -279,7 +290,7 @@ class NodeTransaction:
             log.error("node %s: transactional producer fenced (%s); nothing was committed, "
                       "opening a new producer", self._node, err)
             try:
-                self._producer = self._new_producer()
+                self._producer, self._begun = self._new_producer(), False
             except KafkaException as e2:  # the next transaction tries again
                 self._producer = None
                 return DataAccessError(f"node {self._node!r} cannot open a new transactional producer, nothing "
