@@ -30,34 +30,10 @@ if TYPE_CHECKING:
 LAG_TIMEOUT = 2.0
 
 
-class TransactionWatch:
-    """Remembers whether the node's last transaction committed, by wrapping the
-    `Timings.transaction` of one node (called once per transaction, off the call path)."""
-
-    def __init__(self, timings: Any) -> None:
-        self.last_ok: bool | None = None
-        self.last_at = 0.0  # time.monotonic() of the last transaction
-        inner = timings.transaction
-
-        def transaction(commands: int, records: int, partitions: int, ok: bool) -> None:
-            self.last_ok, self.last_at = ok, time.monotonic()
-            inner(commands, records, partitions, ok)
-
-        timings.transaction = transaction
-
-
-def watch(store: ClusterStoreAndForward) -> TransactionWatch | None:
-    """Start watching the transactions of a booted store (once)."""
+def watch(store: ClusterStoreAndForward) -> None:
+    """Let the log lines of a booted store's threads name it (see `csaf_events.logs`)."""
     from csaf_events import logs
     logs.track(store)
-    node = getattr(store._backend, "node", None)
-    if node is None:
-        return None
-    w = getattr(node.timings, "_csaf_watch", None)
-    if w is None:
-        w = TransactionWatch(node.timings)
-        node.timings._csaf_watch = w
-    return w
 
 
 #: Seconds a transaction aborted because the owners group moved on counts as fenced: a
@@ -114,15 +90,12 @@ def facts(store: ClusterStoreAndForward, registry_lag: bool = True) -> dict[str,
              "events": t.events, "attempts": t.attempts, "finished_at": t.finished_at}
             for t in sorted(list(ownership.takeovers.values()), key=lambda t: t.partition)
             if t.partition in assigned]
-        if hasattr(event_log, "last_transaction_error"):  # several transaction lanes
-            error = event_log.last_transaction_error
-        else:
-            error = getattr(getattr(event_log, "transaction", None), "last_error", None)
-        out["last_transaction_error"] = error
-        w = getattr(node.timings, "_csaf_watch", None)
-        out["fenced"] = bool(w is not None and w.last_ok is False and (
+        out["last_transaction_error"] = event_log.last_transaction_error
+        error = out["last_transaction_error"]
+        t = node.timings
+        out["fenced"] = bool(t.last_transaction_ok is False and (
             is_producer_fenced(error)
-            or (is_group_moved(error) and time.monotonic() - w.last_at < GROUP_MOVED_FENCE_S)))
+            or (is_group_moved(error) and time.monotonic() - t.last_transaction_at < GROUP_MOVED_FENCE_S)))
         router = getattr(backend, "router", None)
         if router is not None:
             out["routed_in_flight"] = len(router._waiting)

@@ -11,6 +11,7 @@ per group, not per write.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 #: The phases, in the order a write passes them.
@@ -27,6 +28,8 @@ class Timings:
         self.commands = 0
         self.records = 0
         self.partitions = 0
+        self.last_transaction_ok: bool | None = None  # None: no transaction yet
+        self.last_transaction_at = 0.0  # time.monotonic() of the last one
 
     def add(self, phase: str, seconds: float, writes: int = 1) -> None:
         """`writes` writes each spent `seconds` in `phase`."""
@@ -46,6 +49,7 @@ class Timings:
             self.commands += commands
             self.records += records
             self.partitions += partitions
+            self.last_transaction_ok, self.last_transaction_at = ok, time.monotonic()
 
     def snapshot(self) -> dict[str, Any]:
         """Totals so far (subtract two snapshots for an interval)."""
