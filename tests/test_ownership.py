@@ -7,8 +7,9 @@ transaction the broker aborts); what must hold is what a caller and the log show
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -83,46 +84,55 @@ class _AbortOnce:
         return getattr(self._producer, name)
 
 
-def test_an_aborted_transaction_decides_its_routed_command_again_exactly_once(
-        kafka_bootstrap: str, kafka_namespace: str, tmp_path: Path) -> None:
+class _Pair(NamedTuple):
+    """Two nodes with one partition each: the owner of `partition` and a node that routes to it."""
+
+    owner: Any
+    caller: Any
+    partition: int
+    session_id: str  # registered, in `partition`
+
+
+@pytest.fixture
+def pair(kafka_bootstrap: str, kafka_namespace: str, tmp_path: Path) -> Iterator[_Pair]:
     with _open("owner", tmp_path, kafka_bootstrap, kafka_namespace) as owner, \
             _open("caller", tmp_path, kafka_bootstrap, kafka_namespace) as caller:
         _wait(lambda: len(owner.node.owned()) == 1 and len(caller.node.owned()) == 1, 60, "one partition each")
         p = owner.node.owned()[0]
         sid = _session_in(p, "routed")
         owner.register_session_at_this_node(sid, "u", "c", "lib", "app", "1")
-        txn = owner.node.log.transaction_for(p)
-        txn._producer = failing = _AbortOnce(txn._producer)
-        before = owner.node.log.ownership.takeovers[p].finished_at
+        yield _Pair(owner, caller, p, sid)
 
-        caller.store_message_id_in_inbox(sid, "m1")  # routed to the owner; its first transaction aborts
 
-        assert failing.failed == 1
-        assert owner.node.log.ownership.takeovers[p].finished_at > before, "the partition was not retaken"
-        assert owner.get_message_from_inbox(sid, "m1") is not None
-        with pytest.raises(CsafError, match="already"):
-            caller.store_message_id_in_inbox(sid, "m1")
+def test_an_aborted_transaction_decides_its_routed_command_again_exactly_once(
+        pair: _Pair, kafka_bootstrap: str, kafka_namespace: str) -> None:
+    owner, caller, p, sid = pair
+    txn = owner.node.log.transaction_for(p)
+    txn._producer = failing = _AbortOnce(txn._producer)
+    before = owner.node.log.ownership.takeovers[p].finished_at
+
+    caller.store_message_id_in_inbox(sid, "m1")  # routed to the owner; its first transaction aborts
+
+    assert failing.failed == 1
+    assert owner.node.log.ownership.takeovers[p].finished_at > before, "the partition was not retaken"
+    assert owner.get_message_from_inbox(sid, "m1") is not None
+    with pytest.raises(CsafError, match="already"):
+        caller.store_message_id_in_inbox(sid, "m1")
     events = events_of(kafka_bootstrap, f"{kafka_namespace}.events", p)
     stored = [e for e in events if header(e.headers, "type") == "InboxStored" and b'"m1"' in e.key]
     assert len(stored) == 1
 
 
-def test_a_routed_command_is_not_executed_after_its_callers_deadline(
-        kafka_bootstrap: str, kafka_namespace: str, tmp_path: Path) -> None:
-    with _open("owner", tmp_path, kafka_bootstrap, kafka_namespace) as owner, \
-            _open("caller", tmp_path, kafka_bootstrap, kafka_namespace) as caller:
-        _wait(lambda: len(owner.node.owned()) == 1 and len(caller.node.owned()) == 1, 60, "one partition each")
-        p = owner.node.owned()[0]
-        sid = _session_in(p, "late")
-        owner.register_session_at_this_node(sid, "u", "c", "lib", "app", "1")
-        # a caller that gives up at once: the command reaches the owner after its deadline
-        with pytest.raises(DataAccessError) as refused:
-            caller.node.router.send(p, cmd.StoreInbox(sid, "too-late"), 0.0)
-        assert "not executed" in str(refused.value)
-        assert refused.value.may_have_written is False
-        assert owner.get_message_from_inbox(sid, "too-late") is None
-        caller.store_message_id_in_inbox(sid, "in-time")  # the owner still decides what is in time
-        assert owner.get_message_from_inbox(sid, "in-time") is not None
+def test_a_routed_command_is_not_executed_after_its_callers_deadline(pair: _Pair) -> None:
+    owner, caller, p, sid = pair
+    # a caller that gives up at once: the command reaches the owner after its deadline
+    with pytest.raises(DataAccessError) as refused:
+        caller.node.router.send(p, cmd.StoreInbox(sid, "too-late"), 0.0)
+    assert "not executed" in str(refused.value)
+    assert refused.value.may_have_written is False
+    assert owner.get_message_from_inbox(sid, "too-late") is None
+    caller.store_message_id_in_inbox(sid, "in-time")  # the owner still decides what is in time
+    assert owner.get_message_from_inbox(sid, "in-time") is not None
 
 
 def test_boot_without_a_reachable_broker_raises_a_data_access_error(tmp_path: Path) -> None:
