@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import ConsumerGroupState, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from csaf_events.channel import MessageHandler, NodeMessage
