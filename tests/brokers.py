@@ -249,9 +249,16 @@ class LocalCluster:
         """Stop one broker: SIGKILL (`kill`, the default) or a graceful SIGTERM."""
         self._run("stop-node", str(broker_id), *(["--kill"] if kill else []))
 
-    def start_broker(self, broker_id: int) -> None:
-        """Restart a stopped broker with its old data; returns once it answers on its port."""
-        self._run("start-node", str(broker_id))
+    def start_broker(self, broker_id: int, timeout: float = 300) -> None:
+        """Restart a stopped broker with its old data; returns once it answers on its port (a
+        broker recovering its logs on a busy machine can take minutes). Does nothing to a
+        broker that runs."""
+        self._run("start-node", str(broker_id), "--timeout", str(timeout), timeout=timeout + 60)
+
+    def ensure_all_up(self) -> None:
+        """Every broker running (a test that stopped one and failed may have left it down)."""
+        for broker_id in self.broker_ids:
+            self.start_broker(broker_id)
 
     def server_log(self, broker_id: int) -> Path:
         return Path(self.dir) / f"node-{broker_id}" / "server.log"

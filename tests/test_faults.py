@@ -105,6 +105,12 @@ def kafka3() -> LocalCluster:
         cluster.stop()
 
 
+@pytest.fixture(autouse=True)
+def all_brokers_up(kafka3: LocalCluster) -> None:
+    """Each test starts with every broker up, whatever the one before left behind."""
+    kafka3.ensure_all_up()
+
+
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory: pytest.TempPathFactory):
     """Figures of every test of the file, written to one JSON file at the end."""
