@@ -67,7 +67,7 @@ class BenchOptions:
     partitions: int | None = None     # kafka: partitions of the events topic (default: topics.yaml's)
     mint_session_ids: bool = False    # each session's id minted by its home node (`new_session_id`)
     processes: bool = False           # kafka: each node in a process of its own, S sessions and C in flight each
-    transaction_lanes: int = 1        # kafka: transactional producers per node (`open_store(transaction_lanes=)`)
+    transaction_lanes: int | None = None  # kafka: transactional producers per node (None: the store's default)
     kafka_config: tuple[tuple[str, str], ...] = ()  # kafka: client settings (`open_store(kafka_config=)`)
     metrics: bool = True              # the stores report Prometheus metrics (open_store's default); off: metrics=None
 
@@ -325,6 +325,11 @@ def wait_for_stable_ownership(stores: Sequence, timeout: float = 60.0, quiet: fl
     return None
 
 
+def _lanes(options: BenchOptions) -> int:
+    from csaf_events.kafka.transaction import DEFAULT_LANES
+    return DEFAULT_LANES if options.transaction_lanes is None else options.transaction_lanes
+
+
 def _run_in_this_process(options: BenchOptions, work: Path, namespace: str,
                          partitions: int) -> tuple[WorkloadResult, dict[str, Any]]:
     stores = [open_store(f"node-{i}", work / namespace / f"node-{i}", bootstrap_servers=options.bootstrap,
@@ -363,7 +368,7 @@ def run_kafka(options: BenchOptions) -> dict[str, Any]:
         disk = dir_bytes(work / namespace)
         report["nodes"] = options.nodes
         report["processes"] = options.processes
-        report["transaction_lanes"] = options.transaction_lanes
+        report["transaction_lanes"] = _lanes(options)
         report["kafka_config"] = dict(options.kafka_config)
         report["namespace"] = namespace
         report["partitions"] = partitions
@@ -527,8 +532,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="kafka: partitions of the namespace's topics (default: topics.yaml's)")
     p.add_argument("--keep-topics", action="store_true",
                    help="kafka: keep the run's topics on the broker (default: deleted after the run)")
-    p.add_argument("--lanes", type=positive_int, default=1, metavar="L",
-                   help="kafka: transactional producers per node (default 1)")
+    p.add_argument("--lanes", type=positive_int, metavar="L",
+                   help="kafka: transactional producers per node (default: the store's, 2)")
     p.add_argument("--kafka-config", action="append", default=[], type=_setting, metavar="KEY=VALUE",
                    help="kafka: a librdkafka setting for the nodes' clients (repeatable)")
     p.add_argument("--processes", action="store_true",

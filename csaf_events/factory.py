@@ -20,7 +20,7 @@ def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | No
                namespace: str = "csaf", partitions: int | None = None,
                topics_file: str | Path | None = None, limits: Limits | None = None,
                sync: bool = False, request_timeout: float = 30.0,
-               kafka_config: dict | None = None, transaction_lanes: int = 1,
+               kafka_config: dict | None = None, transaction_lanes: int | None = None,
                clock: Callable[[], int] = now_ms,
                metrics: CollectorRegistry | None = REGISTRY) -> ClusterStoreAndForward:
     """Open a store for this node; call `boot()` (or use `with`) before using it.
@@ -54,12 +54,13 @@ def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | No
         if not isinstance(bootstrap_servers, str) or not bootstrap_servers.strip():
             raise ValueError(f"bootstrap_servers must be 'host:port[,host:port...]', got {bootstrap_servers!r}")
         from csaf_events.kafka.backend import KafkaBackend
-        lanes = transaction_lanes
+        from csaf_events.kafka.transaction import DEFAULT_LANES
+        lanes = DEFAULT_LANES if transaction_lanes is None else transaction_lanes
         if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= 64:
             raise ValueError(f"transaction_lanes must be an int from 1 to 64, got {transaction_lanes!r}")
         backend = KafkaBackend(node_name, Path(data_dir), bootstrap_servers, topics, clock,
                                request_timeout=request_timeout, kafka_config=kafka_config or {},
-                               transaction_lanes=transaction_lanes)
+                               transaction_lanes=lanes)
     store = ClusterStoreAndForward(node_name, topics.events.partitions, backend, limits)
     if metrics is not None:
         from csaf_events.metrics import StoreMetrics

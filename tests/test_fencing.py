@@ -43,7 +43,9 @@ def test_a_fenced_owner_cannot_commit(kafka_bootstrap: str, kafka_namespace: str
         store.store_message_id_in_inbox(sid, "before")
         # A second process starts as the same node (a restart while the old one still runs):
         # opening the node's transactional producer fences the old one.
-        usurper = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": f"{kafka_namespace}.node.zombie"})
+        lane = store.node.log.transactions.index(store.node.log.transaction_for(p))
+        usurper = Producer({"bootstrap.servers": kafka_bootstrap,
+                            "transactional.id": f"{kafka_namespace}.node.zombie" + (f".{lane}" if lane else "")})
         usurper.init_transactions(30)
         with pytest.raises(DataAccessError):
             store.store_message_id_in_inbox(sid, "after")
