@@ -9,11 +9,12 @@ Readers copy a dict's values (atomic under the GIL) and never wait.
 
 from __future__ import annotations
 
-import orjson
+import logging
 
 from csaf_events.dtos import SessionDto
+from csaf_events.events import SessionState, decode
 
-_DTO_FIELDS = tuple(SessionDto.__dataclass_fields__)
+log = logging.getLogger(__name__)
 
 
 class SessionRegistry:
@@ -32,8 +33,14 @@ class SessionRegistry:
             if old is not None:
                 self._by_user[old.user_id].pop(sid, None)
             if value is not None:
-                s = orjson.loads(value)
-                dto = SessionDto(**{k: s[k] for k in _DTO_FIELDS})
+                try:
+                    s = decode(SessionState, value)
+                except (TypeError, ValueError) as e:  # a newer schema: left out, loudly
+                    log.error("session %s: its row cannot be read (%s); cluster-wide session reads leave it "
+                              "out until this node runs a version that reads it", sid, e, extra={"session": sid})
+                    continue
+                dto = SessionDto(sid, s.user_id, s.node_name, s.client_lib_and_versions, s.app_name,
+                                 s.app_version, s.created_timestamp, s.liveliness_timestamp)
                 self._by_user.setdefault(dto.user_id, {})[sid] = dto
                 self._sessions[sid] = dto
 

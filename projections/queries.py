@@ -10,7 +10,6 @@ from typing import Protocol
 
 from csaf_events.events import (
     CORRELATION, INBOX, OUTBOX, SESSION, CorrelationStored, InboxState, OutboxState, SessionState, decode,
-    decode_state,
 )
 from projections import keys
 
@@ -28,11 +27,6 @@ def session(view: View, p: int, sid: str) -> SessionState | None:
 
 def sessions(view: View, p: int) -> list[SessionState]:
     return [decode(SessionState, v) for _, v in view.scan(keys.kind_prefix(p, SESSION))]
-
-
-def sessions_raw(view: View, p: int) -> list[tuple[dict, bytes]]:
-    """Sessions of a partition with their encoded states (what the registry takes)."""
-    return [(decode_state(v), v) for _, v in view.scan(keys.kind_prefix(p, SESSION))]
 
 
 def inbox(view: View, p: int, sid: str, cmid: str) -> InboxState | None:

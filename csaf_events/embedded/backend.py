@@ -7,13 +7,14 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from csaf_events.backend import Backend
 from csaf_events.channel import InProcessChannel
 from csaf_events.embedded.log import LOG_CF, CompactionPolicy, EmbeddedLog
+from csaf_events.events import SESSION
 from csaf_events.node import Node
-from projections.files import open_or_repair, open_projection, projection_dir
 from csaf_events.registry import SessionRegistry
-from csaf_events.backend import Backend
-from projections import queries
+from projections import keys
+from projections.files import open_or_repair, open_projection, projection_dir
 from projections.rebuild import catch_up
 
 __all__ = ["EmbeddedBackend", "open_projection"]
@@ -54,7 +55,8 @@ class EmbeddedBackend(Backend):
                         "in %.3fs", self._node_name, len(rebuilt), sum(r.events for r in rebuilt),
                         sum(r.seconds for r in rebuilt))
         for p in range(self._partitions):
-            self.registry.apply({s["session_id"]: raw for s, raw in queries.sessions_raw(self.projection, p)})
+            rows = self.projection.scan(keys.kind_prefix(p, SESSION))
+            self.registry.apply({keys.session_id_of(k): v for k, v in rows})
         self.projection.on_sessions_changed = self.registry.apply
         self.node = Node(self._node_name, self.projection, self.log, self._clock)
         self.node.start()
