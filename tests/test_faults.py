@@ -312,6 +312,32 @@ class Scenario:
     def alive(self) -> list[NodeProcess]:
         return [n for name, n in self.nodes.items() if name not in self.gone and n.proc.poll() is None]
 
+    def survivor(self, preferred: NodeProcess) -> NodeProcess:
+        """`preferred` if its process still runs, else another live node (a crash is reported
+        by `crashes`)."""
+        if preferred.proc.poll() is None:
+            return preferred
+        self.crashes()
+        others = self.alive()
+        if not others:
+            pytest.fail(f"{self.name}: no node process left alive:\n" + "\n".join(self.problems), pytrace=False)
+        self.mark(f"node {preferred.name} is gone; using {others[0].name} instead")
+        return others[0]
+
+    def crashes(self) -> None:
+        """A node process that exited without the test killing or closing it is a problem."""
+        for name, n in self.nodes.items():
+            code = n.proc.poll()
+            if name in self.gone or code is None:
+                continue
+            self.gone.add(name)
+            tail = [line for line in n.log_path.read_text(errors="replace").splitlines()[-40:]
+                    if "Assertion" in line or "Error" in line or "Traceback" in line or "Fatal" in line]
+            self.figures.setdefault("crashed", {})[name] = {"exit_code": code, "log": tail[-5:]}
+            self.problems.append(f"node process {name} died by itself (exit code {code}); its log ends with "
+                                 f"{tail[-3:]}")
+            self.mark(f"node {name} died by itself (exit code {code})")
+
     def owned(self, node: NodeProcess) -> list[int] | None:
         try:
             return node.call("owned", timeout=10)
@@ -410,6 +436,7 @@ class Scenario:
 
     def stop_loads(self) -> None:
         self.load_stop_ms = now_ms()
+        self.crashes()
         alive = self.alive()
         # calls still hanging after 10 s are left in flight (their outcome unknown) rather than waited for
         left = in_parallel(*(lambda n=n: n.call("stop_fault_load", 10, timeout=40) for n in alive))
@@ -426,6 +453,7 @@ class Scenario:
     # -- measurements -------------------------------------------------------------
     def probe(self, node: NodeProcess, fault_end: float) -> dict:
         """Time from `fault_end` until a write succeeds on every partition (through `node`)."""
+        node = self.survivor(node)
         sids = {str(p): next(f"probe-{p}-{i}" for i in range(100_000)
                              if partition_for(f"probe-{p}-{i}", PARTITIONS) == p) for p in range(PARTITIONS)}
         started = now_ms()
@@ -452,6 +480,8 @@ class Scenario:
                takeover_of: list[int] | None = None, unaffected: list[int] | None = None) -> None:
         """All the checks of the module docstring, and the figures."""
         time.sleep(1.0)
+        survivor = self.survivor(survivor)
+        self.crashes()
         lines = [r for f in self.record_files for r in load_records(f)]
         records = [r for r in lines if not r.get("begin")]
         ended = {_call_key(r) for r in records}
