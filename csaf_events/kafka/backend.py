@@ -71,8 +71,7 @@ class KafkaBackend(Backend):
         states = kafka_topics.ensure(admin, [*self.topics.cluster_topics(), reply,
                                              self.topics.node_topic(self._node_name)], self._timeout)
         generation = states[self.topics.events.name].topic_id or "unknown"
-        self.channel = KafkaChannel(self._config, self.topics, self._node_name, self._timeout,
-                                    owners_group=f"{self.topics.namespace}.owners")  # ownership's group: live nodes
+        self.channel = KafkaChannel(self._config, self.topics, self._node_name, self._timeout)
         self._closers.insert(0, self.channel.close)
         self.projection = open_or_set_aside(self._path)
         self._closers.append(self.projection.close)

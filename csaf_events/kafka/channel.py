@@ -5,14 +5,13 @@ topics.yaml: one partition, short retention), created at boot with the node's ot
 
 - `send(node, message)` produces the message (JSON) to that node's topic; a node whose
   topic does not exist is not a node of the cluster: the message is dropped.
-- `broadcast(message)` produces it to the topic of every other live node. The nodes are the
+- `broadcast(message)` produces it to the topic of every other node. The nodes are the
   topics named ``<namespace>.nodes.*`` (cluster metadata, looked up again every
   `DISCOVERY_INTERVAL` seconds in the background, and at once when a send names a node not
-  seen yet). Given the owners group (`owners_group`, the store's nodes), a broadcast skips
-  the nodes that are not members of it: a node that stopped, or died and was dropped by the
-  group (its session timeout). The members are known by their client ids (the node's own is
-  its client id's prefix + its name); while the group rebalances, or when this node is not
-  found in it (its client id set by hand), every node's topic gets the broadcast.
+  seen yet). A node that stopped keeps its topic, and broadcasts reach it until retention
+  drops them. The owners group's members are not asked: describing a group whose
+  coordinator broker is down makes librdkafka (2.16) abort the process
+  (`rd_kafka_enq_once_del_source_return` assertion), and a node must outlive a broker.
 - `subscribe(handler)`: one consumer thread reads this node's topic from the end it had when
   the channel opened (what was sent to the node before it was there is not for it), with a
   long-poll fetch (`TAIL_FETCH_WAIT_MS`): a message is handed to the handlers as soon as the
@@ -35,8 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from csaf_events.channel import MessageHandler, NodeMessage
 from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS
@@ -52,17 +50,11 @@ class KafkaChannel:
     """`NodeChannel` on per-node Kafka topics (see the module docstring).
 
     `topics` are the cluster's (namespaced) topics; the node's own topic must exist (the
-    backend creates it at boot, with `csaf_events.kafka.topics.ensure`). `owners_group`: the
-    consumer group whose members are the live nodes (None: every node with a topic is taken
-    as live). `timeout` bounds the lookups made while opening."""
+    backend creates it at boot, with `csaf_events.kafka.topics.ensure`). `timeout` bounds the
+    lookups made while opening."""
 
-    def __init__(self, client_config: dict[str, Any], topics: Topics, node_name: str, timeout: float = 30.0,
-                 owners_group: str | None = None) -> None:
+    def __init__(self, client_config: dict[str, Any], topics: Topics, node_name: str, timeout: float = 30.0) -> None:
         self._node_name = node_name
-        client_id = str(client_config.get("client.id", ""))
-        self._member_prefix = client_id[:-len(node_name)] if client_id.endswith(node_name) else None
-        self._owners_group = owners_group if self._member_prefix is not None else None
-        self._admin = AdminClient(client_config) if self._owners_group is not None else None
         self._prefix = f"{topics.nodes.name}."
         self._topic = topics.node_topic(node_name).name
         self._handlers: list[MessageHandler] = []
@@ -83,7 +75,6 @@ class KafkaChannel:
                                                           cached=False)
             self._consumer.assign([TopicPartition(self._topic, 0, end)])
             self._nodes: frozenset[str] = self._discover(timeout)
-            self._live: frozenset[str] = self._nodes  # broadcast targets (this node included)
         except BaseException:
             self._consumer.close()
             raise
@@ -99,10 +90,6 @@ class KafkaChannel:
     def nodes(self) -> frozenset[str]:
         """The nodes of the cluster as last looked up (this one included)."""
         return self._nodes
-
-    def live_nodes(self) -> frozenset[str]:
-        """The nodes a broadcast goes to (and this one), as last looked up."""
-        return self._live
 
     # ---------------------------------------------------------------- sending --
     def send(self, node_name: str, message: NodeMessage) -> None:
@@ -120,7 +107,7 @@ class KafkaChannel:
         if self._closed:
             return
         value = orjson.dumps(message)
-        for node in self._live:
+        for node in self._nodes:
             if node != self._node_name:
                 self._produce(node, value)
 
@@ -183,24 +170,6 @@ class KafkaChannel:
         return frozenset(name[len(self._prefix):] for name, t in metadata.topics.items()
                          if name.startswith(self._prefix) and t.error is None and len(name) > len(self._prefix))
 
-    def _members(self) -> frozenset[str] | None:
-        """The nodes that are members of the owners group now; None when that is not known
-        (no group given, the group rebalancing, this node not found among its members)."""
-        if self._admin is None or self._owners_group is None or self._member_prefix is None:
-            return None
-        try:
-            description = self._admin.describe_consumer_groups([self._owners_group],
-                                                               request_timeout=5.0)[self._owners_group].result(10)
-        except KafkaException as e:
-            log.debug("node channel %s: cannot describe %s: %s", self._node_name, self._owners_group, e)
-            return None
-        if description.state != ConsumerGroupState.STABLE:
-            return None
-        prefix = self._member_prefix
-        names = frozenset(m.client_id[len(prefix):] for m in description.members
-                          if m.client_id.startswith(prefix) and len(m.client_id) > len(prefix))
-        return names if self._node_name in names else None
-
     def _discovery(self) -> None:
         while not self._stop.is_set():
             self._wake_discovery.wait(DISCOVERY_INTERVAL)
@@ -209,8 +178,6 @@ class KafkaChannel:
                 return
             try:
                 self._nodes = self._discover(10.0)
-                members = self._members()
-                self._live = self._nodes if members is None else self._nodes & members
             except Exception as e:  # noqa: BLE001 - keep the last lists; try again
                 log.warning("node channel %s: looking up the nodes failed: %s", self._node_name, e)
             with self._lock:

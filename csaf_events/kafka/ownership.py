@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 #: Backoff of a takeover step that failed: first retry, and the most between retries (seconds).
 RETRY_FIRST, RETRY_MAX = 0.2, 5.0
+
+#: Partitions taken over at once, each on a thread of its own.
+TAKEOVER_THREADS = 4
 
 #: Seconds between reads of the group metadata outside the rebalance callbacks (a safety
 #: net: a transaction refused for a stale generation asks for a read at once).
@@ -81,6 +85,7 @@ class Ownership:
         self._assigned: dict[int, int] = {}  # partition -> assignment epoch (served or not)
         self._served: set[int] = set()
         self._due: dict[int, tuple[float, float, int]] = {}  # not served: (retry at, backoff, attempts)
+        self._in_progress: set[int] = set()  # takeovers running now
         self._epoch = 0
         self._commands_to_resume: dict[int, int] = {}  # served partition -> command offset to seek to
         self._commands_to_pause: set[int] = set()
@@ -290,54 +295,61 @@ class Ownership:
             group.resume([TopicPartition(self._commands, p)])
 
     def _takeover_loop(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                now = time.monotonic()
-                due = {p: self._assigned[p] for p, (at, _, _) in self._due.items() if at <= now}
-                if not due:
-                    waits = [at - now for at, _, _ in self._due.values()]
-                    self._work.wait(min([0.5, *waits]))
-                    continue
-            self._take_over(due)
+        """Start the takeover of each partition due, each on its own pool thread: one waiting
+        for a previous owner's open transaction must not hold up the others (a partition
+        retaken after a failed transaction of this node among them)."""
+        with ThreadPoolExecutor(TAKEOVER_THREADS, thread_name_prefix=f"csaf-takeover-{self._node}") as pool:
+            while not self._stop.is_set():
+                with self._lock:
+                    now = time.monotonic()
+                    due = {p: self._assigned[p] for p, (at, _, _) in self._due.items()
+                           if at <= now and p not in self._in_progress}
+                    if not due:
+                        waits = [at - now for p, (at, _, _) in self._due.items() if p not in self._in_progress]
+                        self._work.wait(min([0.5, *waits]))
+                        continue
+                    self._in_progress.update(due)
+                for p, epoch in due.items():
+                    pool.submit(self._take_over, p, epoch)
 
-    def _take_over(self, due: dict[int, int]) -> None:
-        """One attempt for the partitions due; each that fails is retried after its backoff."""
-        t0 = time.monotonic()
+    def _take_over(self, p: int, epoch: int) -> None:
+        """One attempt; a failed one is retried after its backoff."""
         try:
-            assert self._offsets is not None
-            committed = self._offsets.committed([TopicPartition(self._commands, p) for p in sorted(due)],
-                                                timeout=self._timeout)
-            offsets = {}
-            for tp in committed:
+            t0 = time.monotonic()
+            try:
+                assert self._offsets is not None
+                [tp] = self._offsets.committed([TopicPartition(self._commands, p)], timeout=self._timeout)
                 if tp.error is not None:
                     raise KafkaException(tp.error)
-                offsets[tp.partition] = max(tp.offset, 0)
-        except BaseException as e:  # noqa: BLE001 - retried: a takeover must always finish
-            self._failed(due, "fetching the committed command offsets", e)
-            return
-        settled = time.monotonic() - t0
-        for p, epoch in sorted(due.items()):
+                offset = max(tp.offset, 0)
+            except BaseException as e:  # noqa: BLE001 - retried: a takeover must always finish
+                self._failed({p: epoch}, "fetching the committed command offset", e)
+                return
+            settled = time.monotonic() - t0
             if self._assigned.get(p) != epoch:
-                continue  # revoked or retaken meanwhile
+                return  # revoked or retaken meanwhile
             t1 = time.monotonic()
             try:
                 events = self._restore(p)
             except BaseException as e:  # noqa: BLE001 - retried
                 self._failed({p: epoch}, "restoring the projection", e)
-                continue
+                return
             took = time.monotonic() - t1
             with self._lock:
                 if self._assigned.get(p) != epoch:
-                    continue
+                    return
                 attempts = self._due.pop(p, (0, 0, 0))[2] + 1
                 self._served.add(p)
-                self.command_offsets[p] = offsets[p]
-                self._commands_to_resume[p] = offsets[p]
+                self.command_offsets[p] = offset
+                self._commands_to_resume[p] = offset
                 self.takeovers[p] = Takeover(p, settled, events, took, attempts, time.time())
                 self._on_served([p])
-                self._work.notify_all()
             log.info("node %s took over partition %d: previous owner settled in %.3fs, %d events restored "
                      "in %.3fs (attempt %d)", self._node, p, settled, events, took, attempts)
+        finally:
+            with self._lock:
+                self._in_progress.discard(p)
+                self._work.notify_all()
 
     def _failed(self, due: dict[int, int], step: str, e: BaseException) -> None:
         with self._lock:

@@ -137,7 +137,13 @@ class KafkaReader:
     def _offset(self, partition: int, level: IsolationLevel) -> int:
         if self._admin is None:
             self._admin = AdminClient(self._config)
-        return end_offsets(self._admin, self.topic, [partition], level, self._timeout)[partition]
+        try:
+            return end_offsets(self._admin, self.topic, [partition], level, self._timeout)[partition]
+        except DataAccessError:
+            # After a broker came back the admin client can keep asking with a leader epoch
+            # the broker has moved past (FENCED_LEADER_EPOCH, for minutes): a new one asks afresh.
+            self._admin = None
+            raise
 
     def end_offset(self, partition: int) -> int:
         high = self._offset(partition, IsolationLevel.READ_UNCOMMITTED)

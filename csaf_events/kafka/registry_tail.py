@@ -44,6 +44,7 @@ class RegistryTailer:
         # one request for all partitions. It asks for the high watermark, not the last stable
         # offset: commit_transaction() returns before the commit markers are written, so the
         # LSO can still be short of a write that has returned; the high watermark includes it.
+        self._config = client_config
         self._admin = AdminClient(client_config)
         self._partitions = partitions
         self._stop = threading.Event()
@@ -120,6 +121,7 @@ class RegistryTailer:
             targets = end_offsets(self._admin, self._topic, range(self._partitions),
                                   IsolationLevel.READ_UNCOMMITTED, timeout)
         except DataAccessError:
+            self._admin = AdminClient(self._config)  # a stale leader epoch stays with a client (see reader)
             raise
         except Exception as e:  # noqa: BLE001 - a timeout of the admin client's future, ...
             raise unreachable(f"reading the end of {self._topic}", e) from e

@@ -51,7 +51,7 @@ _SESSION_KEY_PREFIX = b'["' + SESSION.encode() + b'",'
 #: Transactional producers per node unless `open_store(transaction_lanes=)` says otherwise:
 #: two overlap their cycles (+20 % lifecycles/s on 16 cores, docs/benchmarks.md), four
 #: make each cycle longer again.
-DEFAULT_LANES = 2
+DEFAULT_LANES = 1
 
 #: How long the broker lets a transaction stay open before it aborts it. A node that dies
 #: with a transaction open holds up the takeover of its partitions this long at most.
@@ -98,7 +98,6 @@ class NodeTransaction:
         self._timeout = timeout
         self._timings = timings
         self._producer: Producer | None = self._new_producer()
-        self._begun = False  # the producer's next transaction is begun already
         self._queue: list[Append] = []
         self._queued = threading.Condition()
         self._closed = False
@@ -170,7 +169,7 @@ class NodeTransaction:
         error: BaseException | None = None
         if self._producer is None:  # lost to a fencing: open a new one, or fail this round
             try:
-                self._producer, self._begun = self._new_producer(), False
+                self._producer = self._new_producer()
             except Exception as e:  # noqa: BLE001 - the next round tries again
                 error = DataAccessError(f"node {self._node!r} cannot open a transactional producer, nothing was "
                                         f"written: {type(e).__name__}: {e}", may_have_written=False)
@@ -202,9 +201,7 @@ class NodeTransaction:
         commands = sum(r.commands for r in reqs)
         self._timings.add_each("txn_wait", [began - r.queued_at for r in reqs for _ in range(r.commands)])
         try:
-            if not self._begun:
-                producer.begin_transaction()
-            self._begun = False
+            producer.begin_transaction()
         except KafkaException as e:  # a producer left in a bad state: replaced before the next round
             self._producer = None
             raise DataAccessError(f"node {self._node!r} could not begin a transaction, nothing was written: {e}",
@@ -255,13 +252,6 @@ class NodeTransaction:
             raise DataAccessError(f"partitions {sorted({r.partition for r in reqs})}: transaction failed, outcome "
                                   f"unknown: {e!r}") from e
         committed = time.perf_counter()
-        try:
-            # Begin the next one now: `begin_transaction` waits for the client's own thread
-            # while it holds the interpreter lock, and that thread is free right after a commit.
-            producer.begin_transaction()
-            self._begun = True
-        except KafkaException:  # begun the usual way next time
-            pass
         for phase, seconds in (("produce", produced - began), ("send_offsets", offsets_sent - produced),
                                ("flush", flushed - offsets_sent), ("commit", committed - flushed)):
             self._timings.add(phase, seconds, commands)
@@ -295,7 +285,7 @@ class NodeTransaction:
             log.error("node %s: transactional producer fenced (%s); nothing was committed, "
                       "opening a new producer", self._node, err)
             try:
-                self._producer, self._begun = self._new_producer(), False
+                self._producer = self._new_producer()
             except KafkaException as e2:  # the next transaction tries again
                 self._producer = None
                 return DataAccessError(f"node {self._node!r} cannot open a new transactional producer, nothing "
