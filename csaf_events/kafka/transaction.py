@@ -51,7 +51,7 @@ _SESSION_KEY_PREFIX = b'["' + SESSION.encode() + b'",'
 #: Transactional producers per node unless `open_store(transaction_lanes=)` says otherwise:
 #: two overlap their cycles (+20 % lifecycles/s on 16 cores, docs/benchmarks.md), four
 #: make each cycle longer again.
-DEFAULT_LANES = 1
+DEFAULT_LANES = 2
 
 #: How long the broker lets a transaction stay open before it aborts it. A node that dies
 #: with a transaction open holds up the takeover of its partitions this long at most.
