@@ -97,10 +97,15 @@ def end_offsets(admin: AdminClient, topic: str, partitions, level: IsolationLeve
     try:
         futures = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
                                      isolation_level=level, request_timeout=timeout)
-        return {tp.partition: f.result(timeout).offset for tp, f in futures.items()}
+        ends = {tp.partition: f.result(timeout).offset for tp, f in futures.items()}
     except Exception as e:  # noqa: BLE001 - KafkaException, or the future's TimeoutError
         raise DataAccessError(f"cannot read the end offsets of {topic}: {type(e).__name__}: {e}",
                               may_have_written=False) from e
+    unknown = sorted(p for p, end in ends.items() if end < 0)
+    if unknown:  # -1001 while a partition has no leader: not an end (a restore would drop everything)
+        raise DataAccessError(f"the end offsets of {topic} partitions {unknown} are unknown now (no leader?)",
+                              may_have_written=False)
+    return ends
 
 
 class KafkaReader:
