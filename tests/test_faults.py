@@ -8,7 +8,7 @@ each partition's gaps):
 1. one broker (the owners group's coordinator) SIGKILLed under load and restarted 15 s
    later; a fourth node boots while it is down;
 2. node c SIGKILLed with a transaction open (so whoever takes over its partition must wait
-   that transaction out, up to its 15 s timeout), and node b SIGKILLed 8 s later, while
+   that transaction out, up to its 10 s timeout), and node b SIGKILLed 8 s later, while
    the takeover of c's partitions is under way;
 3. a slow takeover: nodes opened with `request_timeout=5`, shorter than the open
    transaction a new owner has to wait out; c SIGKILLed with a transaction open;
@@ -70,7 +70,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.faults, pytest.mark.timeout(420)]
 PARTITIONS = 6
 #: After a fault ends, every partition must decide a write again within this many seconds.
 #: A node that dies may leave a transaction open; a new owner waits it out (the
-#: transaction timeout, 15 s) after the group noticed the death (session timeout, 6 s).
+#: transaction timeout, 10 s) after the group noticed the death (session timeout, 6 s).
 RECOVERY_BOUND_S = float(os.environ.get("CSAF_FAULTS_BOUND_S", "30"))
 #: A node kill must not stall the partitions it did not own (issue 9, item 2: a takeover
 #: does not stall what the new owner already owns): no gap between decided writes on them
@@ -387,7 +387,7 @@ class Scenario:
     def kill_in_transaction(self, name: str, tries: int = 80) -> float:
         """SIGKILL `name` while it has a transaction open that carries command offsets of a
         partition it owns: the case where a new owner has to wait the transaction out (up to
-        its 15 s timeout) before it may restore. Found by freezing the node (SIGSTOP) and
+        its 10 s timeout) before it may restore. Found by freezing the node (SIGSTOP) and
         asking the group coordinator for its partitions' offsets with require_stable: an
         open transaction's offsets answer UNSTABLE_OFFSET_COMMIT. If none is caught in
         `tries`, the node is killed anyway (the figures say so)."""
@@ -682,6 +682,7 @@ class Scenario:
 
 # --------------------------------------------------------------------------- tests --
 
+@pytest.mark.broker_restart  # liveness after a broker's return is not met yet (docs/operations.md, Faults)
 def test_broker_killed_and_restarted_under_load(kafka3: LocalCluster, figures, tmp_path: Path) -> None:
     """One broker of three SIGKILLed under load (events RF 3, min ISR 2: writes can go on),
     a node booted while it is down, the broker back after 15 s."""
@@ -765,7 +766,7 @@ def test_node_killed_while_another_is_mid_takeover(kafka3: LocalCluster, figures
 
 
 def test_slow_takeover_with_short_request_timeout(kafka3: LocalCluster, figures, tmp_path: Path) -> None:
-    """Nodes with request_timeout=5 s; c is SIGKILLed with a transaction open (15 s timeout),
+    """Nodes with request_timeout=5 s; c is SIGKILLed with a transaction open (10 s timeout),
     so the new owner's takeover outlasts a request timeout, and must still finish."""
     s = Scenario("slow_takeover", kafka3, tmp_path, request_timeout=5.0)
     try:

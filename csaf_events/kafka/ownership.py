@@ -285,13 +285,11 @@ class Ownership:
             tp = TopicPartition(self._commands, p, offset)
             try:
                 group.seek(tp)  # commands seen before the takeover are read again
-            except KafkaException as e:  # tried again after the next poll
-                log.warning("node %s: seek %s[%d]@%d failed (%s); trying again", self._node, self._commands,
-                            p, offset, e)
-                with self._lock:
-                    if p in self._served:
-                        self._commands_to_resume.setdefault(p, offset)
-                continue
+            except KafkaException as e:
+                # _STATE: the partition has not started fetching yet, so it starts where the
+                # consumer's own (stable) committed-offset fetch says, which is this offset.
+                log.info("node %s: seek %s[%d]@%d not done (%s); resuming from the committed offset",
+                         self._node, self._commands, p, offset, e)
             group.resume([TopicPartition(self._commands, p)])
 
     def _takeover_loop(self) -> None:
