@@ -99,6 +99,41 @@ class InProcessHub:
             return [end for name, end in self._ends.items() if name != node_name]
 
 
+class Handlers:
+    """A channel's message handlers: subscribed and unsubscribed from any thread, each called
+    for every message; one that raises does not stop the others, nor the caller."""
+
+    def __init__(self, node_name: str) -> None:
+        self._node_name = node_name
+        self._lock = threading.Lock()
+        self._handlers: list[MessageHandler] = []
+
+    def subscribe(self, handler: MessageHandler) -> Callable[[], None]:
+        if not callable(handler):
+            raise TypeError("handler must be callable")
+        with self._lock:
+            self._handlers.append(handler)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if handler in self._handlers:
+                    self._handlers.remove(handler)
+        return unsubscribe
+
+    def deliver(self, message: NodeMessage) -> None:
+        with self._lock:
+            handlers = list(self._handlers)
+        for handler in handlers:
+            try:
+                handler(message)
+            except Exception:  # noqa: BLE001 - see the class docstring
+                log.exception("node message handler failed on %s", self._node_name)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._handlers.clear()
+
+
 class InProcessChannel:
     """`NodeChannel` for nodes in one process; delivers in the sender's thread.
 
@@ -109,8 +144,7 @@ class InProcessChannel:
             raise ValueError(f"node_name must be a non-empty str, got {node_name!r}")
         self._node_name = node_name
         self._hub = hub if hub is not None else InProcessHub()
-        self._handlers: list[MessageHandler] = []
-        self._lock = threading.Lock()
+        self._handlers = Handlers(node_name)
         self._closed = False
         self._hub._add(self)
 
@@ -134,28 +168,12 @@ class InProcessChannel:
             end._deliver(message)
 
     def subscribe(self, handler: MessageHandler) -> Callable[[], None]:
-        if not callable(handler):
-            raise TypeError("handler must be callable")
-        with self._lock:
-            self._handlers.append(handler)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if handler in self._handlers:
-                    self._handlers.remove(handler)
-        return unsubscribe
+        return self._handlers.subscribe(handler)
 
     def close(self) -> None:
         self._closed = True
-        with self._lock:
-            self._handlers.clear()
+        self._handlers.clear()
         self._hub._remove(self)
 
     def _deliver(self, message: NodeMessage) -> None:
-        with self._lock:
-            handlers = list(self._handlers)
-        for handler in handlers:
-            try:
-                handler(message)
-            except Exception:  # one broken handler must not stop the others, nor the sender
-                log.exception("node message handler failed on %s", self._node_name)
+        self._handlers.deliver(message)

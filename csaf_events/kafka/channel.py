@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from csaf_events.channel import MessageHandler, NodeMessage
-from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS
+from csaf_events.channel import Handlers, MessageHandler, NodeMessage
+from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS, poll_tail
 from csaf_events.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ class KafkaChannel:
         self._node_name = node_name
         self._prefix = f"{topics.nodes.name}."
         self._topic = topics.node_topic(node_name).name
-        self._handlers: list[MessageHandler] = []
+        self._handlers = Handlers(node_name)
         self._lock = threading.Lock()
         self._closed = False
         self._stop = threading.Event()
@@ -121,31 +120,12 @@ class KafkaChannel:
 
     # -------------------------------------------------------------- receiving --
     def subscribe(self, handler: MessageHandler) -> Callable[[], None]:
-        if not callable(handler):
-            raise TypeError("handler must be callable")
-        with self._lock:
-            self._handlers.append(handler)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if handler in self._handlers:
-                    self._handlers.remove(handler)
-        return unsubscribe
+        return self._handlers.subscribe(handler)
 
     def _receive(self) -> None:
         while not self._stop.is_set():
-            try:
-                msg = self._consumer.poll(0.1)
-                self._producer.poll(0)
-            except BaseException as e:  # noqa: BLE001 - the reader must outlive every client error
-                log.warning("node channel %s: %s: %s; polling on", self._topic, type(e).__name__, e)
-                time.sleep(0.1)
-                continue
+            msg = poll_tail(self._consumer, 0.1, f"node channel {self._topic}", self._producer)
             if msg is None:
-                continue
-            if msg.error() is not None:
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("node channel %s: %s", self._topic, msg.error())
                 continue
             try:
                 message = orjson.loads(msg.value())
@@ -156,13 +136,7 @@ class KafkaChannel:
             if not isinstance(message, dict):
                 log.warning("node channel %s: dropped a message that is not an object: %r", self._topic, message)
                 continue
-            with self._lock:
-                handlers = list(self._handlers)
-            for handler in handlers:
-                try:
-                    handler(message)
-                except Exception:  # one broken handler must not stop the others
-                    log.exception("node message handler failed on %s", self._node_name)
+            self._handlers.deliver(message)
 
     # -------------------------------------------------------------- discovery --
     def _discover(self, timeout: float) -> frozenset[str]:
@@ -195,8 +169,8 @@ class KafkaChannel:
         if self._closed:
             return
         self._closed = True
+        self._handlers.clear()
         with self._lock:
-            self._handlers.clear()
             self._unknown.clear()
         self._stop.set()
         self._wake_discovery.set()

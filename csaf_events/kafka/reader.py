@@ -6,16 +6,19 @@ rebuild`, `csaf audit`, `csaf replay`), which must never take partitions from li
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, IsolationLevel, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from csaf_events.errors import DataAccessError
 from csaf_events.log.entries import Chunk, LogEntry
+
+log = logging.getLogger(__name__)
 
 #: Messages taken from librdkafka per call while reading a partition through.
 RESTORE_FETCH = 10_000
@@ -27,6 +30,28 @@ RESTORE_FETCH = 10_000
 #: Not for a consumer whose connection is also asked for offsets: the broker answers one
 #: connection's requests in order, so those answers would wait for the fetch.
 TAIL_FETCH_WAIT_MS = 500
+
+
+def poll_tail(consumer: Consumer, timeout: float, what: str, producer: Producer | None = None) -> Message | None:
+    """The next message of a tailing consumer, or None: nothing came, the end of a partition,
+    or an error (logged, naming `what`). It never raises: a tail must outlive every client
+    error. `producer` (the tail's own, for replies or hints) is served its callbacks too."""
+    try:
+        msg = consumer.poll(timeout)
+        if producer is not None:
+            producer.poll(0)
+    except BaseException as e:  # noqa: BLE001 - see above
+        log.warning("%s: %s: %s; polling on", what, type(e).__name__, e)
+        time.sleep(0.1)
+        return None
+    if msg is None:
+        return None
+    err = msg.error()
+    if err is not None:
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("%s: %s", what, err)
+        return None
+    return msg
 
 
 def next_batch(consumer: Consumer, timeout: float, max_messages: int = 2000) -> list[Any]:

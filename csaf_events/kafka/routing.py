@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from csaf_events.clock import now_ms
 from csaf_events.codec import decode_outcome, encode_command
 from csaf_events.commands import Command
 from csaf_events.errors import DataAccessError, unreachable
-from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS
+from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS, poll_tail
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +89,8 @@ class KafkaRouter:
 
     def _read_replies(self) -> None:
         while not self._stop.is_set():
-            try:
-                msg = self._replies.poll(0.05)
-                self._producer.poll(0)
-            except BaseException as e:  # noqa: BLE001 - the reply reader must outlive every client error
-                log.warning("reply topic %s: %s: %s; polling on", self._reply_topic, type(e).__name__, e)
-                time.sleep(0.1)
-                continue
+            msg = poll_tail(self._replies, 0.05, f"reply topic {self._reply_topic}", self._producer)
             if msg is None:
-                continue
-            if msg.error() is not None:
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("reply topic %s: %s", self._reply_topic, msg.error())
                 continue
             corr = dict(msg.headers() or ()).get("corr")
             with self._lock:
