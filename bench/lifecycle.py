@@ -533,7 +533,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-topics", action="store_true",
                    help="kafka: keep the run's topics on the broker (default: deleted after the run)")
     p.add_argument("--lanes", type=positive_int, metavar="L",
-                   help="kafka: transactional producers per node (default: the store's, 2)")
+                   help="kafka: transactional producers per node (default: the store's, 1)")
     p.add_argument("--kafka-config", action="append", default=[], type=_setting, metavar="KEY=VALUE",
                    help="kafka: a librdkafka setting for the nodes' clients (repeatable)")
     p.add_argument("--processes", action="store_true",

@@ -48,10 +48,11 @@ log = logging.getLogger(__name__)
 
 _SESSION_KEY_PREFIX = b'["' + SESSION.encode() + b'",'
 
-#: Transactional producers per node unless `open_store(transaction_lanes=)` says otherwise:
-#: two overlap their cycles (+20 % lifecycles/s on 16 cores, docs/benchmarks.md), four
-#: make each cycle longer again.
-DEFAULT_LANES = 2
+#: Transactional producers per node unless `open_store(transaction_lanes=)` says otherwise.
+#: One: on a broker short of cores each transaction's fixed cost counts (2 cores: 901
+#: lifecycles/s with one lane, 756 with two); a broker with cores of its own does better
+#: with two (16 cores: +20 %), four make each cycle longer again (docs/benchmarks.md).
+DEFAULT_LANES = 1
 
 #: How long the broker lets a transaction stay open before it aborts it. A node that dies
 #: with a transaction open holds up the takeover of its partitions this long at most.
