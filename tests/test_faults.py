@@ -816,7 +816,7 @@ def test_nodes_joining_and_leaving_under_routed_load(kafka3: LocalCluster, figur
                     s.load(node)
             elif what == "close":
                 s.close(name)
-            else:
+            elif name in s.nodes:  # a node that failed to boot is in s.boot_failures already
                 s.kill_in_transaction(name)
         fault_end = s.mark("last membership change done")
         s.probe(a, fault_end)

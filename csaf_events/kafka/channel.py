@@ -36,7 +36,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from csaf_events.channel import Handlers, MessageHandler, NodeMessage
-from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS, poll_tail
+from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS, current_end, poll_tail
 from csaf_events.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ class KafkaChannel:
         try:
             # Start at the end resolved now: OFFSET_END would be resolved at the first fetch,
             # and a message sent in between would be skipped.
-            _, end = self._consumer.get_watermark_offsets(TopicPartition(self._topic, 0), timeout=timeout,
-                                                          cached=False)
+            end = current_end(self._consumer, self._topic, timeout)
             self._consumer.assign([TopicPartition(self._topic, 0, end)])
             self._nodes: frozenset[str] = self._discover(timeout)
         except BaseException:

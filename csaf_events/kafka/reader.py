@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, IsolationLevel, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from csaf_events.errors import DataAccessError
@@ -30,6 +30,21 @@ RESTORE_FETCH = 10_000
 #: Not for a consumer whose connection is also asked for offsets: the broker answers one
 #: connection's requests in order, so those answers would wait for the fetch.
 TAIL_FETCH_WAIT_MS = 500
+
+
+def current_end(consumer: Consumer, topic: str, timeout: float) -> int:
+    """The end offset of partition 0 of a topic this node just created (its reply and node
+    topics), asked again while the client's metadata does not know the topic yet
+    (UNKNOWN_TOPIC_OR_PART right after the creation, seen when nodes boot together)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            left = max(0.5, deadline - time.monotonic())
+            return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=left, cached=False)[1]
+        except KafkaException as e:
+            if time.monotonic() >= deadline or e.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+            time.sleep(0.2)
 
 
 def poll_tail(consumer: Consumer, timeout: float, what: str, producer: Producer | None = None) -> Message | None:

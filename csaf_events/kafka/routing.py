@@ -25,7 +25,7 @@ from csaf_events.clock import now_ms
 from csaf_events.codec import decode_outcome, encode_command
 from csaf_events.commands import Command
 from csaf_events.errors import DataAccessError, unreachable
-from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS, poll_tail
+from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS, current_end, poll_tail
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class KafkaRouter:
                                   "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS})
         # Start at the current end, resolved now: OFFSET_END would be resolved at the first
         # fetch, and a reply written before that would be skipped.
-        _, end = self._replies.get_watermark_offsets(TopicPartition(reply_topic, 0), timeout=timeout, cached=False)
+        end = current_end(self._replies, reply_topic, timeout)
         self._replies.assign([TopicPartition(reply_topic, 0, end)])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read_replies, name=f"csaf-replies-{node_name}", daemon=True)
