@@ -25,7 +25,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicP
 from confluent_kafka.admin import AdminClient
 
 from csaf_events.errors import CsafError
-from csaf_events.kafka.reader import end_offsets
+from csaf_events.kafka.end_offsets import end_offsets
 from csaf_events.topics import load_topics
 
 CLIENT_PREFIX = "csaf-"  # KafkaBackend's client.id is csaf-<node>

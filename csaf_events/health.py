@@ -111,14 +111,12 @@ def facts(store: ClusterStoreAndForward, registry_lag: bool = True) -> dict[str,
 def _registry_lag(backend: Any) -> tuple[int | None, str | None]:
     from confluent_kafka import IsolationLevel
 
-    from csaf_events.kafka.reader import end_offsets
-
     tailer = getattr(backend, "tailer", None)
     if tailer is None:
         return None, "no registry tail"
     try:
-        ends = end_offsets(tailer._admin, tailer._topic, range(tailer._partitions), IsolationLevel.READ_COMMITTED,
-                           LAG_TIMEOUT)
+        ends = tailer.end_offsets(tailer._topic, range(tailer._partitions), IsolationLevel.READ_COMMITTED,
+                                  LAG_TIMEOUT)
     except Exception as e:  # noqa: BLE001 - reported, not raised: health must answer
         return None, f"{type(e).__name__}: {e}"
     pos = list(tailer._pos)

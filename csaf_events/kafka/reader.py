@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from csaf_events.errors import DataAccessError
+from csaf_events.kafka.end_offsets import EndOffsets
 from csaf_events.log.entries import Chunk, LogEntry
 
 log = logging.getLogger(__name__)
@@ -130,24 +130,6 @@ def entries(partition: int, msgs: list[Message]) -> Iterator[LogEntry]:
         yield LogEntry(partition, m.offset(), m.key(), m.value(), tuple(m.headers() or ()))
 
 
-def end_offsets(admin: AdminClient, topic: str, partitions, level: IsolationLevel,
-                timeout: float) -> dict[int, int]:
-    """The end offsets of several partitions in one request (high watermark for
-    READ_UNCOMMITTED, last stable offset for READ_COMMITTED)."""
-    try:
-        futures = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
-                                     isolation_level=level, request_timeout=timeout)
-        ends = {tp.partition: f.result(timeout).offset for tp, f in futures.items()}
-    except Exception as e:  # noqa: BLE001 - KafkaException, or the future's TimeoutError
-        raise DataAccessError(f"cannot read the end offsets of {topic}: {type(e).__name__}: {e}",
-                              may_have_written=False) from e
-    unknown = sorted(p for p, end in ends.items() if end < 0)
-    if unknown:  # -1001 while a partition has no leader: not an end (a restore would drop everything)
-        raise DataAccessError(f"the end offsets of {topic} partitions {unknown} are unknown now (no leader?)",
-                              may_have_written=False)
-    return ends
-
-
 class KafkaReader:
     """Reads one topic's partitions (read_committed, assign only: no group membership).
 
@@ -166,7 +148,7 @@ class KafkaReader:
         self._timeout = timeout
         self._lock = threading.Lock()
         self._consumer: Consumer | None = None
-        self._admin: AdminClient | None = None
+        self._end_offsets = EndOffsets(client_config)
 
     def _reader(self) -> Consumer:
         if self._consumer is None:
@@ -180,15 +162,7 @@ class KafkaReader:
         return self._consumer
 
     def _offset(self, partition: int, level: IsolationLevel) -> int:
-        if self._admin is None:
-            self._admin = AdminClient(self._config)
-        try:
-            return end_offsets(self._admin, self.topic, [partition], level, self._timeout)[partition]
-        except DataAccessError:
-            # After a broker came back the admin client can keep asking with a leader epoch
-            # the broker has moved past (FENCED_LEADER_EPOCH, for minutes): a new one asks afresh.
-            self._admin = None
-            raise
+        return self._end_offsets(self.topic, [partition], level, self._timeout)[partition]
 
     def end_offset(self, partition: int) -> int:
         high = self._offset(partition, IsolationLevel.READ_UNCOMMITTED)
@@ -225,4 +199,4 @@ class KafkaReader:
             if self._consumer is not None:
                 self._consumer.close()
                 self._consumer = None
-        self._admin = None
+        self._end_offsets.close()

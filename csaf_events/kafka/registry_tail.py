@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient
 
-from csaf_events.errors import DataAccessError, unreachable
-from csaf_events.kafka.reader import end_offsets, next_batch
+from csaf_events.errors import DataAccessError
+from csaf_events.kafka.end_offsets import EndOffsets
+from csaf_events.kafka.reader import next_batch
 from csaf_events.registry import SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,7 @@ class RegistryTailer:
         # one request for all partitions. It asks for the high watermark, not the last stable
         # offset: commit_transaction() returns before the commit markers are written, so the
         # LSO can still be short of a write that has returned; the high watermark includes it.
-        self._config = client_config
-        self._admin = AdminClient(client_config)
+        self.end_offsets = EndOffsets(client_config)
         self._partitions = partitions
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"csaf-registry-{node_name}", daemon=True)
@@ -117,14 +116,7 @@ class RegistryTailer:
     def sync(self, timeout: float) -> None:
         """Return once the registry holds every session write that returned anywhere before
         this call."""
-        try:
-            targets = end_offsets(self._admin, self._topic, range(self._partitions),
-                                  IsolationLevel.READ_UNCOMMITTED, timeout)
-        except DataAccessError:
-            self._admin = AdminClient(self._config)  # a stale leader epoch stays with a client (see reader)
-            raise
-        except Exception as e:  # noqa: BLE001 - a timeout of the admin client's future, ...
-            raise unreachable(f"reading the end of {self._topic}", e) from e
+        targets = self.end_offsets(self._topic, range(self._partitions), IsolationLevel.READ_UNCOMMITTED, timeout)
         deadline = time.monotonic() + timeout
         with self._cond:
             for p, t in targets.items():
@@ -137,3 +129,4 @@ class RegistryTailer:
         self._stop.set()
         self._thread.join(5)
         self._consumer.close()
+        self.end_offsets.close()
