@@ -685,7 +685,6 @@ class Scenario:
 
 # --------------------------------------------------------------------------- tests --
 
-@pytest.mark.broker_restart  # liveness after a broker's return is not met yet (docs/operations.md, Faults)
 def test_broker_killed_and_restarted_under_load(kafka3: LocalCluster, figures, tmp_path: Path) -> None:
     """One broker of three SIGKILLed under load (events RF 3, min ISR 2: writes can go on),
     a node booted while it is down, the broker back after 15 s."""

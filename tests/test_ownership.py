@@ -6,6 +6,7 @@ transaction the broker aborts); what must hold is what a caller and the log show
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +85,26 @@ class _AbortOnce:
         return getattr(self._producer, name)
 
 
+class _HangOnce:
+    """The node's producer, except that the next `send_offsets_to_transaction` blocks past its
+    timeout, the way librdkafka's does when the group coordinator's broker died."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+        self.release = threading.Event()
+        self.hung = 0
+
+    def send_offsets_to_transaction(self, *args: Any) -> None:
+        if not self.hung:
+            self.hung += 1
+            self.release.wait(120)
+            return
+        self._producer.send_offsets_to_transaction(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+
 class _Pair(NamedTuple):
     """Two nodes with one partition each: the owner of `partition` and a node that routes to it."""
 
@@ -121,6 +142,34 @@ def test_an_aborted_transaction_decides_its_routed_command_again_exactly_once(
     events = events_of(kafka_bootstrap, f"{kafka_namespace}.events", p)
     stored = [e for e in events if header(e.headers, "type") == "InboxStored" and b'"m1"' in e.key]
     assert len(stored) == 1
+
+
+def test_a_transaction_whose_offsets_call_hangs_is_left_uncommitted_and_a_new_producer_goes_on(
+        kafka_bootstrap: str, kafka_namespace: str, tmp_path: Path) -> None:
+    with _open("a", tmp_path, kafka_bootstrap, kafka_namespace, request_timeout=3.0) as store:
+        p = 0
+        sid = _session_in(p, "hang")
+        store.register_session_at_this_node(sid, "u", "c", "lib", "app", "1")
+        txn = store.node.log.transaction_for(p)
+        txn._producer = hanging = _HangOnce(txn._producer)
+        try:
+            with pytest.raises(DataAccessError, match="did not take the command offsets") as failed:
+                store.store_message_id_in_inbox(sid, "m1")
+            assert failed.value.may_have_written is False
+            assert hanging.hung == 1
+            assert txn._producer is None or txn._producer is not hanging, "the blocked producer was used again"
+
+            _wait(lambda: p in store.node.owned(), 30, "the partition retaken")
+            store.store_message_id_in_inbox(sid, "m2")  # a new producer commits
+            assert store.get_message_from_inbox(sid, "m1") is None  # the left transaction wrote nothing
+            store.store_message_id_in_inbox(sid, "m1")  # so the id is free, and taken once now
+            with pytest.raises(CsafError, match="already"):
+                store.store_message_id_in_inbox(sid, "m1")
+        finally:
+            hanging.release.set()
+        events = events_of(kafka_bootstrap, f"{kafka_namespace}.events", p)
+        stored = [e.key for e in events if header(e.headers, "type") == "InboxStored"]
+        assert sum(b'"m1"' in k for k in stored) == 1 and sum(b'"m2"' in k for k in stored) == 1
 
 
 def test_a_routed_command_is_not_executed_after_its_callers_deadline(pair: _Pair) -> None:

@@ -27,6 +27,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
@@ -53,6 +55,12 @@ _SESSION_KEY_PREFIX = b'["' + SESSION.encode() + b'",'
 #: lifecycles/s with one lane, 756 with two); a broker with cores of its own does better
 #: with two (16 cores: +20 %), four make each cycle longer again (docs/benchmarks.md).
 DEFAULT_LANES = 1
+
+#: The longest a transaction waits for the group coordinator to take its command offsets
+#: (at most the request timeout). It takes 4-7 ms when the coordinator answers; a call that
+#: has not returned by then is stuck on a coordinator that moved (see `_send_offsets`), and
+#: every second waited is a second in which the lane's partitions write nothing.
+OFFSETS_BOUND_S = 5.0
 
 #: How long the broker lets a transaction stay open before it aborts it. A node that dies
 #: with a transaction open holds up the takeover of its partitions this long at most.
@@ -83,6 +91,10 @@ _GROUP_MOVED = {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, Kaf
                 KafkaError.REBALANCE_IN_PROGRESS}
 
 
+class _Abandoned(Exception):
+    """A call on the producer did not return in time; the producer was left behind."""
+
+
 class NodeTransaction:
     """The node's transactions, run one after another by a committer thread of their own,
     each with every append queued since the previous one began."""
@@ -99,6 +111,9 @@ class NodeTransaction:
         self._timeout = timeout
         self._timings = timings
         self._producer: Producer | None = self._new_producer()
+        # The offsets go to the group coordinator from a thread of their own (see _send_offsets).
+        self._offsets_thread = self._new_offsets_thread()
+        self._abandoned: list[Producer] = []  # producers left blocked in a call (kept, never destroyed)
         self._queue: list[Append] = []
         self._queued = threading.Condition()
         self._closed = False
@@ -117,6 +132,34 @@ class NodeTransaction:
             "transactional.id": self._transactional_id, "acks": "all"})
         producer.init_transactions(self._timeout)  # fences an earlier incarnation of this node
         return producer
+
+    def _new_offsets_thread(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(1, thread_name_prefix=f"csaf-offsets-{self._transactional_id}")
+
+    def _send_offsets(self, producer: Producer, offsets: list[TopicPartition]) -> None:
+        """`send_offsets_to_transaction`, bounded. librdkafka does not bound it itself: when
+        the group coordinator's broker dies, the call can block for good, past its timeout
+        and past the broker's return (librdkafka issues 5456 and 5511; seen here as
+        partitions without a write for minutes after a broker restart). A call that does not
+        return in time leaves its producer behind, blocked on its own thread and never used
+        again: its transaction is never committed (the next producer's `init_transactions`
+        fences it and aborts it), so nothing of it was written."""
+        bound = min(self._timeout, OFFSETS_BOUND_S)
+        call = self._offsets_thread.submit(producer.send_offsets_to_transaction, offsets,
+                                           self._ownership.group_metadata, bound)
+        try:
+            call.result(bound + 0.5)
+        except FutureTimeout:
+            self._abandoned.append(producer)
+            self._producer = None  # the next round opens a new one
+            self._offsets_thread.shutdown(wait=False)
+            self._offsets_thread = self._new_offsets_thread()
+            self._ownership.refresh_group_metadata()
+            log.error("node %s: sending the command offsets to the group coordinator did not return in %.1fs; "
+                      "the transaction is left uncommitted with its producer, a new producer takes over",
+                      self._node, bound)
+            raise _Abandoned(f"the group coordinator did not take the command offsets within {bound:.1f}s; "
+                             f"nothing was written") from None
 
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                group: Sequence[Pending] = (), *, on_done: OnDone | None = None,
@@ -230,9 +273,7 @@ class NodeTransaction:
             produced = time.perf_counter()
             # The offsets go while the records are on their way; a member the group has moved
             # on from is refused here, and the transaction aborts.
-            producer.send_offsets_to_transaction(
-                [TopicPartition(commands_topic, p, o) for p, o in sorted(offsets.items())],
-                self._ownership.group_metadata, self._timeout)
+            self._send_offsets(producer, [TopicPartition(commands_topic, p, o) for p, o in sorted(offsets.items())])
             offsets_sent = time.perf_counter()
             producer.flush(self._timeout)
             flushed = time.perf_counter()
@@ -245,6 +286,9 @@ class NodeTransaction:
                         raise
         except KafkaException as e:
             raise self._failure(e, reqs) from e
+        except _Abandoned as e:  # the producer is blocked elsewhere: nothing more is asked of it
+            raise DataAccessError(f"partitions {sorted({r.partition for r in reqs})}: {e}",
+                                  may_have_written=False) from e
         except Exception as e:  # noqa: BLE001 - not the client's error: settle the producer all the same
             try:
                 producer.abort_transaction(self._timeout)
@@ -328,6 +372,7 @@ class NodeTransaction:
             self._closed = True
             self._queued.notify()
         self._committer.join(self._timeout)
+        self._offsets_thread.shutdown(wait=False)
         try:
             if self._producer is not None:
                 self._producer.flush(5)
