@@ -1,0 +1,83 @@
+"""The one-way dependency rule of `docs/architecture.md` ("Dependencies"), read from the
+source: the catalog and the log's plain types are leaves, the projections build on them
+alone, the log adapters never reach up into the application, and the library never imports
+its tools. Imports under `if TYPE_CHECKING:` are annotations, not dependencies, and are left
+out."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Modules that import nothing of this project.
+LEAVES = ["csaf_events/events.py", "csaf_events/errors.py", "csaf_events/dtos.py", "csaf_events/clock.py",
+          "csaf_events/partitioning.py", "csaf_events/log/entries.py", "csaf_events/group_commit.py",
+          "csaf_events/timings.py"]
+#: What the projections may import of `csaf_events`.
+PROJECTIONS_MAY_IMPORT = {"csaf_events.events", "csaf_events.log.entries", "csaf_events.errors"}
+#: The application: what the log adapters (`embedded/`, `kafka/`) must never import.
+APPLICATION = ("csaf_events.store", "csaf_events.factory", "csaf_events.cli", "csaf_events.metrics",
+               "csaf_events.health", "csaf_events.matssocket", "csaf_events.maintenance", "csaf_events.workload")
+
+
+def _imports(path: Path) -> set[str]:
+    """The project modules `path` imports at run time."""
+    tree = ast.parse(path.read_text(), str(path))
+    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                 and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+                 for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)  # `from pkg import module`
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m.split(".")[0] in ("csaf_events", "projections", "bench", "tests")}
+
+
+def _modules(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def _project_modules() -> set[str]:
+    return {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            for folder in ("csaf_events", "projections") for p in _modules(folder)}
+
+
+def _real(imports: set[str]) -> set[str]:
+    """Imports that name a module (not a class or function taken from one)."""
+    modules = _project_modules()
+    return {m for m in imports if m in modules}
+
+
+@pytest.mark.parametrize("leaf", LEAVES)
+def test_a_leaf_imports_nothing_of_the_project(leaf: str) -> None:
+    assert _imports(ROOT / leaf) == set()
+
+
+@pytest.mark.parametrize("path", _modules("projections"), ids=lambda p: p.name)
+def test_the_projections_build_on_the_catalog_and_the_logs_plain_types_alone(path: Path) -> None:
+    outside = {m for m in _real(_imports(path)) if not m.startswith("projections")} - PROJECTIONS_MAY_IMPORT
+    assert outside == set(), f"{path.name} imports {sorted(outside)}"
+
+
+@pytest.mark.parametrize("path", [*_modules("csaf_events/embedded"), *_modules("csaf_events/kafka")],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_log_adapter_never_imports_the_application(path: Path) -> None:
+    upward = {m for m in _real(_imports(path)) if m.startswith(APPLICATION)}
+    assert upward == set(), f"{path.parent.name}/{path.name} imports {sorted(upward)}"
+
+
+@pytest.mark.parametrize("path", [*_modules("csaf_events"), *_modules("projections")],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_library_never_imports_its_tools_or_edits_the_import_path(path: Path) -> None:
+    tools = {m for m in _imports(path) if m.split(".")[0] in ("bench", "tests")}
+    assert tools == set()
+    assert "sys.path" not in path.read_text()
