@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csaf_events import cli_log, cli_ops
+from csaf_events.cli_ops import number, positive_float
 from csaf_events import logs
 from csaf_events.errors import CsafError
 from csaf_events.logs import LEVELS as LOG_LEVELS
@@ -53,24 +54,7 @@ class SubcommandGroup:
 
 # ---------------------------------------------------------------- argument types --
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+positive_int = number(int, lambda v: v >= 1, "a positive integer")
 
 
 def payload_size(text: str) -> int:

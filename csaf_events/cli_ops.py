@@ -19,7 +19,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,22 @@ def namespace(text: str) -> str:
     return text
 
 
-def port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a port number (0-65535), got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number (0-65535), got {text!r}")
-    return value
+def number(convert: Callable[[str], Any], accept: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    """An argparse type: `convert` the text, refuse what `accept` does not, naming `what`."""
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    parse.__name__ = what
+    return parse
+
+
+port = number(int, lambda v: 0 <= v <= 65535, "a port number (0-65535)")
+positive_float = number(float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
 def bootstrap(text: str) -> str:
@@ -49,7 +57,6 @@ def bootstrap(text: str) -> str:
 
 
 def _cluster_arguments(p: argparse.ArgumentParser) -> None:
-    from csaf_events.cli import positive_float
     p.add_argument("--bootstrap", type=bootstrap, required=True, metavar="HOST:PORT",
                    help="Kafka bootstrap servers of the cluster")
     p.add_argument("--namespace", type=namespace, default="csaf", help="topic and group name prefix (default csaf)")
