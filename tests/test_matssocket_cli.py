@@ -19,7 +19,8 @@ from csaf_events.clock import now_ms
 from csaf_events.matssocket.cli import load_factory
 
 
-def _port_from_log(process: subprocess.Popen, timeout: float = 30.0) -> int:
+def port_from_log(process: subprocess.Popen, timeout: float = 30.0) -> int:
+    """The port a `csaf serve` process says it listens on (its first one)."""
     deadline = time.monotonic() + timeout
     seen = []
     while time.monotonic() < deadline:
@@ -52,7 +53,7 @@ def test_serve_the_test_app_until_sigterm(tmp_path: Path) -> None:
                                 "--host", "127.0.0.1", "--node-name", "cli-node", "--data-dir", str(data_dir)],
                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
-        port = _port_from_log(process)
+        port = port_from_log(process)
         sid, answer = asyncio.run(_hello_and_request(port))
         assert answer["t"] == "RESOLVE" and answer["msg"]["string"] == "x:From_resolveInIncomingHandler"
         process.send_signal(signal.SIGTERM)

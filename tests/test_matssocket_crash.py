@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -27,6 +25,7 @@ from csaf_events.clock import now_ms
 from csaf_events.matssocket import IncomingContext, MatsSocketServer
 from csaf_events.matssocket.testapp import DummyAuthenticator
 from csaf_events.store import ClusterStoreAndForward
+from test_matssocket_cli import port_from_log
 
 MESSAGES = 2000
 
@@ -48,18 +47,7 @@ def start_node(data_dir: Path) -> tuple[subprocess.Popen, int]:
                                 "test_matssocket_crash:create_server", "--port", "0", "--host", "127.0.0.1",
                                 "--node-name", "crash-node", "--data-dir", str(data_dir)],
                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    deadline = time.monotonic() + 30
-    seen = []
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            break
-        seen.append(line)
-        match = re.search(r"listening on \S+ port\(s\) \[(\d+)", line)
-        if match:
-            return process, int(match.group(1))
-    process.kill()
-    pytest.fail("the node did not start:\n" + "".join(seen[-20:]))
+    return process, port_from_log(process)
 
 
 class StreamClient:
