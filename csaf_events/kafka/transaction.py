@@ -27,8 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+import queue
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
@@ -95,6 +94,43 @@ class _Abandoned(Exception):
     """A call on the producer did not return in time; the producer was left behind."""
 
 
+class _DaemonCaller:
+    """Runs calls one at a time on a daemon thread of its own, for a caller that waits with
+    a timeout. A call that never returns holds up neither that caller nor the interpreter's
+    exit (a pool's worker thread would be joined at exit)."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            call = self._calls.get()
+            if call is None:
+                return
+            fn, args, outcome, done = call
+            try:
+                outcome.append((True, fn(*args)))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                outcome.append((False, e))
+            done.set()
+
+    def call(self, timeout: float, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)`, or `TimeoutError` if it has not returned within `timeout` seconds."""
+        outcome: list[tuple[bool, Any]] = []
+        done = threading.Event()
+        self._calls.put((fn, args, outcome, done))
+        if not done.wait(timeout):
+            raise TimeoutError(f"{getattr(fn, '__name__', fn)} did not return within {timeout:.1f}s")
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        self._calls.put(None)
+
+
 class NodeTransaction:
     """The node's transactions, run one after another by a committer thread of their own,
     each with every append queued since the previous one began."""
@@ -133,8 +169,8 @@ class NodeTransaction:
         producer.init_transactions(self._timeout)  # fences an earlier incarnation of this node
         return producer
 
-    def _new_offsets_thread(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(1, thread_name_prefix=f"csaf-offsets-{self._transactional_id}")
+    def _new_offsets_thread(self) -> _DaemonCaller:
+        return _DaemonCaller(f"csaf-offsets-{self._transactional_id}")
 
     def _send_offsets(self, producer: Producer, offsets: list[TopicPartition]) -> None:
         """`send_offsets_to_transaction`, bounded. librdkafka does not bound it itself: when
@@ -145,15 +181,13 @@ class NodeTransaction:
         again: its transaction is never committed (the next producer's `init_transactions`
         fences it and aborts it), so nothing of it was written."""
         bound = min(self._timeout, OFFSETS_BOUND_S)
-        call = self._offsets_thread.submit(producer.send_offsets_to_transaction, offsets,
-                                           self._ownership.group_metadata, bound)
         try:
-            call.result(bound + 0.5)
-        except FutureTimeout:
+            self._offsets_thread.call(bound + 0.5, producer.send_offsets_to_transaction, offsets,
+                                      self._ownership.group_metadata, bound)
+        except TimeoutError:
             self._abandoned.append(producer)
             self._producer = None  # the next round opens a new one
-            self._offsets_thread.shutdown(wait=False)
-            self._offsets_thread = self._new_offsets_thread()
+            self._offsets_thread = self._new_offsets_thread()  # the old one stays blocked in the call
             self._ownership.refresh_group_metadata()
             log.error("node %s: sending the command offsets to the group coordinator did not return in %.1fs; "
                       "the transaction is left uncommitted with its producer, a new producer takes over",
@@ -372,7 +406,7 @@ class NodeTransaction:
             self._closed = True
             self._queued.notify()
         self._committer.join(self._timeout)
-        self._offsets_thread.shutdown(wait=False)
+        self._offsets_thread.close()
         try:
             if self._producer is not None:
                 self._producer.flush(5)
