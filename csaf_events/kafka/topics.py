@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from confluent_kafka import KafkaException, TopicCollection, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, OffsetSpec
 
 from csaf_events.errors import CsafError, DataAccessError
@@ -36,9 +38,12 @@ def describe(admin: AdminClient, specs: list[TopicSpec], timeout: float = 15.0) 
     ids: dict[str, str] = {}
     if present:
         for res, fut in admin.describe_configs([ConfigResource("TOPIC", n) for n in present]).items():
-            configs[res.name] = {k: c.value for k, c in fut.result(timeout).items()}
+            configs[res.name] = _known(fut, timeout, lambda r: {k: c.value for k, c in r.items()})
         for name, fut in admin.describe_topics(TopicCollection(present)).items():
-            ids[name] = str(fut.result(timeout).topic_id)
+            ids[name] = _known(fut, timeout, lambda r: str(r.topic_id))
+        # a topic another node has just created can be in one broker's metadata and not yet
+        # in the broker asked for its configs: not there yet (`ensure` asks again)
+        present = [n for n in present if configs[n] is not None and ids[n] is not None]
     for s in specs:
         if s.name in present:
             t = md.topics[s.name]
@@ -47,6 +52,16 @@ def describe(admin: AdminClient, specs: list[TopicSpec], timeout: float = 15.0) 
         else:
             out[s.name] = TopicState(s.name, False)
     return out
+
+
+def _known(fut: Any, timeout: float, value: Callable[[Any], Any]) -> Any:
+    """`value` of the future's result, or None if the broker asked does not know the topic yet."""
+    try:
+        return value(fut.result(timeout))
+    except KafkaException as e:
+        if e.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return None
+        raise
 
 
 def differences(spec: TopicSpec, state: TopicState) -> list[str]:
