@@ -34,8 +34,8 @@ def describe(admin: AdminClient, specs: list[TopicSpec], timeout: float = 15.0) 
         raise DataAccessError(f"cannot reach Kafka to list topics: {e}", may_have_written=False) from e
     out: dict[str, TopicState] = {}
     present = [s.name for s in specs if s.name in md.topics and md.topics[s.name].error is None]
-    configs: dict[str, dict[str, str]] = {}
-    ids: dict[str, str] = {}
+    configs: dict[str, dict[str, str] | None] = {}
+    ids: dict[str, str | None] = {}
     if present:
         for res, fut in admin.describe_configs([ConfigResource("TOPIC", n) for n in present]).items():
             configs[res.name] = _known(fut, timeout, lambda r: {k: c.value for k, c in r.items()})
