@@ -74,10 +74,10 @@ PARTITIONS = 6
 RECOVERY_BOUND_S = float(os.environ.get("CSAF_FAULTS_BOUND_S", "30"))
 #: A node kill must not stall the partitions it did not own (issue 9, item 2: a takeover
 #: does not stall what the new owner already owns): no gap between decided writes on them
-#: longer than this, from the kill to the end of the load. Measured 0.6-11.3 s: the owner
-#: decides them all along, but the caller's reply topic (one partition, read_committed) also
-#: holds the killed node's open transaction's reply, and its last stable offset waits for
-#: that transaction's abort (docs/operations.md, Faults).
+#: longer than this, from the kill to the end of the load. Measured 0.4-6.4 s since owners
+#: answer routed commands after their commit, outside it; 0.6-12.8 s when the answers went
+#: inside the transactions and a killed node's open one held back every caller's reply
+#: partition (docs/operations.md, Faults).
 UNAFFECTED_BOUND_S = float(os.environ.get("CSAF_FAULTS_UNAFFECTED_BOUND_S", "20"))
 #: How long the probe keeps trying (past the bound, so a miss is measured, not just seen).
 PROBE_MAX_S = RECOVERY_BOUND_S + 15

@@ -83,7 +83,7 @@ class KafkaBackend(Backend):
         self._closers.insert(0, self.router.close)
         timings = Timings()
         self.log = KafkaLog(self._node_name, self._config, self.topics, self.projection, generation, self._timeout,
-                            timings, self._lanes)
+                            timings, self.router.reply, self._lanes)
         self._closers.insert(0, self.log.close)
         self.node = Node(self._node_name, self.projection, self.log, self._clock, self.router, self._timeout,
                          timings)

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 class KafkaLog:
     def __init__(self, node_name: str, client_config: dict[str, Any], topics: Topics, projection: Projection,
-                 generation: str, timeout: float, timings: Timings, lanes: int = 1) -> None:
+                 generation: str, timeout: float, timings: Timings, reply: Callable[[str, bytes, bytes], None],
+                 lanes: int = 1) -> None:
         self.partitions = topics.events.partitions
         self._projection = projection
         self._generation = generation
@@ -37,7 +38,7 @@ class KafkaLog:
         self.topic = self.reader.topic
         self.ownership = Ownership(node_name, client_config, topics, timeout, self.restore)
         self.transactions = [NodeTransaction(node_name, client_config, topics, projection, self.ownership,
-                                             generation, timeout, timings, lane) for lane in range(lanes)]
+                                             generation, timeout, timings, reply, lane) for lane in range(lanes)]
 
     def set_ownership_listener(self, on_assigned: Callable[[list[int]], None],
                                on_revoked: Callable[[list[int]], None]) -> None:

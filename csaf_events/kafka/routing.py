@@ -1,8 +1,9 @@
 """Routing a command to the owner of its partition and waiting for the answer (Kafka mode).
 
-The command goes to the commands topic, partition p; the owner of p decides it and puts
-the reply on this node's reply topic in the same transaction as the events. The reply
-consumer reads committed records only, so a reply seen means the events are committed.
+The command goes to the commands topic, partition p; the owner of p decides it, commits
+its events, and then puts the reply on this node's reply topic (outside the transaction,
+so the reply topic holds no transactional records and no owner's open transaction can
+hold back another owner's replies). A reply seen means the events are committed.
 
 Every command carries its caller's deadline (wall clock, milliseconds). An owner does not
 decide a command after it (it answers "not executed" instead), so a caller that gave up
@@ -83,7 +84,7 @@ class KafkaRouter:
         return decode_outcome(raw)
 
     def reply(self, reply_topic: str, correlation_id: bytes, outcome: bytes) -> None:
-        """Answer a routed read directly (writes are answered inside the owner's transaction)."""
+        """Answer a routed command: a read at once, a write once its transaction committed."""
         self._producer.produce(reply_topic, outcome, partition=0, headers=[("corr", correlation_id)])
         self._producer.poll(0)
 

@@ -7,11 +7,14 @@ transaction's cycle is dominated by round trips and by the commit markers of the
 one (each later transaction of the same producer waits for them), not by its size, so
 lanes cut the time a write waits. `transactional.id = <ns>.node.<node>[.<lane>]`; a
 restarted node fences its previous incarnation. The appends pending on a lane's partitions
-are committed together in one transaction: the events, the session rows (for the session registry topic), the replies
-to routed commands, and the command offsets of every partition in the transaction, sent
-with the group metadata of the latest poll (KIP-447). So a node that was rebalanced out
-cannot commit (the group coordinator refuses the stale generation and the transaction
-aborts).
+are committed together in one transaction: the events, the session rows (for the session
+registry topic) and the command offsets of every partition in the transaction, sent with
+the group metadata of the latest poll (KIP-447). So a node that was rebalanced out cannot
+commit (the group coordinator refuses the stale generation and the transaction aborts).
+The answers to the routed commands go out right after the commit, outside the
+transaction: a caller's reply topic then holds no transactional records, so an open
+transaction of a node that died cannot hold back the replies of the others (a
+`read_committed` reader stops at the oldest open transaction of its partition).
 
 A failed transaction never leaves a projection that differs from the log: the batch of a
 transaction is written to the projection only after the commit, and every partition of a
@@ -136,7 +139,8 @@ class NodeTransaction:
     each with every append queued since the previous one began."""
 
     def __init__(self, node_name: str, client_config: dict[str, Any], topics: Topics, projection: Projection,
-                 ownership: Ownership, generation: str, timeout: float, timings: Timings, lane: int = 0) -> None:
+                 ownership: Ownership, generation: str, timeout: float, timings: Timings,
+                 reply: Callable[[str, bytes, bytes], None], lane: int = 0) -> None:
         self._node = node_name
         self._transactional_id = f"{topics.namespace}.node.{node_name}" + (f".{lane}" if lane else "")
         self._config = client_config
@@ -146,6 +150,7 @@ class NodeTransaction:
         self._generation = generation
         self._timeout = timeout
         self._timings = timings
+        self._reply = reply  # (reply topic, correlation id, outcome): a routed command's answer
         self._producer: Producer | None = self._new_producer()
         # The offsets go to the group coordinator from a thread of their own (see _send_offsets).
         self._offsets_thread = self._new_offsets_thread()
@@ -259,6 +264,7 @@ class NodeTransaction:
         self._timings.transaction(sum(r.commands for r in live), sum(len(r.records) for r in live),
                                   len({r.partition for r in live}), error is None)
         if error is None:
+            self._answer_routed(live)
             self._apply(live)
             return
         self.last_error = f"{type(error).__name__}: {error}"
@@ -301,9 +307,6 @@ class NodeTransaction:
                                      on_delivery=delivered if r is last else None)
                     if r.key.startswith(_SESSION_KEY_PREFIX):
                         producer.produce(sessions_topic, r.value, r.key, partition=p, headers=list(r.headers))
-                for pend in req.routed:
-                    producer.produce(pend.origin.reply_topic, encode_outcome(pend.result, pend.error), partition=0,
-                                     headers=[("corr", pend.origin.correlation_id)])
             produced = time.perf_counter()
             # The offsets go while the records are on their way; a member the group has moved
             # on from is refused here, and the transaction aborts.
@@ -379,6 +382,19 @@ class NodeTransaction:
         except KafkaException:
             pass
         return DataAccessError(f"partitions {partitions}: commit outcome unknown: {err}")
+
+    def _answer_routed(self, reqs: list[Append]) -> None:
+        """Send the answers of the routed commands of a committed transaction. A node that
+        dies before they are sent leaves its callers without an answer: they time out with
+        `DataAccessError(may_have_written=True)`, which is the truth."""
+        for req in reqs:
+            for pend in req.routed:
+                try:
+                    self._reply(pend.origin.reply_topic, pend.origin.correlation_id,
+                                encode_outcome(pend.result, pend.error))
+                except Exception:  # noqa: BLE001 - committed; the caller's timeout tells it so
+                    log.exception("node %s: answering a routed command of partition %d failed", self._node,
+                                  req.partition)
 
     def _apply(self, reqs: list[Append]) -> None:
         """Write each partition's projection batch and checkpoint, now that the events are
