@@ -154,7 +154,6 @@ class NodeTransaction:
         self._producer: Producer | None = self._new_producer()
         # The offsets go to the group coordinator from a thread of their own (see _send_offsets).
         self._offsets_thread = self._new_offsets_thread()
-        self._abandoned: list[Producer] = []  # producers left blocked in a call (kept, never destroyed)
         self._queue: list[Append] = []
         self._queued = threading.Condition()
         self._closed = False
@@ -190,9 +189,11 @@ class NodeTransaction:
             self._offsets_thread.call(bound + 0.5, producer.send_offsets_to_transaction, offsets,
                                       self._ownership.group_metadata, bound)
         except TimeoutError:
-            self._abandoned.append(producer)
+            # The blocked call holds the producer until it returns; then its thread ends and
+            # the producer goes. Nothing here uses either again.
             self._producer = None  # the next round opens a new one
-            self._offsets_thread = self._new_offsets_thread()  # the old one stays blocked in the call
+            self._offsets_thread.close()
+            self._offsets_thread = self._new_offsets_thread()
             self._ownership.refresh_group_metadata()
             log.error("node %s: sending the command offsets to the group coordinator did not return in %.1fs; "
                       "the transaction is left uncommitted with its producer, a new producer takes over",
