@@ -24,6 +24,7 @@ measures; it never fails because a number moved.
 
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import json
 import os
@@ -43,6 +44,7 @@ from typing import Any
 
 from csaf_events import CsafError, open_store
 from csaf_events.cli import payload_size, positive_int, run_main
+from csaf_events.cli_ops import number
 from csaf_events import timings
 from csaf_events.workload import WorkloadConfig, WorkloadResult, run_workload
 
@@ -70,10 +72,34 @@ class BenchOptions:
     transaction_lanes: int | None = None  # kafka: transactional producers per node (None: the store's default)
     kafka_config: tuple[tuple[str, str], ...] = ()  # kafka: client settings (`open_store(kafka_config=)`)
     metrics: bool = True              # the stores report Prometheus metrics (open_store's default); off: metrics=None
+    warmup: int | None = None         # sessions run, untimed, before the measured run (None: WARMUP_SESSIONS)
 
     def workload(self) -> WorkloadConfig:
         return WorkloadConfig(sessions=self.sessions, payload_bytes=self.payload, concurrency=self.concurrency,
                               mint_session_ids=self.mint_session_ids)
+
+    @property
+    def warmup_sessions(self) -> int:
+        return WARMUP_SESSIONS.get(self.backend, 0) if self.warmup is None else self.warmup
+
+
+def warm_up(stores: Sequence, options: BenchOptions) -> dict[str, Any] | None:
+    """Run the workload untimed (its own session ids) so that what is measured next is the
+    steady state: the broker's JIT-compiled request path, warm caches, started threads."""
+    n = options.warmup_sessions
+    if n == 0:
+        return None
+    result = run_workload(stores, dataclasses.replace(options.workload(), sessions=n))
+    return {"sessions": n, "elapsed_s": round(result.elapsed_s, 3),
+            "lifecycles_per_s": round(result.lifecycles_per_s, 1), "errors": sum(result.errors.values())}
+
+
+#: Sessions run untimed before the measured run, per backend. A broker just started runs its
+#: request path in the JVM's interpreter until the JIT has compiled it: on this project's
+#: 2-core VM the first Kafka run on a fresh broker gave 519 lifecycles/s and the next ones
+#: 1,010-1,050, with the broker's C2 compiler thread busy through the first run. 300 sessions
+#: take about 10 s; the embedded store has no JIT to warm.
+WARMUP_SESSIONS = {"embedded": 0, "kafka": 300}
 
 
 # ------------------------------------------------------------------- facts ----------
@@ -194,6 +220,7 @@ def measure(stores: Sequence, options: BenchOptions) -> tuple[WorkloadResult, di
     """Run the workload on booted `stores`; returns the result and the report's common part."""
     from bench.kafka_admin import CpuMeter, local_broker_pids
 
+    warmup = warm_up(stores, options)
     bar = _progress_bar(options.sessions, options.progress, f"{options.backend} x{len(stores)}")
     rss_before = current_rss_bytes()
     cpu = CpuMeter(local_broker_pids(options.bootstrap) if options.backend == "kafka" and options.bootstrap else [])
@@ -207,6 +234,7 @@ def measure(stores: Sequence, options: BenchOptions) -> tuple[WorkloadResult, di
     after = timings.merge([s.node.timings.snapshot() for s in stores])
     report = report_of(result, options, cpu_use, timings.breakdown(before, after, result.elapsed_s))
     report["rss_before_bytes"] = rss_before
+    report["warmup"] = warmup
     return result, report
 
 
@@ -334,7 +362,7 @@ def _run_in_this_process(options: BenchOptions, work: Path, namespace: str,
                          partitions: int) -> tuple[WorkloadResult, dict[str, Any]]:
     stores = [open_store(f"node-{i}", work / namespace / f"node-{i}", bootstrap_servers=options.bootstrap,
                          namespace=namespace, partitions=partitions, transaction_lanes=options.transaction_lanes,
-                         metrics=_registry(options))
+                         kafka_config=dict(options.kafka_config), metrics=_registry(options))
               for i in range(options.nodes)]
     try:
         with ThreadPoolExecutor(len(stores)) as pool:  # boot together: one rebalance, not N
@@ -452,6 +480,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"K={w['inbox_messages']} M={w['outbox_messages']}"
         + (", session ids minted by their home node" if w.get("mint_session_ids") else "")
         + f"; {w['ops']} ops in {w['elapsed_s']:.2f} s"
+        + (f" after a warm-up of {report['warmup']['sessions']} sessions" if report.get("warmup") else "")
         + (" (steps 1-5 {sessions:.2f} s, closes {close:.2f} s, timeout {timeout:.2f} s)".format(**w["phases_s"])
            if w.get("phases_s") else ""),
         "",
@@ -542,6 +571,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", choices=("on", "off"), default="on",
                    help="the stores report Prometheus metrics (on, open_store's default) or not (off: calls "
                         "not wrapped); run both to see what metrics cost a call")
+    p.add_argument("--warmup", type=number(int, lambda n: n >= 0, "0 or more sessions"), metavar="N",
+                   help="sessions run untimed before the measured run (default: 300 for kafka, whose broker "
+                        "JIT-compiles its request path in its first minute; 0 for embedded)")
     p.add_argument("--mint-session-ids", action="store_true",
                    help="each session's id minted by its home node, in a partition it owns "
                         "(default: ids that ignore ownership)")
@@ -561,7 +593,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
                         data_dir=args.data_dir, floor=not args.no_floor, progress=not args.no_progress,
                         takeover_events=args.takeover_events, keep_topics=args.keep_topics,
                         partitions=args.partitions, mint_session_ids=args.mint_session_ids,
-                        processes=args.processes, transaction_lanes=args.lanes, metrics=args.metrics == "on")
+                        processes=args.processes, transaction_lanes=args.lanes, metrics=args.metrics == "on",
+                        warmup=args.warmup, kafka_config=tuple(args.kafka_config))
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -41,6 +41,8 @@ def _node(index: int, options: Any, work: Path, namespace: str, partitions: int,
                            namespace=namespace, partitions=partitions, transaction_lanes=options.transaction_lanes,
                            kafka_config=dict(options.kafka_config))
         store.boot()
+        from bench.lifecycle import warm_up
+        warm_up([store], options)
         while not go.wait(0.25):
             out.put(("owned", index, store.node.owned()))
         cpu, before = _cpu_s(), store.node.timings.snapshot()

@@ -42,11 +42,12 @@ def test_a_fenced_owner_cannot_commit(kafka_bootstrap: str, kafka_namespace: str
         store.register_session_at_this_node(sid, "u", "c", "lib", "app", "1")
         store.store_message_id_in_inbox(sid, "before")
         # A second process starts as the same node (a restart while the old one still runs):
-        # opening the node's transactional producer fences the old one.
-        lane = store.node.log.transactions.index(store.node.log.transaction_for(p))
-        usurper = Producer({"bootstrap.servers": kafka_bootstrap,
-                            "transactional.id": f"{kafka_namespace}.node.zombie" + (f".{lane}" if lane else "")})
-        usurper.init_transactions(30)
+        # opening the node's transactional producers fences the old ones.
+        ids = store.node.log.transaction_for(p).transactional_ids
+        assert ids[0] == f"{kafka_namespace}.node.zombie"
+        usurpers = [Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": i}) for i in ids]
+        for usurper in usurpers:
+            usurper.init_transactions(30)
         with pytest.raises(DataAccessError):
             store.store_message_id_in_inbox(sid, "after")
         assert store.get_message_from_inbox(sid, "after") is None

@@ -67,42 +67,63 @@ def test_a_takeover_whose_restore_fails_is_retried_until_the_partition_is_served
         assert store.is_session_exists("s1")
 
 
-class _AbortOnce:
-    """The node's producer, except that the next `send_offsets_to_transaction` fails the way
-    the broker fails it on a rebalance (abortable)."""
+class _Proxy:
+    """A node's producer whose `send_offsets_to_transaction` goes through `fault` first."""
 
-    def __init__(self, producer: Any) -> None:
-        self._producer = producer
-        self.failed = 0
-
-    def send_offsets_to_transaction(self, *args: Any) -> None:
-        if not self.failed:
-            self.failed += 1
-            raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION, "injected", txn_requires_abort=True))
-        self._producer.send_offsets_to_transaction(*args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._producer, name)
-
-
-class _HangOnce:
-    """The node's producer, except that the next `send_offsets_to_transaction` blocks past its
-    timeout, the way librdkafka's does when the group coordinator's broker died."""
-
-    def __init__(self, producer: Any) -> None:
-        self._producer = producer
-        self.release = threading.Event()
-        self.hung = 0
+    def __init__(self, producer: Any, fault: Any) -> None:
+        self.producer = producer
+        self._fault = fault
 
     def send_offsets_to_transaction(self, *args: Any) -> None:
-        if not self.hung:
-            self.hung += 1
-            self.release.wait(120)
+        if self._fault.strike(self):
             return
-        self._producer.send_offsets_to_transaction(*args)
+        self.producer.send_offsets_to_transaction(*args)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._producer, name)
+        return getattr(self.producer, name)
+
+
+class _Fault:
+    """A fault in the next `send_offsets_to_transaction` of any of a lane's producers."""
+
+    def __init__(self) -> None:
+        self.struck = 0
+        self.hit: _Proxy | None = None  # the producer it struck
+
+    def install(self, txn: Any) -> None:
+        for slot in txn._slots:
+            slot.producer = _Proxy(slot.producer, self)
+
+    def strike(self, proxy: _Proxy) -> bool:
+        """Fail (raise, or return True to skip the real call) the first time only."""
+        if self.struck:
+            return False
+        self.struck += 1
+        self.hit = proxy
+        return self.act()
+
+    def act(self) -> bool:
+        raise NotImplementedError
+
+
+class _AbortOnce(_Fault):
+    """The next call fails the way the broker fails it on a rebalance (abortable)."""
+
+    def act(self) -> bool:
+        raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION, "injected", txn_requires_abort=True))
+
+
+class _HangOnce(_Fault):
+    """The next call blocks past its timeout, the way librdkafka's does when the group
+    coordinator's broker died."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def act(self) -> bool:
+        self.release.wait(120)
+        return True
 
 
 class _Pair(NamedTuple):
@@ -129,12 +150,13 @@ def test_an_aborted_transaction_decides_its_routed_command_again_exactly_once(
         pair: _Pair, kafka_bootstrap: str, kafka_namespace: str) -> None:
     owner, caller, p, sid = pair
     txn = owner.node.log.transaction_for(p)
-    txn._producer = failing = _AbortOnce(txn._producer)
+    failing = _AbortOnce()
+    failing.install(txn)
     before = owner.node.log.ownership.takeovers[p].finished_at
 
     caller.store_message_id_in_inbox(sid, "m1")  # routed to the owner; its first transaction aborts
 
-    assert failing.failed == 1
+    assert failing.struck == 1
     assert owner.node.log.ownership.takeovers[p].finished_at > before, "the partition was not retaken"
     assert owner.get_message_from_inbox(sid, "m1") is not None
     with pytest.raises(CsafError, match="already"):
@@ -151,13 +173,15 @@ def test_a_transaction_whose_offsets_call_hangs_is_left_uncommitted_and_a_new_pr
         sid = _session_in(p, "hang")
         store.register_session_at_this_node(sid, "u", "c", "lib", "app", "1")
         txn = store.node.log.transaction_for(p)
-        txn._producer = hanging = _HangOnce(txn._producer)
+        hanging = _HangOnce()
+        hanging.install(txn)
         try:
             with pytest.raises(DataAccessError, match="did not take the command offsets") as failed:
                 store.store_message_id_in_inbox(sid, "m1")
             assert failed.value.may_have_written is False
-            assert hanging.hung == 1
-            assert txn._producer is None or txn._producer is not hanging, "the blocked producer was used again"
+            assert hanging.struck == 1
+            assert hanging.hit is not None
+            assert all(slot.producer is not hanging.hit for slot in txn._slots), "the blocked producer was kept"
 
             _wait(lambda: p in store.node.owned(), 30, "the partition retaken")
             store.store_message_id_in_inbox(sid, "m2")  # a new producer commits

@@ -2,18 +2,25 @@
 committer thread of its own.
 
 Partition p is committed by lane `p % lanes`, always, so a partition's appends commit in
-the order they were decided while the lanes' transactions run side by side: a Kafka
-transaction's cycle is dominated by round trips and by the commit markers of the previous
-one (each later transaction of the same producer waits for them), not by its size, so
-lanes cut the time a write waits. `transactional.id = <ns>.node.<node>[.<lane>]`; a
-restarted node fences its previous incarnation. The appends pending on a lane's partitions
-are committed together in one transaction: the events, the session rows (for the session
-registry topic) and the command offsets of every partition in the transaction, sent with
-the group metadata of the latest poll (KIP-447). So a node that was rebalanced out cannot
-commit (the group coordinator refuses the stale generation and the transaction aborts).
-The answers to the routed commands go out right after the commit, outside the
-transaction: a caller's reply topic then holds no transactional records, so an open
-transaction of a node that died cannot hold back the replies of the others (a
+the order they were decided while the lanes' transactions run side by side. A lane's
+transactions run one after another, each with every append queued since the previous one
+began, and take turns between the lane's producers (`PRODUCERS_PER_LANE`): the broker
+refuses a producer's next transaction (`CONCURRENT_TRANSACTIONS`, retried by librdkafka
+after a fixed 20 ms for partitions, a few ms for offsets) until it has written the commit
+markers of its previous one, and a producer whose previous transaction was two turns ago
+does not wait for that. A transaction still begins only after the previous one's commit
+returned, so a partition's records are in the log, and its command offsets in the group's
+log, in decision order (the group coordinator keeps the later-written offset commit, not
+the later-completed one). `transactional.id = <ns>.node.<node>[.<lane>][.p<k>]`; a
+restarted node fences its previous incarnation.
+
+The appends of a transaction are committed together: the events, the session rows (for
+the session registry topic) and the command offsets of every partition in the
+transaction, sent with the group metadata of the latest poll (KIP-447). So a node that was
+rebalanced out cannot commit (the group coordinator refuses the stale generation and the
+transaction aborts). The answers to the routed commands go out right after the commit,
+outside the transaction: a caller's reply topic then holds no transactional records, so an
+open transaction of a node that died cannot hold back the replies of the others (a
 `read_committed` reader stops at the oldest open transaction of its partition).
 
 A failed transaction never leaves a projection that differs from the log: the batch of a
@@ -30,7 +37,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-import queue
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
@@ -40,6 +46,7 @@ from csaf_events.errors import DataAccessError, NotOwnerError
 from csaf_events.events import SESSION, Record
 from csaf_events.group_commit import Signal
 from csaf_events.kafka.ownership import Ownership
+from csaf_events.kafka.watchdog import Watchdog
 from csaf_events.log.port import OnDone
 from csaf_events.timings import Timings
 from csaf_events.topics import Topics
@@ -57,6 +64,11 @@ _SESSION_KEY_PREFIX = b'["' + SESSION.encode() + b'",'
 #: lifecycles/s with one lane, 756 with two); a broker with cores of its own does better
 #: with two (16 cores: +20 %), four make each cycle longer again (docs/benchmarks.md).
 DEFAULT_LANES = 1
+
+#: Transactional producers a lane takes turns with (see the module docstring). Two: on this
+#: project's 2-core machine a bare transaction of 12 partitions takes 7.3 ms on one producer
+#: and 5.8 ms on two taking turns (its offsets call 3.0 -> 0.8 ms); a third adds nothing.
+PRODUCERS_PER_LANE = 2
 
 #: The longest a transaction waits for the group coordinator to take its command offsets
 #: (at most the request timeout). It takes 4-7 ms when the coordinator answers; a call that
@@ -93,56 +105,43 @@ _GROUP_MOVED = {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, Kaf
                 KafkaError.REBALANCE_IN_PROGRESS}
 
 
-class _Abandoned(Exception):
-    """A call on the producer did not return in time; the producer was left behind."""
+class _Left(BaseException):
+    """Raised on a committer thread whose call was given up on by the watchdog: the thread
+    leaves at once, touching nothing (its transaction was failed, another thread goes on)."""
 
 
-class _DaemonCaller:
-    """Runs calls one at a time on a daemon thread of its own, for a caller that waits with
-    a timeout. A call that never returns holds up neither that caller nor the interpreter's
-    exit (a pool's worker thread would be joined at exit)."""
+class _Slot:
+    """One of a lane's transactional producers (None: lost, opened again on its next turn)."""
 
-    def __init__(self, name: str) -> None:
-        self._calls: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._run, name=name, daemon=True).start()
+    def __init__(self, transactional_id: str, open_producer: Callable[[str], Producer]) -> None:
+        self.transactional_id = transactional_id
+        self._open = open_producer
+        self.producer: Producer | None = open_producer(transactional_id)
 
-    def _run(self) -> None:
-        while True:
-            call = self._calls.get()
-            if call is None:
-                return
-            fn, args, outcome, done = call
-            try:
-                outcome.append((True, fn(*args)))
-            except BaseException as e:  # noqa: BLE001 - handed to the caller
-                outcome.append((False, e))
-            done.set()
+    def reopen(self) -> Producer:
+        """A fresh producer for this id; its `init_transactions` fences the previous one."""
+        self.producer = None
+        self.producer = self._open(self.transactional_id)
+        return self.producer
 
-    def call(self, timeout: float, fn: Callable[..., Any], *args: Any) -> Any:
-        """`fn(*args)`, or `TimeoutError` if it has not returned within `timeout` seconds."""
-        outcome: list[tuple[bool, Any]] = []
-        done = threading.Event()
-        self._calls.put((fn, args, outcome, done))
-        if not done.wait(timeout):
-            raise TimeoutError(f"{getattr(fn, '__name__', fn)} did not return within {timeout:.1f}s")
-        ok, value = outcome[0]
-        if not ok:
-            raise value
-        return value
-
-    def close(self) -> None:
-        self._calls.put(None)
+    def close(self, node: str) -> None:
+        try:
+            if self.producer is not None:
+                self.producer.flush(5)
+        except BaseException:  # noqa: BLE001 - closing
+            log.exception("node %s: flushing the transactional producer %s", node, self.transactional_id)
 
 
 class NodeTransaction:
-    """The node's transactions, run one after another by a committer thread of their own,
-    each with every append queued since the previous one began."""
+    """A lane's transactions, run one after another by a committer thread of their own, each
+    with every append queued since the previous one began, on the lane's producers in turn."""
 
     def __init__(self, node_name: str, client_config: dict[str, Any], topics: Topics, projection: Projection,
                  ownership: Ownership, generation: str, timeout: float, timings: Timings,
-                 reply: Callable[[str, bytes, bytes], None], lane: int = 0) -> None:
+                 reply: Callable[[str, bytes, bytes], None], lane: int = 0,
+                 producers: int | None = None) -> None:
         self._node = node_name
-        self._transactional_id = f"{topics.namespace}.node.{node_name}" + (f".{lane}" if lane else "")
+        base = f"{topics.namespace}.node.{node_name}" + (f".{lane}" if lane else "")
         self._config = client_config
         self._topics = topics
         self._projection = projection
@@ -151,55 +150,78 @@ class NodeTransaction:
         self._timeout = timeout
         self._timings = timings
         self._reply = reply  # (reply topic, correlation id, outcome): a routed command's answer
-        self._producer: Producer | None = self._new_producer()
-        # The offsets go to the group coordinator from a thread of their own (see _send_offsets).
-        self._offsets_thread = self._new_offsets_thread()
+        self._slots = [_Slot(base + (f".p{k}" if k else ""), self._new_producer)
+                       for k in range(PRODUCERS_PER_LANE if producers is None else producers)]
+        self._turn = 0  # the slot of the next transaction
         self._queue: list[Append] = []
         self._queued = threading.Condition()
         self._closed = False
         self.last_error: str | None = None
-        self._committer = threading.Thread(target=self._run, name=f"csaf-commit-{node_name}-{lane}",
-                                           daemon=True)
-        self._committer.start()
+        self._thread_name = f"csaf-commit-{node_name}-{lane}"
+        self._watchdog = Watchdog(f"csaf-watch-{node_name}-{lane}", self._stuck)
+        self._committer = self._start_committer()
 
-    def _new_producer(self) -> Producer:
+    def _start_committer(self) -> threading.Thread:
+        # A daemon: a committer stuck in a call for good must not hold up the process's exit.
+        t = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+        t.start()
+        return t
+
+    @property
+    def transactional_ids(self) -> list[str]:
+        return [slot.transactional_id for slot in self._slots]
+
+    def _new_producer(self, transactional_id: str) -> Producer:
         producer = Producer({
             "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS, "linger.ms": 1,
             # Back-to-back transactions meet CONCURRENT_TRANSACTIONS while the previous commit's
             # markers are written; the default 100 ms backoff would cap a node at ~10 commits/s.
             "retry.backoff.ms": 1, "retry.backoff.max.ms": 20,
             **self._config,  # the operator's kafka_config may tune the above, not what follows
-            "transactional.id": self._transactional_id, "acks": "all"})
+            "transactional.id": transactional_id, "acks": "all"})
         producer.init_transactions(self._timeout)  # fences an earlier incarnation of this node
         return producer
 
-    def _new_offsets_thread(self) -> _DaemonCaller:
-        return _DaemonCaller(f"csaf-offsets-{self._transactional_id}")
-
-    def _send_offsets(self, producer: Producer, offsets: list[TopicPartition]) -> None:
+    def _send_offsets(self, slot: _Slot, reqs: list[Append], offsets: list[TopicPartition]) -> None:
         """`send_offsets_to_transaction`, bounded. librdkafka does not bound it itself: when
         the group coordinator's broker dies, the call can block for good, past its timeout
         and past the broker's return (librdkafka issues 5456 and 5511; seen here as
-        partitions without a write for minutes after a broker restart). A call that does not
-        return in time leaves its producer behind, blocked on its own thread and never used
-        again: its transaction is never committed (the next producer's `init_transactions`
-        fences it and aborts it), so nothing of it was written."""
-        bound = min(self._timeout, OFFSETS_BOUND_S)
+        partitions without a write for minutes after a broker restart). A call that has not
+        returned in time is given up on by the watchdog (`_stuck`), and this thread leaves
+        if it ever returns."""
+        producer = slot.producer
+        assert producer is not None
+        watch = self._watchdog.watch(self._offsets_bound, (slot, reqs))
         try:
-            self._offsets_thread.call(bound + 0.5, producer.send_offsets_to_transaction, offsets,
-                                      self._ownership.group_metadata, bound)
-        except TimeoutError:
-            # The blocked call holds the producer until it returns; then its thread ends and
-            # the producer goes. Nothing here uses either again.
-            self._producer = None  # the next round opens a new one
-            self._offsets_thread.close()
-            self._offsets_thread = self._new_offsets_thread()
-            self._ownership.refresh_group_metadata()
-            log.error("node %s: sending the command offsets to the group coordinator did not return in %.1fs; "
-                      "the transaction is left uncommitted with its producer, a new producer takes over",
-                      self._node, bound)
-            raise _Abandoned(f"the group coordinator did not take the command offsets within {bound:.1f}s; "
-                             f"nothing was written") from None
+            producer.send_offsets_to_transaction(offsets, self._ownership.group_metadata, self._offsets_bound)
+        except BaseException:
+            if self._watchdog.done(watch):
+                raise _Left() from None
+            raise
+        if self._watchdog.done(watch):
+            raise _Left()
+
+    @property
+    def _offsets_bound(self) -> float:
+        return min(self._timeout, OFFSETS_BOUND_S)
+
+    def _stuck(self, context: tuple[_Slot, list[Append]]) -> None:
+        """The offsets call of a transaction did not return in time (on the watchdog's thread).
+        Its producer is left to the blocked call and never used again: the transaction is
+        never committed (the slot's next producer fences it and aborts it), so nothing of it
+        was written. Its callers are told so, and a new committer thread takes the lane on."""
+        slot, reqs = context
+        slot.producer = None
+        self._ownership.refresh_group_metadata()
+        bound = self._offsets_bound
+        log.error("node %s: sending the command offsets to the group coordinator did not return in %.1fs; "
+                  "the transaction is left uncommitted with its producer, a new producer takes over",
+                  self._node, bound)
+        self._fail(reqs, DataAccessError(
+            f"partitions {sorted({r.partition for r in reqs})}: the group coordinator did not take the command "
+            f"offsets within {bound:.1f}s; nothing was written", may_have_written=False))
+        if not self._closed:
+            self._committer = self._start_committer()
 
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                group: Sequence[Pending] = (), *, on_done: OnDone | None = None,
@@ -237,6 +259,8 @@ class NodeTransaction:
                     return
             try:
                 self._commit(reqs)
+            except _Left:
+                return
             except BaseException:  # noqa: BLE001 - the committer must outlive a bug in one round
                 log.exception("node %s: committing a transaction failed", self._node)
 
@@ -251,30 +275,40 @@ class NodeTransaction:
         if not live:
             return
         error: BaseException | None = None
-        if self._producer is None:  # lost to a fencing: open a new one, or fail this round
+        slot = self._slots[self._turn]
+        self._turn = (self._turn + 1) % len(self._slots)
+        if slot.producer is None:  # lost to a fencing: open a new one, or fail this round
             try:
-                self._producer = self._new_producer()
+                slot.reopen()
             except Exception as e:  # noqa: BLE001 - the next round tries again
                 error = DataAccessError(f"node {self._node!r} cannot open a transactional producer, nothing was "
                                         f"written: {type(e).__name__}: {e}", may_have_written=False)
         if error is None:
             try:
-                self._transact(live)
+                self._transact(slot, live)
+            except _Left:
+                raise
             except BaseException as e:  # every request of the transaction shares its fate
                 error = e
-        self._timings.transaction(sum(r.commands for r in live), sum(len(r.records) for r in live),
-                                  len({r.partition for r in live}), error is None)
-        if error is None:
-            self._answer_routed(live)
-            self._apply(live)
+        if error is not None:
+            self._fail(live, error)
             return
+        self._timings.transaction(sum(r.commands for r in live), sum(len(r.records) for r in live),
+                                  len({r.partition for r in live}), True)
+        self._answer_routed(live)
+        self._apply(live)
+
+    def _fail(self, reqs: list[Append], error: BaseException) -> None:
+        """A transaction failed: its partitions are retaken and its callers get `error`."""
+        self._timings.transaction(sum(r.commands for r in reqs), sum(len(r.records) for r in reqs),
+                                  len({r.partition for r in reqs}), False)
         self.last_error = f"{type(error).__name__}: {error}"
-        self._ownership.retake(sorted({r.partition for r in live}), f"transaction failed: {error}")
-        for req in live:
+        self._ownership.retake(sorted({r.partition for r in reqs}), f"transaction failed: {error}")
+        for req in reqs:
             req.on_done(error)
 
-    def _transact(self, reqs: list[Append]) -> None:
-        producer = self._producer
+    def _transact(self, slot: _Slot, reqs: list[Append]) -> None:
+        producer = slot.producer
         assert producer is not None
         events_topic, sessions_topic = self._topics.events.name, self._topics.sessions.name
         commands_topic = self._topics.commands.name
@@ -287,8 +321,8 @@ class NodeTransaction:
         self._timings.add_each("txn_wait", [began - r.queued_at for r in reqs for _ in range(r.commands)])
         try:
             producer.begin_transaction()
-        except KafkaException as e:  # a producer left in a bad state: replaced before the next round
-            self._producer = None
+        except KafkaException as e:  # a producer left in a bad state: replaced before its next round
+            slot.producer = None
             raise DataAccessError(f"node {self._node!r} could not begin a transaction, nothing was written: {e}",
                                   may_have_written=False) from e
         try:
@@ -311,7 +345,7 @@ class NodeTransaction:
             produced = time.perf_counter()
             # The offsets go while the records are on their way; a member the group has moved
             # on from is refused here, and the transaction aborts.
-            self._send_offsets(producer, [TopicPartition(commands_topic, p, o) for p, o in sorted(offsets.items())])
+            self._send_offsets(slot, reqs, [TopicPartition(commands_topic, p, o) for p, o in sorted(offsets.items())])
             offsets_sent = time.perf_counter()
             producer.flush(self._timeout)
             flushed = time.perf_counter()
@@ -323,15 +357,12 @@ class NodeTransaction:
                     if not e.args[0].retriable() or attempt == 2:
                         raise
         except KafkaException as e:
-            raise self._failure(e, reqs) from e
-        except _Abandoned as e:  # the producer is blocked elsewhere: nothing more is asked of it
-            raise DataAccessError(f"partitions {sorted({r.partition for r in reqs})}: {e}",
-                                  may_have_written=False) from e
+            raise self._failure(slot, e, reqs) from e
         except Exception as e:  # noqa: BLE001 - not the client's error: settle the producer all the same
             try:
                 producer.abort_transaction(self._timeout)
             except KafkaException:
-                self._producer = None
+                slot.producer = None
             raise DataAccessError(f"partitions {sorted({r.partition for r in reqs})}: transaction failed, outcome "
                                   f"unknown: {e!r}") from e
         committed = time.perf_counter()
@@ -342,9 +373,9 @@ class NodeTransaction:
             if self._ownership.serves(p):
                 self._ownership.command_offsets[p] = o
 
-    def _failure(self, e: KafkaException, reqs: list[Append]) -> BaseException:
+    def _failure(self, slot: _Slot, e: KafkaException, reqs: list[Append]) -> BaseException:
         """Settle a failed transaction and say what the callers must be told."""
-        producer = self._producer
+        producer = slot.producer
         assert producer is not None
         err = e.args[0]
         partitions = sorted({r.partition for r in reqs})
@@ -368,9 +399,8 @@ class NodeTransaction:
             log.error("node %s: transactional producer fenced (%s); nothing was committed, "
                       "opening a new producer", self._node, err)
             try:
-                self._producer = self._new_producer()
-            except KafkaException as e2:  # the next transaction tries again
-                self._producer = None
+                slot.reopen()
+            except KafkaException as e2:  # its next transaction tries again
                 return DataAccessError(f"node {self._node!r} cannot open a new transactional producer, nothing "
                                        f"was written: {e2}", may_have_written=False)
             # Not retried for the caller: another incarnation of this node may be running.
@@ -423,9 +453,6 @@ class NodeTransaction:
             self._closed = True
             self._queued.notify()
         self._committer.join(self._timeout)
-        self._offsets_thread.close()
-        try:
-            if self._producer is not None:
-                self._producer.flush(5)
-        except BaseException:  # noqa: BLE001 - closing
-            log.exception("node %s: flushing the transactional producer", self._node)
+        self._watchdog.close()
+        for slot in self._slots:
+            slot.close(self._node)
