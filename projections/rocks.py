@@ -8,7 +8,7 @@ crash the projection and its checkpoint always agree.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -80,6 +80,26 @@ class ProjectionBatch:
         self.write_batch = WriteBatch(raw_mode=True)
         self._overlay: dict[bytes, bytes | None] | None = {} if track else None
         self.sessions: dict[str, bytes | None] = {}
+
+    @classmethod
+    def merged(cls, parent: Projection, batches: Sequence[ProjectionBatch]) -> ProjectionBatch:
+        """One batch with the changes of `batches`, later ones winning: a transaction of many
+        appends becomes one RocksDB write (rocksdict holds the interpreter lock while it
+        writes, and a write costs its fixed part each time). It carries what the batches'
+        `put` and `delete` changed (their overlay), so only tracked batches, and not what was
+        put into a `write_batch` directly (the embedded log's entries)."""
+        out = cls(parent, track=False)
+        put, delete = out.write_batch.put, out.write_batch.delete
+        for b in batches:
+            if b._overlay is None:
+                raise ValueError("an untracked projection batch cannot be merged: its changes are not known")
+            for k, v in b._overlay.items():
+                if v is None:
+                    delete(k)
+                else:
+                    put(k, v)
+            out.sessions.update(b.sessions)
+        return out
 
     def put(self, key: bytes, value: bytes) -> None:
         self.write_batch.put(key, value)

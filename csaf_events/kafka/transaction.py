@@ -84,8 +84,7 @@ TRANSACTION_TIMEOUT_MS = 10_000
 class Append:
     """One partition's share of a node transaction."""
 
-    __slots__ = ("partition", "records", "batch", "routed", "commands", "last_offset", "on_done", "valid",
-                 "queued_at")
+    __slots__ = ("partition", "records", "batch", "routed", "commands", "on_done", "valid", "queued_at")
 
     def __init__(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                  group: Sequence[Pending], on_done: OnDone, valid: Callable[[], bool]) -> None:
@@ -94,7 +93,6 @@ class Append:
         self.batch = batch
         self.routed = [p for p in group if p.origin is not None]
         self.commands = len(group)
-        self.last_offset: int | None = None  # of its last record, once delivered
         self.on_done = on_done
         self.valid = valid
         self.queued_at = time.perf_counter()
@@ -153,6 +151,7 @@ class NodeTransaction:
         self._slots = [_Slot(base + (f".p{k}" if k else ""), self._new_producer)
                        for k in range(PRODUCERS_PER_LANE if producers is None else producers)]
         self._turn = 0  # the slot of the next transaction
+        self._delivered_at: dict[int, int] = {}  # partition -> offset of its last record in this transaction
         self._queue: list[Append] = []
         self._queued = threading.Condition()
         self._closed = False
@@ -317,6 +316,7 @@ class NodeTransaction:
             if req.routed:
                 offsets[req.partition] = max(offsets[req.partition], max(p.origin.offset for p in req.routed) + 1)
         began = time.perf_counter()
+        self._delivered_at.clear()
         commands = sum(r.commands for r in reqs)
         self._timings.add_each("txn_wait", [began - r.queued_at for r in reqs for _ in range(r.commands)])
         try:
@@ -326,20 +326,17 @@ class NodeTransaction:
             raise DataAccessError(f"node {self._node!r} could not begin a transaction, nothing was written: {e}",
                                   may_have_written=False) from e
         try:
+            # Only the last record of each partition reports its delivery: it gives the
+            # partition's checkpoint, and with an idempotent producer the records of a
+            # partition are delivered in order (any failure fails the commit). A report per
+            # record, or per append, cost a Python callback each, under the interpreter lock.
+            last = {req.partition: req.records[-1] for req in reqs if req.records}
             for req in reqs:
-                def delivered(err: KafkaError | None, msg: Any, req: Append = req) -> None:
-                    if err is None:
-                        req.last_offset = msg.offset()
-
                 p = req.partition
-                last = req.records[-1] if req.records else None
+                final = last.get(p)
                 for r in req.records:
-                    # Only the last record of an append reports its delivery: it gives the
-                    # checkpoint, and with an idempotent producer the records of a partition
-                    # are delivered in order (any failure fails the commit). A report per
-                    # record cost a Python callback each, under the interpreter lock.
                     producer.produce(events_topic, r.value, r.key, partition=p, headers=list(r.headers),
-                                     on_delivery=delivered if r is last else None)
+                                     on_delivery=self._delivered(p) if r is final else None)
                     if r.key.startswith(_SESSION_KEY_PREFIX):
                         producer.produce(sessions_topic, r.value, r.key, partition=p, headers=list(r.headers))
             produced = time.perf_counter()
@@ -427,25 +424,36 @@ class NodeTransaction:
                     log.exception("node %s: answering a routed command of partition %d failed", self._node,
                                   req.partition)
 
+    def _delivered(self, partition: int) -> Callable[[KafkaError | None, Any], None]:
+        def delivered(err: KafkaError | None, msg: Any) -> None:
+            if err is None:
+                self._delivered_at[partition] = msg.offset()
+        return delivered
+
     def _apply(self, reqs: list[Append]) -> None:
-        """Write each partition's projection batch and checkpoint, now that the events are
-        committed, and tell each append's writer (in order)."""
-        for i, req in enumerate(reqs):
-            t0 = time.perf_counter()
-            try:
-                if req.records and req.last_offset is None:
-                    raise DataAccessError(f"partition {req.partition}: the commit returned but the events were not "
-                                          f"acknowledged, outcome unknown")
-                cp = {req.partition: Checkpoint(req.last_offset + 1, self._generation)} if req.records else None
-                self._projection.write(req.batch, cp)
-            except BaseException as e:  # noqa: BLE001 - committed, but this node's view is in doubt
-                error = e if isinstance(e, DataAccessError) else DataAccessError(
-                    f"partition {req.partition}: committed, but applying it here failed: {e!r}")
-                self._ownership.retake(sorted({r.partition for r in reqs[i:]}), str(error))
-                for r in reqs[i:]:
-                    r.on_done(error)
-                return
-            self._timings.add("apply", time.perf_counter() - t0, req.commands)
+        """Write the transaction's projection batches and the checkpoints of its partitions,
+        now that the events are committed, in one RocksDB write, and tell each append's
+        writer (in order)."""
+        t0 = time.perf_counter()
+        try:
+            written = {r.partition for r in reqs if r.records}
+            missing = sorted(written - self._delivered_at.keys())
+            if missing:
+                raise DataAccessError(f"partitions {missing}: the commit returned but the events were not "
+                                      f"acknowledged, outcome unknown")
+            checkpoints = {p: Checkpoint(self._delivered_at[p] + 1, self._generation) for p in written}
+            batch = reqs[0].batch if len(reqs) == 1 else ProjectionBatch.merged(self._projection,
+                                                                                [r.batch for r in reqs])
+            self._projection.write(batch, checkpoints or None)
+        except BaseException as e:  # noqa: BLE001 - committed, but this node's view is in doubt
+            error = e if isinstance(e, DataAccessError) else DataAccessError(
+                f"partitions {sorted({r.partition for r in reqs})}: committed, but applying it here failed: {e!r}")
+            self._ownership.retake(sorted({r.partition for r in reqs}), str(error))
+            for r in reqs:
+                r.on_done(error)
+            return
+        self._timings.add("apply", time.perf_counter() - t0, sum(r.commands for r in reqs))
+        for req in reqs:
             req.on_done(None)
 
     def close(self) -> None:
