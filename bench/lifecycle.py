@@ -72,34 +72,37 @@ class BenchOptions:
     transaction_lanes: int | None = None  # kafka: transactional producers per node (None: the store's default)
     kafka_config: tuple[tuple[str, str], ...] = ()  # kafka: client settings (`open_store(kafka_config=)`)
     metrics: bool = True              # the stores report Prometheus metrics (open_store's default); off: metrics=None
-    warmup: int | None = None         # sessions run, untimed, before the measured run (None: WARMUP_SESSIONS)
+    warmup_s: float | None = None     # seconds of the workload run untimed before the measured run (None: WARMUP_S)
 
     def workload(self) -> WorkloadConfig:
         return WorkloadConfig(sessions=self.sessions, payload_bytes=self.payload, concurrency=self.concurrency,
                               mint_session_ids=self.mint_session_ids)
 
     @property
-    def warmup_sessions(self) -> int:
-        return WARMUP_SESSIONS.get(self.backend, 0) if self.warmup is None else self.warmup
+    def warmup_seconds(self) -> float:
+        return WARMUP_S.get(self.backend, 0.0) if self.warmup_s is None else self.warmup_s
 
 
 def warm_up(stores: Sequence, options: BenchOptions) -> dict[str, Any] | None:
     """Run the workload untimed (its own session ids) so that what is measured next is the
     steady state: the broker's JIT-compiled request path, warm caches, started threads."""
-    n = options.warmup_sessions
-    if n == 0:
+    seconds = options.warmup_seconds
+    if seconds <= 0:
         return None
-    result = run_workload(stores, dataclasses.replace(options.workload(), sessions=n))
-    return {"sessions": n, "elapsed_s": round(result.elapsed_s, 3),
+    print(f"warming up for {seconds:g} s (untimed; --warmup 0 skips it)", file=sys.stderr)
+    config = dataclasses.replace(options.workload(), sessions=1_000_000_000, duration=seconds)
+    result = run_workload(stores, config)
+    return {"seconds": seconds, "sessions": result.sessions, "elapsed_s": round(result.elapsed_s, 3),
             "lifecycles_per_s": round(result.lifecycles_per_s, 1), "errors": sum(result.errors.values())}
 
 
-#: Sessions run untimed before the measured run, per backend. A broker just started runs its
-#: request path in the JVM's interpreter until the JIT has compiled it: on this project's
-#: 2-core VM the first Kafka run on a fresh broker gave 519 lifecycles/s and the next ones
-#: 1,010-1,050, with the broker's C2 compiler thread busy through the first run. 300 sessions
-#: take about 10 s; the embedded store has no JIT to warm.
-WARMUP_SESSIONS = {"embedded": 0, "kafka": 300}
+#: Seconds of the workload run untimed before the measured run, per backend. A broker just
+#: started runs its request path in the JVM's interpreter until the JIT has compiled it: on
+#: this project's 2-core VM the first Kafka run (40 s) on a fresh broker gave 519
+#: lifecycles/s and the next ones 1,010-1,050, with the broker's C2 compiler thread busy
+#: through the first run, and 10 s of warm-up were not enough. The embedded store has no JIT
+#: to warm.
+WARMUP_S = {"embedded": 0.0, "kafka": 60.0}
 
 
 # ------------------------------------------------------------------- facts ----------
@@ -480,7 +483,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"K={w['inbox_messages']} M={w['outbox_messages']}"
         + (", session ids minted by their home node" if w.get("mint_session_ids") else "")
         + f"; {w['ops']} ops in {w['elapsed_s']:.2f} s"
-        + (f" after a warm-up of {report['warmup']['sessions']} sessions" if report.get("warmup") else "")
+        + (f" after a warm-up of {report['warmup']['seconds']:g} s" if report.get("warmup") else "")
         + (" (steps 1-5 {sessions:.2f} s, closes {close:.2f} s, timeout {timeout:.2f} s)".format(**w["phases_s"])
            if w.get("phases_s") else ""),
         "",
@@ -571,9 +574,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", choices=("on", "off"), default="on",
                    help="the stores report Prometheus metrics (on, open_store's default) or not (off: calls "
                         "not wrapped); run both to see what metrics cost a call")
-    p.add_argument("--warmup", type=number(int, lambda n: n >= 0, "0 or more sessions"), metavar="N",
-                   help="sessions run untimed before the measured run (default: 300 for kafka, whose broker "
-                        "JIT-compiles its request path in its first minute; 0 for embedded)")
+    p.add_argument("--warmup", type=number(float, lambda n: n >= 0, "0 or more seconds"), metavar="SECONDS",
+                   help="seconds of the workload run untimed before the measured run (default: 60 for kafka, "
+                        "whose broker JIT-compiles its request path in its first minutes; 0 for embedded)")
     p.add_argument("--mint-session-ids", action="store_true",
                    help="each session's id minted by its home node, in a partition it owns "
                         "(default: ids that ignore ownership)")
@@ -594,7 +597,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
                         takeover_events=args.takeover_events, keep_topics=args.keep_topics,
                         partitions=args.partitions, mint_session_ids=args.mint_session_ids,
                         processes=args.processes, transaction_lanes=args.lanes, metrics=args.metrics == "on",
-                        warmup=args.warmup, kafka_config=tuple(args.kafka_config))
+                        warmup_s=args.warmup, kafka_config=tuple(args.kafka_config))
 
 
 def run_from_args(args: argparse.Namespace) -> int:

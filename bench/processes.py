@@ -91,7 +91,7 @@ def run_node_processes(options: Any, work: Path, namespace: str,
     stable_since, settle_started = None, time.monotonic()
     try:
         while True:  # until every partition has one owner, unchanged for QUIET_S
-            kind, index, *rest = out.get(timeout=120)
+            kind, index, *rest = out.get(timeout=120 + options.warmup_seconds)  # a node warms up first
             if kind == "failed":
                 raise RuntimeError(f"node-{index} failed: {rest[0]}")
             changed = owned.get(index) != rest[0]

@@ -89,6 +89,7 @@ class PartitionWriter:
         self._in_flight: deque[_Ticket] = deque()  # decided, not answered yet, in decision order
         self._chain = 0  # moves on when an append fails: what was decided on its state is void
         self._issued = 0  # appends handed to the log so far
+        self._committed = 0  # of them, durable and so visible to others (the log says so), so far
         self._completed = 0  # appends completed so far (in order)
         self._progress = threading.Condition(self._lock)
         self.closed_reason: str | None = None
@@ -96,13 +97,15 @@ class PartitionWriter:
     def read(self, command: Command) -> Any:
         """Answer a read-only command from the projection.
 
-        A read waits for the appends of this partition in flight when it starts: in Kafka
-        mode a transaction can be visible to other nodes (a routed writer got its reply and
-        returned) before this node has applied it to its projection, and a read that starts
-        after a write returned anywhere must see it."""
-        if self._completed != self._issued:  # (no lock to look: a later append was visible nowhere)
+        A read waits for the appends of this partition that are committed but not yet in
+        the projection when it starts: in Kafka mode a transaction is visible to other nodes
+        (in the log, or a routed writer got its reply and returned) before this node has
+        applied it to its projection, and a read that starts after a write returned anywhere
+        must see it. An append not committed yet was visible nowhere, so a read does not
+        wait for it (it used to, for a whole transaction cycle)."""
+        if self._completed < self._committed:  # (no lock to look: a later commit was visible nowhere)
             with self._lock:
-                target = self._issued
+                target = self._committed
                 while self._completed < target and self.closed_reason is None:
                     self._progress.wait(0.5)
         return decide(command, Decision(self.partition, self._projection, self._node, self._clock()))
@@ -178,7 +181,13 @@ class PartitionWriter:
             return
         self._log.append(self.partition, d.records, batch, group,
                          on_done=lambda error: self._appended(ticket, error),
-                         valid=lambda: ticket.chain == self._chain and self.closed_reason is None)
+                         valid=lambda: ticket.chain == self._chain and self.closed_reason is None,
+                         on_committed=self._visible)
+
+    def _visible(self) -> None:
+        """The log says an append is durable, its batch not written yet (see `read`)."""
+        with self._lock:
+            self._committed += 1
 
     def _appended(self, ticket: _Ticket, error: BaseException | None) -> None:
         """The log is done with `ticket`'s append: durable and applied, or failed."""

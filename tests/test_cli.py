@@ -61,7 +61,7 @@ def test_installed_console_script():
     (("demo", "--bogus"), "unrecognized arguments: --bogus"),
     (("bench", "--backend", "redis"), "argument --backend: invalid choice: 'redis'"),  # python -m bench's answer
     (("bench", "--payload", "8"), "argument --payload: must be at least 16 bytes, got '8'"),
-    (("bench", "--warmup", "-1"), "argument --warmup: must be 0 or more sessions, got '-1'"),
+    (("bench", "--warmup", "-1"), "argument --warmup: must be 0 or more seconds, got '-1'"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(args, message):
     r = csaf(*args, timeout=60)
@@ -84,16 +84,17 @@ def test_impossible_bench_setups_exit_1(args, message):
 def test_bench_writes_the_json_report(tmp_path):
     out = tmp_path / "report.json"
     r = csaf("bench", "--sessions", "20", "--concurrency", "4", "--payload", "256", "--json", str(out),
-             "--warmup", "5", "--no-progress", timeout=180)
+             "--warmup", "0.5", "--no-progress", timeout=180)
     assert r.returncode == 0, r.stderr
     assert "lifecycles/s" in r.stdout and "ratio (ours / floor)" in r.stdout
     report = json.loads(out.read_text())
     for key in ("lifecycles_per_s", "ops_per_s", "latency_ms", "peak_rss_bytes", "disk_bytes_per_message",
                 "floor", "machine", "versions"):
         assert key in report, key
-    assert report["workload"]["lifecycles"] == 20 * 20  # the warm-up's 5 sessions are not counted
-    assert report["warmup"]["sessions"] == 5 and report["warmup"]["errors"] == 0
-    assert "after a warm-up of 5 sessions" in r.stdout
+    assert report["workload"]["lifecycles"] == 20 * 20  # the warm-up's sessions are not counted
+    assert report["warmup"]["seconds"] == 0.5 and report["warmup"]["sessions"] >= 1
+    assert report["warmup"]["errors"] == 0
+    assert "after a warm-up of 0.5 s" in r.stdout
     assert report["errors"] == {}
     assert report["floor"]["ops"] == report["workload"]["ops"]  # the floor does the same operations
     assert report["floor"]["ratio"] > 0

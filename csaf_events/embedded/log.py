@@ -23,7 +23,7 @@ from rocksdict import ReadOptions, WriteBatch
 from csaf_events.errors import CsafError, DataAccessError
 from csaf_events.events import Record, header
 from csaf_events.log.entries import Chunk, LogEntry, chunked
-from csaf_events.log.port import OnDone
+from csaf_events.log.port import OnCommitted, OnDone
 from csaf_events.topics import TopicSpec
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
 
@@ -114,9 +114,10 @@ class EmbeddedLog:
 
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                group: Sequence[Pending] = (), *, on_done: OnDone | None = None,
-               valid: Callable[[], bool] | None = None) -> None:
+               valid: Callable[[], bool] | None = None, on_committed: OnCommitted | None = None) -> None:
         """Written before it returns (one RocksDB write: log and projection together), so
-        `valid` has nothing to refuse: nothing is ever decided on an append in flight."""
+        `valid` has nothing to refuse (nothing is ever decided on an append in flight) and
+        `on_committed` is never called (nothing is durable before its batch is written)."""
         try:
             self._write(partition, records, batch)
         except Exception as e:  # noqa: BLE001 - the caller (or on_done) gets it

@@ -15,7 +15,7 @@ from csaf_events.kafka.ownership import Ownership
 from csaf_events.kafka.reader import KafkaReader
 from csaf_events.kafka.transaction import NodeTransaction
 from csaf_events.log.entries import Chunk, LogEntry
-from csaf_events.log.port import OnDone
+from csaf_events.log.port import OnCommitted, OnDone
 from csaf_events.timings import Timings
 from csaf_events.topics import Topics
 from projections.rebuild import catch_up
@@ -54,8 +54,9 @@ class KafkaLog:
 
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                group: Sequence[Pending] = (), *, on_done: OnDone | None = None,
-               valid: Callable[[], bool] | None = None) -> None:
-        self.transaction_for(partition).append(partition, records, batch, group, on_done=on_done, valid=valid)
+               valid: Callable[[], bool] | None = None, on_committed: OnCommitted | None = None) -> None:
+        self.transaction_for(partition).append(partition, records, batch, group, on_done=on_done, valid=valid,
+                                               on_committed=on_committed)
 
     def transaction_for(self, partition: int) -> NodeTransaction:
         """The lane that commits `partition` (always the same one: its appends stay in order)."""

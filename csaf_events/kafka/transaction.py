@@ -47,7 +47,7 @@ from csaf_events.events import SESSION, Record
 from csaf_events.group_commit import Signal
 from csaf_events.kafka.ownership import Ownership
 from csaf_events.kafka.watchdog import Watchdog
-from csaf_events.log.port import OnDone
+from csaf_events.log.port import OnCommitted, OnDone
 from csaf_events.timings import Timings
 from csaf_events.topics import Topics
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
@@ -84,10 +84,12 @@ TRANSACTION_TIMEOUT_MS = 10_000
 class Append:
     """One partition's share of a node transaction."""
 
-    __slots__ = ("partition", "records", "batch", "routed", "commands", "on_done", "valid", "queued_at")
+    __slots__ = ("partition", "records", "batch", "routed", "commands", "on_done", "valid", "on_committed",
+                 "queued_at")
 
     def __init__(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
-                 group: Sequence[Pending], on_done: OnDone, valid: Callable[[], bool]) -> None:
+                 group: Sequence[Pending], on_done: OnDone, valid: Callable[[], bool],
+                 on_committed: OnCommitted | None = None) -> None:
         self.partition = partition
         self.records = records
         self.batch = batch
@@ -95,6 +97,7 @@ class Append:
         self.commands = len(group)
         self.on_done = on_done
         self.valid = valid
+        self.on_committed = on_committed
         self.queued_at = time.perf_counter()
 
 
@@ -224,7 +227,7 @@ class NodeTransaction:
 
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                group: Sequence[Pending] = (), *, on_done: OnDone | None = None,
-               valid: Callable[[], bool] | None = None) -> None:
+               valid: Callable[[], bool] | None = None, on_committed: OnCommitted | None = None) -> None:
         """Join the node's next transaction (see `EventLog.append`)."""
         done = None
         if on_done is None:  # a caller that waits for the outcome
@@ -233,7 +236,7 @@ class NodeTransaction:
             def on_done(error: BaseException | None) -> None:
                 outcome.append(error)
                 done.set()
-        req = Append(partition, records, batch, group, on_done, valid or (lambda: True))
+        req = Append(partition, records, batch, group, on_done, valid or (lambda: True), on_committed)
         with self._queued:
             if self._closed:
                 refused = NotOwnerError(f"node {self._node!r} is closing; nothing was written")
@@ -294,6 +297,9 @@ class NodeTransaction:
             return
         self._timings.transaction(sum(r.commands for r in live), sum(len(r.records) for r in live),
                                   len({r.partition for r in live}), True)
+        for req in live:  # visible to others from now on (the log, the replies below)
+            if req.on_committed is not None:
+                req.on_committed()
         self._answer_routed(live)
         self._apply(live)
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 
 OnDone = Callable[[BaseException | None], None]
+OnCommitted = Callable[[], None]
 
 
 class EventLog(LogReader, Protocol):
@@ -29,7 +30,7 @@ class EventLog(LogReader, Protocol):
 
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                group: Sequence[Pending] = (), *, on_done: OnDone | None = None,
-               valid: Callable[[], bool] | None = None) -> None:
+               valid: Callable[[], bool] | None = None, on_committed: OnCommitted | None = None) -> None:
         """Durably append `records` to `partition` and write `batch` (their fold) to the projection.
 
         Only the partition's owner calls this, in decision order per partition. `group` is
@@ -41,7 +42,10 @@ class EventLog(LogReader, Protocol):
         return at once; `on_done(None)` or `on_done(error)` follows, in the order of the
         appends of the partition. `valid()` is asked just before the records are written:
         False (what the batch was decided on failed) refuses the append with
-        `NotOwnerError`, nothing written.
+        `NotOwnerError`, nothing written. `on_committed()` is called when the records are
+        durable but their batch is not written yet, which is when others may see them (in
+        the log, or through a routed command's reply); a log that writes records and batch
+        at once never calls it.
         """
 
     def owned(self) -> list[int]:
