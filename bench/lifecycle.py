@@ -267,7 +267,22 @@ def report_of(result: WorkloadResult, options: BenchOptions, cpu_use: dict[str, 
     }
     if result.error_samples:
         report["error_samples"] = result.error_samples
+    report["cpu_cost"] = cpu_cost(cpu_use, result, breakdown)
     return report
+
+
+def cpu_cost(cpu_use: dict[str, Any], result: WorkloadResult, breakdown: dict[str, Any]) -> dict[str, Any]:
+    """CPU per unit of work, to size a machine with: the node processes' ms per store call
+    and the broker's ms per transaction (what a rate needs is rate x this)."""
+    out: dict[str, Any] = {}
+    node_cores = (sum(cpu_use["node_process_cores"].values()) if cpu_use.get("node_process_cores")
+                  else cpu_use.get("process_cores"))
+    if node_cores is not None and result.ops:
+        out["node_ms_per_call"] = round(node_cores * result.elapsed_s / result.ops * 1000, 4)
+    txns = breakdown.get("transactions")
+    if cpu_use.get("broker_cores") is not None and txns:
+        out["broker_ms_per_transaction"] = round(cpu_use["broker_cores"] * result.elapsed_s / txns * 1000, 3)
+    return out
 
 
 def _with_floor(report: dict[str, Any], options: BenchOptions, work_dir: Path) -> None:
@@ -515,6 +530,13 @@ def format_report(report: dict[str, Any]) -> str:
                      + (f", {cpu['broker_cores']:.2f} the broker" if cpu.get("broker_cores") is not None else "")
                      + (f", {cpu['machine_busy_cores']:.2f} the machine (of {report['machine'].get('cores')})"
                         if cpu.get("machine_busy_cores") is not None else ""))
+    cost = report.get("cpu_cost") or {}
+    if cost:
+        lines.append(f"  {'CPU per unit of work':<26}"
+                     + ", ".join(([f"node {cost['node_ms_per_call']:.3f} ms per call"] if "node_ms_per_call" in cost
+                                  else [])
+                                 + ([f"broker {cost['broker_ms_per_transaction']:.2f} ms per transaction"]
+                                    if "broker_ms_per_transaction" in cost else [])))
     if report.get("errors"):
         lines.append(f"  ERRORS (figures are not comparable): {report['errors']}")
         lines += [f"    {sample}" for sample in report.get("error_samples", [])[:3]]

@@ -100,6 +100,7 @@ def test_bench_writes_the_json_report(tmp_path):
     assert report["floor"]["ratio"] > 0
     assert set(report["latency_ms"]["store_message_in_outbox"]) == {"p50", "p99", "max"}
     assert report["machine"]["cores"] >= 1 and report["versions"]["rocksdict"]
+    assert report["cpu_cost"]["node_ms_per_call"] > 0
 
 
 @pytest.mark.parametrize("module", ["bench", "bench.lifecycle"])
