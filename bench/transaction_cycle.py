@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                          else ""), flush=True)
     finally:
         delete_namespace(args.bootstrap, namespace)
-    report = {"runs": runs, "machine": machine(), "versions": versions()}
+    report = {"namespace": namespace, "runs": runs, "machine": machine(), "versions": versions()}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
