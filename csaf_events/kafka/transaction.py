@@ -126,9 +126,12 @@ class _Slot:
         return self.producer
 
     def close(self, node: str) -> None:
+        """Flush and let go of the producer, so that it is destroyed now (its threads and
+        connections) rather than when a collector pass finds the lane."""
+        producer, self.producer = self.producer, None
         try:
-            if self.producer is not None:
-                self.producer.flush(5)
+            if producer is not None:
+                producer.flush(5)
         except BaseException:  # noqa: BLE001 - closing
             log.exception("node %s: flushing the transactional producer %s", node, self.transactional_id)
 
