@@ -25,6 +25,7 @@ from pathlib import Path
 import orjson
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
+from csaf_events.kafka.transaction import PRODUCER_SETTINGS
 from csaf_events.workload import DRAIN_BATCH, WorkloadConfig, make_payloads
 
 
@@ -203,9 +204,8 @@ def run_floor(path: Path, config: WorkloadConfig, sessions: int | None = None) -
 # Not in the floor: the transactional offset commit (KIP-447 fencing), replies to routed
 # commands, the projection writes, the reads that decide commands, the session registry.
 
-#: The node's transactional producer settings (`csaf_events/kafka/transaction.py`, `KafkaLog._new_producer`).
-NODE_PRODUCER_SETTINGS = {"transaction.timeout.ms": 15000, "linger.ms": 1, "acks": "all",
-                          "retry.backoff.ms": 1, "retry.backoff.max.ms": 20}
+#: The node's transactional producer settings (`csaf_events.kafka.transaction`).
+NODE_PRODUCER_SETTINGS = {**PRODUCER_SETTINGS, "acks": "all"}
 
 #: Records per transaction of the batched loop.
 BATCH_RECORDS = 5000

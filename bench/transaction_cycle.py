@@ -26,16 +26,15 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.kafka_admin import CpuMeter, delete_namespace, local_broker_pids
 from csaf_events.cli import positive_int
+from csaf_events.kafka.transaction import PRODUCER_SETTINGS
 
 TOPIC_PARTITIONS = 12
 PHASES = ("produce", "send_offsets", "flush", "commit")
 
 
 def _producer(bootstrap: str, transactional_id: str) -> Producer:
-    # The node's producer settings (csaf_events.kafka.transaction).
-    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": transactional_id, "acks": "all",
-                  "linger.ms": 1, "retry.backoff.ms": 1, "retry.backoff.max.ms": 20,
-                  "transaction.timeout.ms": 10_000})
+    p = Producer({"bootstrap.servers": bootstrap, **PRODUCER_SETTINGS, "transactional.id": transactional_id,
+                  "acks": "all"})
     p.init_transactions(30)
     return p
 

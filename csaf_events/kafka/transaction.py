@@ -80,6 +80,13 @@ OFFSETS_BOUND_S = 5.0
 #: with a transaction open holds up the takeover of its partitions this long at most.
 TRANSACTION_TIMEOUT_MS = 10_000
 
+#: The transactional producers' settings that `kafka_config` may tune (besides them: the
+#: transactional id and `acks=all`, which it may not). Back-to-back transactions meet
+#: CONCURRENT_TRANSACTIONS while the previous commit's markers are written; the default
+#: 100 ms backoff would cap a node at ~10 commits/s. The benchmark's floors use these too.
+PRODUCER_SETTINGS: dict[str, Any] = {"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS, "linger.ms": 1,
+                                     "retry.backoff.ms": 1, "retry.backoff.max.ms": 20}
+
 
 class Append:
     """One partition's share of a node transaction."""
@@ -178,10 +185,7 @@ class NodeTransaction:
 
     def _new_producer(self, transactional_id: str) -> Producer:
         producer = Producer({
-            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS, "linger.ms": 1,
-            # Back-to-back transactions meet CONCURRENT_TRANSACTIONS while the previous commit's
-            # markers are written; the default 100 ms backoff would cap a node at ~10 commits/s.
-            "retry.backoff.ms": 1, "retry.backoff.max.ms": 20,
+            **PRODUCER_SETTINGS,
             **self._config,  # the operator's kafka_config may tune the above, not what follows
             "transactional.id": transactional_id, "acks": "all"})
         producer.init_transactions(self._timeout)  # fences an earlier incarnation of this node
@@ -298,18 +302,20 @@ class NodeTransaction:
         if error is not None:
             self._fail(live, error)
             return
-        self._timings.transaction(sum(r.commands for r in live), sum(len(r.records) for r in live),
-                                  len({r.partition for r in live}), True)
+        self._count(live, True)
         for req in live:  # visible to others from now on (the log, the replies below)
             if req.on_committed is not None:
                 req.on_committed()
         self._answer_routed(live)
         self._apply(live)
 
+    def _count(self, reqs: list[Append], committed: bool) -> None:
+        self._timings.transaction(sum(r.commands for r in reqs), sum(len(r.records) for r in reqs),
+                                  len({r.partition for r in reqs}), committed)
+
     def _fail(self, reqs: list[Append], error: BaseException) -> None:
         """A transaction failed: its partitions are retaken and its callers get `error`."""
-        self._timings.transaction(sum(r.commands for r in reqs), sum(len(r.records) for r in reqs),
-                                  len({r.partition for r in reqs}), False)
+        self._count(reqs, False)
         self.last_error = f"{type(error).__name__}: {error}"
         self._ownership.retake(sorted({r.partition for r in reqs}), f"transaction failed: {error}")
         for req in reqs:
