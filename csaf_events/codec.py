@@ -15,7 +15,8 @@ _COMMANDS = {c.__name__: c for c in commands.HANDLERS}
 _DTOS = {c.__name__: c for c in (dtos.CurrentNode, dtos.SessionDto, dtos.StoredInMessage,
                                   dtos.StoredOutMessage, dtos.RequestCorrelation)}
 _ERRORS = {c.__name__: c for c in (errors.CsafError, errors.DataAccessError, errors.WrongUserError,
-                                    errors.MessageIdAlreadyExistsError, errors.NotOwnerError)}
+                                    errors.MessageIdAlreadyExistsError, errors.NotOwnerError,
+                                    errors.ConflictError, errors.UnitOfWorkError)}
 
 
 def _plain(obj: Any) -> Any:

@@ -8,16 +8,23 @@ emitted nothing. The same handlers run on every backend.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from csaf_events import events as ev
 from csaf_events.dtos import CurrentNode, RequestCorrelation, StoredInMessage, StoredOutMessage, MessageType
-from csaf_events.errors import MessageIdAlreadyExistsError, WrongUserError
+from csaf_events.errors import ConflictError, MessageIdAlreadyExistsError, UnitOfWorkError, WrongUserError
 from projections import queries
 from projections.fold import fold_key
 from projections.rocks import ProjectionBatch
+
+log = logging.getLogger(__name__)
+
+#: How long a relay mark outlives its delivery. Deliveries of a relay are made while it is
+#: pending, each within its caller's deadline (seconds), so one a day later is none.
+RELAY_MARK_RETENTION_MS = 24 * 3600 * 1000
 
 
 class Decision:
@@ -41,6 +48,16 @@ class Decision:
         record = ev.stamped_record(event, self._stamp, ids)
         self.records.append(record)
         fold_key(event.ENTITY, ids, record.value, self.partition, self.view)
+
+    def nested(self, now: int | None = None) -> Decision:
+        """A decision on a batch of its own over this one's view: its events join this
+        decision only when `absorb`ed, so a failed part leaves nothing behind."""
+        return Decision(self.partition, ProjectionBatch(self.view), self.node_name, self.now if now is None else now)
+
+    def absorb(self, part: Decision) -> None:
+        """Take a `nested` decision's events (and its changes to the view) as this one's."""
+        self.records.extend(part.records)
+        self.view.absorb(part.view)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +174,61 @@ class Scavenge(Command):
     partition: int
 
 
+# ------------------------------------------------------------------ units of work ----
+
+@dataclass(frozen=True, slots=True)
+class Unit(Command):
+    """A unit of work of one session: its `steps` decided together, in order, at `now` (the
+    unit's start), and committed in one append with its `relays`, or nothing at all.
+
+    `expected` holds what each step returned when the unit made it (`fingerprint`); a step
+    that returns something else now fails the unit with `ConflictError`: the unit's caller
+    acted on an answer that no longer holds. `relays` are (relay id, target session id,
+    encoded command): writes for other sessions, delivered after the commit."""
+
+    now: int
+    steps: tuple[Command, ...]
+    expected: tuple[str, ...]
+    relays: tuple[tuple[str, str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UnitPreview(Command):
+    """What the last of `steps` returns after the ones before it (which must still return
+    what they did, `expected`), decided on the current state and written nowhere: each call
+    of a unit of work, answered at once. Returns [result, fingerprint]."""
+
+    now: int
+    steps: tuple[Command, ...]
+    expected: tuple[str, ...]
+    READ_ONLY = True
+
+
+@dataclass(frozen=True, slots=True)
+class RelayDeliver(Command):
+    """Apply a relay to its target session once: the relay's mark in the target's partition
+    makes a second delivery a no-op. Returns whether it was applied now."""
+
+    relay_id: str
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class RelayDone(Command):
+    """The relay reached its target: it leaves its source session's partition."""
+
+    relay_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRelays(Command):
+    """The relays of a partition not delivered yet: (source session, relay id, target session,
+    encoded command, stored timestamp)."""
+
+    partition: int
+    READ_ONLY = True
+
+
 # ----------------------------------------------------------------------- queries ----
 
 @dataclass(frozen=True, slots=True)
@@ -202,15 +274,17 @@ def decide(cmd: Command, d: Decision) -> Any:
     return HANDLERS[type(cmd)](cmd, d)
 
 
-def _drop_session(d: Decision, sid: str, gone: type[ev.Event]) -> None:
+def _drop_session(d: Decision, sid: str, gone: type[ev.Event] | None) -> None:
     """Tombstone the session row and every entity stored for it (compaction-safe delete)."""
-    inbox, outbox, corrs = queries.children(d.view, d.partition, sid)
+    inbox, outbox, corrs, marks = queries.children(d.view, d.partition, sid)
     for i in inbox:
         d.emit(ev.InboxDeleted(sid, i.client_message_id))
     for m in outbox:
         d.emit(ev.OutboxDiscarded(sid, m.seq, m.server_message_id))
     for c in corrs:
         d.emit(ev.CorrelationDiscarded(sid, c.server_message_id))
+    for mark in marks:
+        d.emit(ev.RelayMarkDropped(sid, mark.relay_id))
     if gone is not None:
         d.emit(gone(sid))
 
@@ -362,7 +436,86 @@ def _scavenge(c: Scavenge, d: Decision) -> int:
     before = len(d.records)
     for sid in sorted(queries.orphan_session_ids(d.view, d.partition)):
         _drop_session(d, sid, None)
+    for mark in queries.relay_marks(d.view, d.partition):
+        if mark.received_timestamp < d.now - RELAY_MARK_RETENTION_MS:
+            d.emit(ev.RelayMarkDropped(mark.session_id, mark.relay_id))
     return len(d.records) - before
+
+
+#: What a unit of work may do for its own session.
+UNIT_STEPS = frozenset({Register, Deregister, Close, StoreInbox, UpdateInbox, DeleteInbox, StoreOutbox, Attempted,
+                        Unmark, Complete, DeadLetter, StoreCorrelation, TakeCorrelation, GetCurrentNode,
+                        SessionExists, GetInbox, GetOutbox})
+#: What it may write for another session (as a relay): writes that a second copy, told
+#: apart by their server message id and the relay's mark, cannot double.
+RELAYED = frozenset({StoreOutbox, StoreCorrelation})
+
+
+def fingerprint(result: Any) -> str:
+    """A result as comparable text: the same state gives the same text on every node."""
+    return repr(result)
+
+
+def _steps(c: Unit | UnitPreview, d: Decision) -> tuple[Decision, list[Any]]:
+    """Decide a unit's steps on a nested decision at the unit's time, each against the ones
+    before it; `ConflictError` when one returns other than expected."""
+    unit = d.nested(c.now)
+    results = []
+    for i, step in enumerate(c.steps):
+        if type(step) not in UNIT_STEPS or step.session_id != c.session_id:
+            raise UnitOfWorkError(f"a unit of work of session {c.session_id!r} cannot hold "
+                                  f"{type(step).__name__} for session {step.session_id!r}")
+        result = decide(step, unit)
+        if i < len(c.expected) and fingerprint(result) != c.expected[i]:
+            raise ConflictError(f"unit of work of session {c.session_id!r}: {type(step).__name__} (call {i + 1}) "
+                                f"now returns {fingerprint(result)[:200]}, not {c.expected[i][:200]}; "
+                                f"another writer changed the session; nothing was written")
+        results.append(result)
+    return unit, results
+
+
+@handles(Unit)
+def _unit(c: Unit, d: Decision) -> None:
+    unit, _ = _steps(c, d)
+    for relay_id, target, command in c.relays:
+        unit.emit(ev.RelayStored(c.session_id, relay_id, target, command, c.now))
+    d.absorb(unit)
+
+
+@handles(UnitPreview)
+def _unit_preview(c: UnitPreview, d: Decision) -> list[Any]:
+    _, results = _steps(c, d)
+    return [results[-1], fingerprint(results[-1])]
+
+
+@handles(RelayDeliver)
+def _relay_deliver(c: RelayDeliver, d: Decision) -> bool:
+    if type(c.command) not in RELAYED or c.command.session_id != c.session_id:
+        raise UnitOfWorkError(f"relay {c.relay_id!r}: {type(c.command).__name__} cannot be relayed to "
+                              f"session {c.session_id!r}")
+    if queries.relay_mark(d.view, d.partition, c.session_id, c.relay_id) is not None:
+        return False
+    part = d.nested()
+    try:
+        decide(c.command, part)
+    except MessageIdAlreadyExistsError:  # another message holds its id: it cannot be stored, and never will
+        log.warning("relay %s to session %s dropped: its server message id is taken", c.relay_id, c.session_id)
+        part = d.nested()
+    part.emit(ev.RelayReceived(c.session_id, c.relay_id, d.now))
+    d.absorb(part)
+    return True
+
+
+@handles(RelayDone)
+def _relay_done(c: RelayDone, d: Decision) -> None:
+    if queries.relay(d.view, d.partition, c.session_id, c.relay_id) is not None:
+        d.emit(ev.RelayDone(c.session_id, c.relay_id))
+
+
+@handles(PendingRelays)
+def _pending_relays(c: PendingRelays, d: Decision) -> list[tuple[str, str, str, str, int]]:
+    return [(r.session_id, r.relay_id, r.target_session_id, r.command, r.stored_timestamp)
+            for r in queries.relays(d.view, c.partition)]
 
 
 # Queries: no events; decided against the same view so an owner answers for non-owners.

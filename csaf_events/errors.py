@@ -44,3 +44,17 @@ class NotOwnerError(CsafError):
     """This node does not own the partition a command was sent to (it moved, or the
     transaction that carried it aborted): nothing was written, so it is retried where the
     partition is owned now."""
+
+
+class ConflictError(DataAccessError):
+    """A unit of work was not committed because what one of its calls returned (or found) has
+    changed since it was made: another writer got there first. Nothing was written; run the
+    unit again."""
+
+    def __init__(self, message: str, *, may_have_written: bool = False) -> None:
+        super().__init__(message, may_have_written=may_have_written)
+
+
+class UnitOfWorkError(CsafError):
+    """A unit of work used the wrong way: after its commit or rollback, nested in another,
+    or for a call it cannot make for another session. Nothing was written by that call."""

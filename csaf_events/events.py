@@ -22,6 +22,8 @@ SESSION = "s"
 INBOX = "i"
 OUTBOX = "o"
 CORRELATION = "c"
+RELAY = "r"  # a write of a unit of work for another session, waiting to be delivered
+RELAY_MARK = "d"  # a relay received by its target session: a second delivery is a no-op
 
 
 class Record(NamedTuple):
@@ -256,6 +258,62 @@ class CorrelationDiscarded(_CorrelationGone):
     TYPE = "CorrelationDiscarded"
 
 
+# --- relays (units of work that write for other sessions) -------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RelayStored(Event):
+    """A write for `target_session_id` made in a unit of work of `session_id`: committed with
+    the unit in the unit's own partition, then delivered to the target's owner (the
+    transactional outbox). `command` is the routed command's encoding (`csaf_events.codec`)."""
+
+    relay_id: str
+    target_session_id: str
+    command: str
+    stored_timestamp: int
+
+    TYPE = "RelayStored"
+    ENTITY = RELAY
+    KEY_FIELDS = ("session_id", "relay_id")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayDone(Event):
+    """The relay reached its target (or was found there already): it leaves the source."""
+
+    relay_id: str
+
+    TYPE = "RelayDone"
+    ENTITY = RELAY
+    KEY_FIELDS = ("session_id", "relay_id")
+    TOMBSTONE = True
+
+
+@dataclass(frozen=True, slots=True)
+class RelayReceived(Event):
+    """The target session's mark that relay `relay_id` was applied, so that a delivery made
+    again (the source's node died before its `RelayDone`) changes nothing."""
+
+    relay_id: str
+    received_timestamp: int
+
+    TYPE = "RelayReceived"
+    ENTITY = RELAY_MARK
+    KEY_FIELDS = ("session_id", "relay_id")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayMarkDropped(Event):
+    """A relay mark removed: with its session, or by the scavenger once no delivery of it can
+    still be under way."""
+
+    relay_id: str
+
+    TYPE = "RelayMarkDropped"
+    ENTITY = RELAY_MARK
+    KEY_FIELDS = ("session_id", "relay_id")
+    TOMBSTONE = True
+
+
 CATALOG: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
@@ -263,6 +321,7 @@ CATALOG: dict[str, type[Event]] = {
         InboxStored, InboxUpdated, InboxDeleted,
         OutboxStored, DeliveryAttempted, DeliveryUnmarked, DeadLettered, Completed, OutboxDiscarded,
         CorrelationStored, CorrelationTaken, CorrelationDiscarded,
+        RelayStored, RelayDone, RelayReceived, RelayMarkDropped,
     )
 }
 

@@ -39,7 +39,7 @@ class Node:
         self.log = event_log
         self.router = router
         self.request_timeout = request_timeout
-        self._clock = clock
+        self.clock = clock  # the time decisions are stamped with
         self.timings = timings or Timings()
         self._writers: dict[int, PartitionWriter] = {}
         self._lock = threading.Lock()
@@ -51,7 +51,7 @@ class Node:
     def assigned(self, partitions: list[int]) -> None:
         with self._lock:
             for p in partitions:
-                self._writers[p] = PartitionWriter(p, self.projection, self.log, self.node_name, self._clock,
+                self._writers[p] = PartitionWriter(p, self.projection, self.log, self.node_name, self.clock,
                                                 self.timings)
 
     def revoked(self, partitions: list[int]) -> None:

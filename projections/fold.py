@@ -13,7 +13,7 @@ from itertools import repeat
 
 import orjson
 
-from csaf_events.events import CORRELATION, INBOX, OUTBOX, SESSION
+from csaf_events.events import CORRELATION, INBOX, OUTBOX, RELAY, RELAY_MARK, SESSION
 from projections import keys
 from projections.rocks import ProjectionBatch
 
@@ -53,6 +53,10 @@ def _entity_keys(entity: str, ids: Sequence, partition: int) -> tuple[bytes, byt
         return keys.session_key(partition, sid), None, None
     if entity == CORRELATION:
         return keys.correlation_key(partition, sid, ids[1]), None, None
+    if entity == RELAY:
+        return keys.relay_key(partition, sid, ids[1]), None, None
+    if entity == RELAY_MARK:
+        return keys.relay_mark_key(partition, sid, ids[1]), None, None
     raise ValueError(f"unknown entity kind {entity!r} in a log record")
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import orjson
 
-from csaf_events.events import CORRELATION, INBOX, OUTBOX, SESSION
+from csaf_events.events import CORRELATION, INBOX, OUTBOX, RELAY, RELAY_MARK, SESSION
 from projections import keys
 from projections.rocks import Projection
 
-_ENTITY_KINDS = {k.encode()[0] for k in (SESSION, INBOX, OUTBOX, CORRELATION)}
+_ENTITY_KINDS = {k.encode()[0] for k in (SESSION, INBOX, OUTBOX, CORRELATION, RELAY, RELAY_MARK)}
 _INDEX_KIND = keys.OUTBOX_INDEX.encode()[0]
 _CHECKPOINT_KIND = keys.CHECKPOINT.encode()[0]
 

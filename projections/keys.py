@@ -7,13 +7,14 @@ length-prefixed so no id character can collide with the layout.
 
 from __future__ import annotations
 
-from csaf_events.events import CORRELATION, INBOX, OUTBOX, SESSION
+from csaf_events.events import CORRELATION, INBOX, OUTBOX, RELAY, RELAY_MARK, SESSION
 
 OUTBOX_INDEX = "m"  # server_message_id -> seq
 CHECKPOINT = "~"  # sorts after every entity kind
 
 
-_KIND_BYTES = {kind: kind.encode() for kind in (SESSION, INBOX, OUTBOX, OUTBOX_INDEX, CORRELATION, CHECKPOINT)}
+_KIND_BYTES = {kind: kind.encode() for kind in (SESSION, INBOX, OUTBOX, OUTBOX_INDEX, CORRELATION, RELAY, RELAY_MARK,
+                                                 CHECKPOINT)}
 
 
 def _p(partition: int) -> bytes:
@@ -66,6 +67,14 @@ def correlation_key(partition: int, session_id: str, server_message_id: str) -> 
     return session_prefix(partition, CORRELATION, session_id) + server_message_id.encode()
 
 
+def relay_key(partition: int, session_id: str, relay_id: str) -> bytes:
+    return session_prefix(partition, RELAY, session_id) + relay_id.encode()
+
+
+def relay_mark_key(partition: int, session_id: str, relay_id: str) -> bytes:
+    return session_prefix(partition, RELAY_MARK, session_id) + relay_id.encode()
+
+
 def checkpoint_key(partition: int) -> bytes:
     return kind_prefix(partition, CHECKPOINT)
 
@@ -77,7 +86,8 @@ def session_id_of(key: bytes) -> str:
 
 
 _KIND_NAMES = {SESSION: "session", INBOX: "inbox entry", OUTBOX: "outbox message",
-               OUTBOX_INDEX: "outbox index entry", CORRELATION: "correlation", CHECKPOINT: "checkpoint"}
+               OUTBOX_INDEX: "outbox index entry", CORRELATION: "correlation", RELAY: "relay",
+               RELAY_MARK: "relay mark", CHECKPOINT: "checkpoint"}
 
 
 def describe(key: bytes) -> str:

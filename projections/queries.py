@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from csaf_events.events import (
-    CORRELATION, INBOX, OUTBOX, SESSION, CorrelationStored, InboxState, OutboxState, SessionState, decode,
+    CORRELATION, INBOX, OUTBOX, RELAY, RELAY_MARK, SESSION, CorrelationStored, InboxState, OutboxState,
+    RelayReceived, RelayStored, SessionState, decode,
 )
 from projections import keys
 
@@ -63,19 +64,45 @@ def correlation(view: View, p: int, sid: str, smid: str) -> CorrelationStored | 
     return None if raw is None else decode(CorrelationStored, raw)
 
 
-def children(view: View, p: int, sid: str) -> tuple[list[InboxState], list[OutboxState], list[CorrelationStored]]:
-    """Everything stored for a session: (inbox, outbox, correlations) states."""
+def children(view: View, p: int, sid: str) -> tuple[list[InboxState], list[OutboxState], list[CorrelationStored],
+                                                    list[RelayReceived]]:
+    """Everything stored for a session: (inbox, outbox, correlations, relay marks) states.
+    Relays the session's units wrote for others are not its own: they are delivered even
+    after it is gone."""
     return (
         [decode(InboxState, v) for _, v in view.scan(keys.session_prefix(p, INBOX, sid))],
         outbox_messages(view, p, sid),
         [decode(CorrelationStored, v) for _, v in view.scan(keys.session_prefix(p, CORRELATION, sid))],
+        relay_marks(view, p, sid),
     )
 
 
+def relays(view: View, p: int) -> list[RelayStored]:
+    """The partition's relays not delivered yet, by source session and relay id."""
+    return [decode(RelayStored, v) for _, v in view.scan(keys.kind_prefix(p, RELAY))]
+
+
+def relay(view: View, p: int, sid: str, relay_id: str) -> RelayStored | None:
+    raw = view.get(keys.relay_key(p, sid, relay_id))
+    return None if raw is None else decode(RelayStored, raw)
+
+
+def relay_mark(view: View, p: int, sid: str, relay_id: str) -> RelayReceived | None:
+    raw = view.get(keys.relay_mark_key(p, sid, relay_id))
+    return None if raw is None else decode(RelayReceived, raw)
+
+
+def relay_marks(view: View, p: int, sid: str | None = None) -> list[RelayReceived]:
+    """The relay marks of one session, or of the whole partition."""
+    prefix = keys.kind_prefix(p, RELAY_MARK) if sid is None else keys.session_prefix(p, RELAY_MARK, sid)
+    return [decode(RelayReceived, v) for _, v in view.scan(prefix)]
+
+
 def orphan_session_ids(view: View, p: int) -> set[str]:
-    """Ids of sessions that have inbox/outbox/correlation entries but no session row."""
+    """Ids of sessions that have inbox/outbox/correlation entries or relay marks but no
+    session row."""
     owners: set[str] = set()
-    for kind in (INBOX, OUTBOX, CORRELATION):
+    for kind in (INBOX, OUTBOX, CORRELATION, RELAY_MARK):
         for k, _ in view.scan(keys.kind_prefix(p, kind)):
             owners.add(keys.session_id_of(k))
     return {sid for sid in owners if view.get(keys.session_key(p, sid)) is None}

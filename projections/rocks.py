@@ -89,16 +89,8 @@ class ProjectionBatch:
         `put` and `delete` changed (their overlay), so only tracked batches, and not what was
         put into a `write_batch` directly (the embedded log's entries)."""
         out = cls(parent, track=False)
-        put, delete = out.write_batch.put, out.write_batch.delete
         for b in batches:
-            if b._overlay is None:
-                raise ValueError("an untracked projection batch cannot be merged: its changes are not known")
-            for k, v in b._overlay.items():
-                if v is None:
-                    delete(k)
-                else:
-                    put(k, v)
-            out.sessions.update(b.sessions)
+            out.absorb(b)
         return out
 
     def put(self, key: bytes, value: bytes) -> None:
@@ -113,6 +105,18 @@ class ProjectionBatch:
 
     def session_changed(self, session_id: str, value: bytes | None) -> None:
         self.sessions[session_id] = value
+
+    def absorb(self, part: ProjectionBatch) -> None:
+        """Take the changes of a tracked batch decided on top of this one (a part of a
+        decision that succeeded as a whole)."""
+        if part._overlay is None:
+            raise ValueError("an untracked projection batch cannot be merged: its changes are not known")
+        for k, v in part._overlay.items():
+            if v is None:
+                self.delete(k)
+            else:
+                self.put(k, v)
+        self.sessions.update(part.sessions)
 
     def __len__(self) -> int:
         return self.write_batch.len()

@@ -11,9 +11,16 @@ settles the message through it, which decides the answer the client gets:
   session's outbox, so it reaches the client even across reconnects and nodes;
 - raises: NACK with the error as description.
 
-The answer (other than a plain ACK) is stored in the store's inbox entry of the message, so
-a client that sends the same message again gets the same answer without the handler running
-twice.
+Exactly once: the handler runs inside a unit of work of the session
+(`csaf_events.unit_of_work`). The message's inbox entry, what the handler stores through the
+context (``await ctx.send(..)``, ``await ctx.request(..)``, ``ctx.unit``'s store calls, a
+``later`` answer given before the handler returns) and the answer are committed together, and
+only then is the client answered. A node that dies before the commit leaves nothing: the
+client sends again and the handler runs again. A copy sent again after the commit gets the
+stored answer, and the handler does not run. Effects outside the store (a call to another
+service) are at least once. What the handler starts in the background and stores after it
+returned (``server.send``, a ``later`` answer given afterwards) is stored on its own, when it
+happens: if the node dies first, it never happens.
 
 A *terminator* is an endpoint that never replies: a REQUEST to it is NACKed before the
 handler runs. Terminators also receive the client's RESOLVE/REJECT answers to
@@ -31,10 +38,12 @@ from typing import TYPE_CHECKING, Any
 
 from csaf_events.clock import now_ms
 from csaf_events.dtos import MessageType
+from csaf_events.errors import UnitOfWorkError
 from csaf_events.matssocket.protocol import DebugOption
 
 if TYPE_CHECKING:
-    from csaf_events.matssocket.server import MatsSocketServer
+    from csaf_events.matssocket.server import MatsSocketServer, Nudges
+    from csaf_events.unit_of_work import UnitOfWork
 
 
 class Resolution(enum.Enum):
@@ -77,8 +86,33 @@ class IncomingContext:
     correlation_string: str | None = None
     correlation_binary: bytes | None = None
     _server: MatsSocketServer | None = field(default=None, repr=False)
+    unit: UnitOfWork | None = field(default=None, repr=False)  # the message's unit of work
+    nudges: Nudges = field(default_factory=list, repr=False)  # outboxes written in it, nudged after its commit
     resolution: Resolution = Resolution.NO_ACTION
     reply: Any = None
+
+    async def send(self, client_terminator_id: str, message: Any, *, session_id: str | None = None,
+                   trace_id: str | None = None) -> bool:
+        """SEND `message` to a client terminator, committed with this message's unit of work:
+        of this session by default, or of `session_id` (relayed: delivered exactly once after
+        the commit). False if the session does not exist."""
+        server = self._server_of()
+        return await server.outbox_in(self.unit, self.nudges, session_id or self.session_id, MessageType.SEND,
+                                      {"eid": client_terminator_id, "tid": trace_id or self.trace_id}, message)
+
+    async def request(self, client_endpoint_id: str, message: Any, reply_to: str, *,
+                      correlation_string: str | None = None, correlation_binary: bytes | None = None,
+                      session_id: str | None = None, trace_id: str | None = None) -> bool:
+        """A server-initiated REQUEST (`MatsSocketServer.request`) committed with this message's
+        unit of work. False if the session does not exist."""
+        return await self._server_of().request_in(self.unit, self.nudges, session_id or self.session_id,
+                                                  trace_id or self.trace_id, client_endpoint_id, message, reply_to,
+                                                  correlation_string, correlation_binary)
+
+    def _server_of(self) -> MatsSocketServer:
+        if self._server is None:
+            raise RuntimeError("this context belongs to no server")
+        return self._server
 
     def _settle(self, resolution: Resolution, reply: Any = None) -> None:
         if self.resolution is not Resolution.NO_ACTION:
@@ -106,10 +140,10 @@ class IncomingContext:
     def answer_later(self) -> LaterReply:
         """ACK the REQUEST now and answer it later through the returned `LaterReply`."""
         self._request_only("answered later")
-        assert self._server is not None
+        server = self._server_of()
         self._settle(Resolution.LATER)
-        return LaterReply(self._server, self.session_id, self.client_message_id, self.trace_id,
-                          self.received_ms, now_ms(), self.debug_options)
+        return LaterReply(server, self.session_id, self.client_message_id, self.trace_id,
+                          self.received_ms, now_ms(), self.debug_options, self)
 
 
 @dataclass
@@ -123,6 +157,7 @@ class LaterReply:
     received_ms: int
     handed_off_ms: int
     debug_options: DebugOption
+    _context: IncomingContext | None = field(default=None, repr=False)
     _done: bool = False
 
     async def resolve(self, message: Any) -> None:
@@ -137,4 +172,11 @@ class LaterReply:
         if self._done:
             raise RuntimeError("this REQUEST was already answered")
         self._done = True
-        await self._server._store_later_reply(self, type_, message)
+        ctx = self._context
+        if ctx is not None and ctx.unit is not None and ctx.unit.is_open:  # the handler has not returned yet
+            try:
+                await self._server.store_later_reply(self, type_, message, ctx.unit, ctx.nudges)
+                return
+            except UnitOfWorkError:  # its commit began meanwhile: stored on its own
+                pass
+        await self._server.store_later_reply(self, type_, message, None, None)

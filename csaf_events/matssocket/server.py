@@ -37,12 +37,20 @@ from csaf_events.matssocket.nodes import NodeMessages
 from csaf_events.matssocket.protocol import SUBPROTOCOL, CloseCode, DebugOption, Envelope, random_id
 from csaf_events.matssocket.topics import Topics
 from csaf_events.store import ClusterStoreAndForward
+from csaf_events.unit_of_work import UnitOfWork
 from csaf_events.clock import now_ms
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 HttpHandler = Callable[[ServerConnection, Request], Response | None]
+#: Called on the event loop at each step of a client SEND/REQUEST/RESOLVE/REJECT: "handled"
+#: (its handler finished, its unit of work not committed), "committed" (not answered yet),
+#: "answered". For tracing, and for tests that kill a node at an exact point.
+Probe = Callable[[str, str, Envelope], None]
+#: Sessions whose outbox a unit of work wrote to, and the node the store named for each:
+#: nudged once the unit has committed.
+Nudges = list[tuple[str, Any]]
 
 
 def _json(name: str, value: Any) -> str:
@@ -66,7 +74,7 @@ class MatsSocketServer:
                  channel: NodeChannel | None = None, path: str = "/matssocket",
                  max_sessions_per_user: int = 75, store_threads: int = 16, max_frame_bytes: int = 1 << 20,
                  maintenance: Mapping[str, Any] | None = MappingProxyType({}),
-                 http_handler: HttpHandler | None = None) -> None:
+                 http_handler: HttpHandler | None = None, probe: Probe | None = None) -> None:
         if not isinstance(authenticator, Authenticator):
             raise TypeError("authenticator must be an Authenticator")
         if not isinstance(max_sessions_per_user, int) or max_sessions_per_user < 1:
@@ -86,6 +94,7 @@ class MatsSocketServer:
         self.topics = Topics()
         self.nodes = NodeMessages(self, self.channel)
         self.http_handler = http_handler  # other HTTP paths: None answers 404
+        self.probe: Probe = probe or (lambda point, session_id, envelope: None)
         self.metrics = matssocket_metrics(store)  # csaf_matssocket_* on the store's registry
         self._executor = ThreadPoolExecutor(store_threads, thread_name_prefix=f"csaf-store-{self.node_name}")
         self._maintenance = Maintenance(store, self.live_session_ids, **maintenance) if maintenance is not None else None
@@ -247,19 +256,28 @@ class MatsSocketServer:
     async def send(self, session_id: str, trace_id: str, client_terminator_id: str, message: Any) -> bool:
         """SEND `message` to a client terminator of the session, through its outbox (delivered
         when the client is connected, on whatever node). False if the session does not exist."""
-        return await self._outbox(session_id, T.SEND, {"eid": client_terminator_id, "tid": trace_id}, message)
+        return await self.outbox_in(None, None, session_id, T.SEND, {"eid": client_terminator_id, "tid": trace_id},
+                                    message)
 
     async def request(self, session_id: str, trace_id: str, client_endpoint_id: str, message: Any, reply_to: str,
                       correlation_string: str | None = None, correlation_binary: bytes | None = None) -> bool:
         """REQUEST from a client endpoint; its RESOLVE/REJECT goes to the server terminator
         `reply_to` with the correlation data. False if the session does not exist."""
+        return await self.request_in(None, None, session_id, trace_id, client_endpoint_id, message, reply_to,
+                                     correlation_string, correlation_binary)
+
+    async def request_in(self, unit: UnitOfWork | None, nudges: Nudges | None, session_id: str, trace_id: str,
+                         client_endpoint_id: str, message: Any, reply_to: str, correlation_string: str | None,
+                         correlation_binary: bytes | None) -> bool:
+        """`request`, its correlation and outbox message written in `unit` (None: at once)."""
         smid = random_id()
-        await self.io(self.store.store_request_correlation, session_id, smid, now_ms(), reply_to,
+        target: ClusterStoreAndForward | UnitOfWork = self.store if unit is None else unit
+        await self.io(target.store_request_correlation, session_id, smid, now_ms(), reply_to,
                       correlation_string, correlation_binary)
-        stored = await self._outbox(session_id, T.REQUEST, {"eid": client_endpoint_id, "tid": trace_id}, message,
-                                    smid=smid)
-        if not stored:
-            await self.io(self.store.get_and_delete_request_correlation, session_id, smid)
+        stored = await self.outbox_in(unit, nudges, session_id, T.REQUEST,
+                                      {"eid": client_endpoint_id, "tid": trace_id}, message, smid=smid)
+        if not stored and target is not unit:
+            await self.io(target.get_and_delete_request_correlation, session_id, smid)
         return stored
 
     async def publish(self, topic: str, trace_id: str, message: Any) -> None:
@@ -285,30 +303,43 @@ class MatsSocketServer:
         if current is not None:
             self.nodes.close(current.node_name, session_id, reason)
 
-    async def _outbox(self, session_id: str, type_: T, fields: Envelope, message: Any, *,
-                      smid: str | None = None, client_message_id: str | None = None,
-                      request_timestamp: int | None = None) -> bool:
+    async def outbox_in(self, unit: UnitOfWork | None, nudges: Nudges | None, session_id: str, type_: T,
+                        fields: Envelope, message: Any, *, smid: str | None = None,
+                        client_message_id: str | None = None, request_timestamp: int | None = None) -> bool:
+        """Store a SEND/REQUEST/RESOLVE/REJECT for the session's client, in `unit` (None: at
+        once), and nudge the node holding its socket (after the unit's commit: `nudges`).
+        False if the session does not exist."""
         smid = smid or random_id()
         envelope = {"t": type_, **fields, "smid": smid}
         if type_ in (T.SEND, T.REQUEST):
             envelope["debug"] = {"smcts": now_ms(), "smcnn": self.node_name}
-        current = await self.io(self.store.store_message_in_outbox, session_id, smid, client_message_id,
+        target: ClusterStoreAndForward | UnitOfWork = self.store if unit is None else unit
+        current = await self.io(target.store_message_in_outbox, session_id, smid, client_message_id,
                                 envelope.get("tid"), type_, request_timestamp, _json("envelope", envelope),
                                 _json("message", message), None)
         if current is None:
-            return await self.io(self.store.is_session_exists, session_id)
+            own = unit is not None and unit.session_id == session_id
+            return await self.io(unit.is_session_exists if own else self.store.is_session_exists, session_id)
+        if nudges is None:
+            self.nudge(session_id, current)
+        else:
+            nudges.append((session_id, current))
+        return True
+
+    def nudge(self, session_id: str, current: Any) -> None:
+        """Tell the forwarder of the session (on this node or the one named) that its outbox grew."""
         if current.node_name == self.node_name:
             conn = self.local_connection(session_id)
             if conn is not None and conn.forwarder is not None:
                 conn.forwarder.notify()
         else:
             self.nodes.new_message(current.node_name, session_id)
-        return True
 
-    async def _store_later_reply(self, later: LaterReply, type_: T, message: Any) -> None:
+    async def store_later_reply(self, later: LaterReply, type_: T, message: Any, unit: UnitOfWork | None,
+                                 nudges: Nudges | None) -> None:
         fields: Envelope = {"cmid": later.client_message_id, "tid": later.trace_id}
         if later.debug_options:
             fields["debug"] = self.debug_fields(later.debug_options, client_received=later.received_ms,
                                                 handed_off=later.handed_off_ms, reply_received=now_ms())
-        await self._outbox(later.session_id, type_, fields, message,
-                           client_message_id=str(later.client_message_id), request_timestamp=later.received_ms)
+        await self.outbox_in(unit, nudges, later.session_id, type_, fields, message,
+                             client_message_id=str(later.client_message_id), request_timestamp=later.received_ms)

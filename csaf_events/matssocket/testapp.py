@@ -8,6 +8,10 @@ may see every debug field; ``:fail_reevaluateAuthentication:`` and
 its HTTP side channel ``GET <path>/sendMessageOnTestTopic?topic=T`` (publishes on T).
 Where the Java server forwards to a Mats endpoint and adapts the reply, this app answers
 later (`IncomingContext.answer_later`), which is what such a forward looks like to the client.
+The handlers store what they send inside the message's unit of work (``await ctx.send``,
+``await ctx.request``, a later answer given before they return), so that it is stored exactly
+once with the message; only ``Test.slow`` (which answers after a delay) and
+``Test.closeThisSession`` act after the handler returned.
 """
 
 from __future__ import annotations
@@ -102,9 +106,9 @@ def install(server: MatsSocketServer) -> None:
             return
         reply = ctx.answer_later()
         msg = ctx.message
-        later(reply.resolve({"number1": len(str(_field(msg, "string", ""))) + len(":FromSingle"),
+        await reply.resolve({"number1": len(str(_field(msg, "string", ""))) + len(":FromSingle"),
                              "number2": (_field(msg, "number", 0) or 0) * 2,
-                             "requestTimestamp": _field(msg, "requestTimestamp")}))
+                             "requestTimestamp": _field(msg, "requestTimestamp")})
 
     @server.endpoint("Test.matsSocketPing")
     async def ping(ctx: IncomingContext) -> None:
@@ -137,26 +141,26 @@ def install(server: MatsSocketServer) -> None:
     async def simple(ctx: IncomingContext) -> None:
         if ctx.message_type == "REQUEST":
             msg = ctx.message
-            later(ctx.answer_later().resolve({"number": _field(msg, "number"),
+            await ctx.answer_later().resolve({"number": _field(msg, "number"),
                                               "string": f"{_field(msg, 'string')}:FromSimpleMats",
-                                              "sleepTime": _field(msg, "sleepTime")}))
+                                              "sleepTime": _field(msg, "sleepTime")})
 
     @server.endpoint("Test.ignoreInReplyAdapter")
     async def ignore_later(ctx: IncomingContext) -> None:
         # a reply adapter that does nothing: the Java server settles the request with REJECT
-        later(ctx.answer_later().reject(None))
+        await ctx.answer_later().reject(None)
 
     @server.endpoint("Test.resolveInReplyAdapter")
     async def resolve_later(ctx: IncomingContext) -> None:
-        later(ctx.answer_later().resolve({"number1": 1, "number2": 2, "requestTimestamp": 123}))
+        await ctx.answer_later().resolve({"number1": 1, "number2": 2, "requestTimestamp": 123})
 
     @server.endpoint("Test.rejectInReplyAdapter")
     async def reject_later(ctx: IncomingContext) -> None:
-        later(ctx.answer_later().reject({"number1": 1, "number2": 2, "requestTimestamp": 123}))
+        await ctx.answer_later().reject({"number1": 1, "number2": 2, "requestTimestamp": 123})
 
     @server.endpoint("Test.throwsInReplyAdapter")
     async def throws_later(ctx: IncomingContext) -> None:
-        later(ctx.answer_later().reject({"exception": "Exception in ReplyAdapter should REJECT."}))
+        await ctx.answer_later().reject({"exception": "Exception in ReplyAdapter should REJECT."})
 
     @server.endpoint("Test.slow")
     async def slow(ctx: IncomingContext) -> None:
@@ -173,9 +177,9 @@ def install(server: MatsSocketServer) -> None:
         later(answer())
 
     async def push_send(ctx: IncomingContext, suffix: str) -> None:
-        later(server.send(ctx.session_id, f"{ctx.trace_id}:{suffix}", "ClientSide.terminator",
-                          {"number": _field(ctx.message, "number"), "string": ctx.session_id,
-                           "sleepTime": 1 if suffix == "SentFromMatsStage" else 2}))
+        await ctx.send("ClientSide.terminator", {"number": _field(ctx.message, "number"), "string": ctx.session_id,
+                                                 "sleepTime": 1 if suffix == "SentFromMatsStage" else 2},
+                       trace_id=f"{ctx.trace_id}:{suffix}")
 
     @server.terminator("Test.server.send.matsStage")
     async def send_mats_stage(ctx: IncomingContext) -> None:
@@ -187,17 +191,16 @@ def install(server: MatsSocketServer) -> None:
 
     for kind in ("direct", "viaMats"):
         async def request_client(ctx: IncomingContext, kind: str = kind) -> None:
-            later(server.request(ctx.session_id, ctx.trace_id, "ClientSide.endpoint", ctx.message,
-                                 f"Test.server.request.replyReceiver.{kind}", "CorrelationString",
-                                 CORRELATION_BINARY))
+            await ctx.request("ClientSide.endpoint", ctx.message, f"Test.server.request.replyReceiver.{kind}",
+                              correlation_string="CorrelationString", correlation_binary=CORRELATION_BINARY)
 
         async def reply_receiver(ctx: IncomingContext) -> None:
             if ctx.correlation_string != "CorrelationString" or ctx.correlation_binary != CORRELATION_BINARY:
                 raise ValueError("the correlation data did not come back as stored")
             msg = ctx.message
-            later(server.send(ctx.session_id, ctx.trace_id, "ClientSide.terminator",
-                              {"number": _field(msg, "number"), "string": f"{_field(msg, 'string')}:{ctx.message_type}",
-                               "sleepTime": _field(msg, "sleepTime")}))
+            await ctx.send("ClientSide.terminator",
+                           {"number": _field(msg, "number"), "string": f"{_field(msg, 'string')}:{ctx.message_type}",
+                            "sleepTime": _field(msg, "sleepTime")})
         server.terminator(f"Test.server.request.{kind}", request_client)
         server.terminator(f"Test.server.request.replyReceiver.{kind}", reply_receiver)
 
@@ -221,14 +224,14 @@ def install(server: MatsSocketServer) -> None:
 
     @server.terminator("Test.renewAuth")
     async def renew_auth(ctx: IncomingContext) -> None:
-        later(server.request(ctx.session_id, ctx.trace_id, "MatsSocket.renewAuth", "", "Test.renewAuth_reply",
-                             "123", bytes([1, 2, 3])))
+        await ctx.request("MatsSocket.renewAuth", "", "Test.renewAuth_reply", correlation_string="123",
+                          correlation_binary=bytes([1, 2, 3]))
 
     @server.terminator("Test.renewAuth_reply")
     async def renew_auth_reply(ctx: IncomingContext) -> None:
         if ctx.correlation_string != "123" or ctx.correlation_binary != bytes([1, 2, 3]):
             raise ValueError("the correlation data did not come back as stored")
-        later(server.send(ctx.session_id, ctx.trace_id, "Client.renewAuth_terminator", ctx.authorization))
+        await ctx.send("Client.renewAuth_terminator", ctx.authorization)
 
     server.http_handler = functools.partial(_side_channel, server)
 
