@@ -15,6 +15,8 @@ _EXPORTS = {
     "StoredInMessage": "csaf_events.dtos", "StoredOutMessage": "csaf_events.dtos",
     "CsafError": "csaf_events.errors", "DataAccessError": "csaf_events.errors",
     "MessageIdAlreadyExistsError": "csaf_events.errors", "WrongUserError": "csaf_events.errors",
+    "ConflictError": "csaf_events.errors", "UnitOfWorkError": "csaf_events.errors",
+    "UnitOfWork": "csaf_events.unit_of_work",
     "open_store": "csaf_events.factory", "ClusterStoreAndForward": "csaf_events.store",
     "Limits": "csaf_events.validation",
 }
@@ -24,9 +26,12 @@ if TYPE_CHECKING:
     from csaf_events.dtos import (
         CurrentNode, MessageType, RequestCorrelation, SessionDto, StoredInMessage, StoredOutMessage,
     )
-    from csaf_events.errors import CsafError, DataAccessError, MessageIdAlreadyExistsError, WrongUserError
+    from csaf_events.errors import (
+        ConflictError, CsafError, DataAccessError, MessageIdAlreadyExistsError, UnitOfWorkError, WrongUserError,
+    )
     from csaf_events.factory import open_store
     from csaf_events.store import ClusterStoreAndForward
+    from csaf_events.unit_of_work import UnitOfWork
     from csaf_events.validation import Limits
 
 

@@ -55,7 +55,7 @@ class RelaySweeper:
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(30)
+            self._thread.join(5)  # a delivery still waiting on an owner fails once the store closes
 
     def sweep(self) -> int:
         """Deliver the pending relays old enough, of every partition owned now; how many."""
