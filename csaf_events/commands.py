@@ -446,6 +446,9 @@ def _scavenge(c: Scavenge, d: Decision) -> int:
 UNIT_STEPS = frozenset({Register, Deregister, Close, StoreInbox, UpdateInbox, DeleteInbox, StoreOutbox, Attempted,
                         Unmark, Complete, DeadLetter, StoreCorrelation, TakeCorrelation, GetCurrentNode,
                         SessionExists, GetInbox, GetOutbox})
+#: Writes whose handler returns None whatever the state and never fails on it: a unit
+#: records them without asking the owner (their result cannot change by the commit).
+BLIND_WRITES = frozenset({Deregister, Close, UpdateInbox, DeleteInbox, Attempted, Unmark, Complete, DeadLetter})
 #: What it may write for another session (as a relay): writes that a second copy, told
 #: apart by their server message id and the relay's mark, cannot double.
 RELAYED = frozenset({StoreOutbox, StoreCorrelation})

@@ -2,7 +2,9 @@
 in one append, all or nothing (what the Java server gets from its database transaction).
 
 Each call is answered at once: its session's owner decides it after the unit's earlier calls,
-on the current state, and writes nothing (reads in a unit see its own writes). At `commit` the
+on the current state, and writes nothing (reads in a unit see its own writes). Writes that
+return nothing whatever the state (`commands.BLIND_WRITES`: inbox updates and deletes, the
+outbox marks, deregister, close) are only recorded, without a round trip. At `commit` the
 owner decides them all again, on the state then, and appends their events in one go. A call
 that now fails raises its error (`MessageIdAlreadyExistsError` for an id that another node
 stored meanwhile); a call that now returns other than it did raises `ConflictError`: the
@@ -100,6 +102,10 @@ class UnitOfWork(SessionCalls):
             raise UnitOfWorkError(f"a unit of work holds at most {MAX_CALLS} calls")
         if session_id != self.session_id:
             return self._relay(session_id, command)
+        if type(command) in cmd.BLIND_WRITES:
+            self._steps.append(command)
+            self._expected.append(cmd.fingerprint(None))
+            return None
         steps = (*self._steps, command)
         result, fp = self._run_on_owner(self.session_id, cmd.UnitPreview(
             self.session_id, self.now, steps, tuple(self._expected)))

@@ -107,9 +107,8 @@ async def _send_or_request(conn: Connection, envelope: Envelope, cmid: str, rece
     try:
         if unit.calls == 0:
             await server.io(unit.store_message_id_in_inbox, sid, cmid)
-        try:  # so that a resend gets this same answer
-            await server.io(unit.update_message_in_inbox, sid, cmid,
-                            orjson.dumps({**answer, "cmid": envelope["cmid"]}).decode(), None)
+        try:  # so that a resend gets this same answer (recorded in the unit: no store call)
+            unit.update_message_in_inbox(sid, cmid, orjson.dumps({**answer, "cmid": envelope["cmid"]}).decode(), None)
         except ValueError:  # over the store's size limit: a resend gets a plain ACK
             log.warning("the answer to %s %s of session %s is too large to store", t, cmid, sid, exc_info=True)
         await _commit(conn, envelope, unit, ctx)
