@@ -210,6 +210,7 @@ class RelayDeliver(Command):
     makes a second delivery a no-op. Returns whether it was applied now."""
 
     relay_id: str
+    now: int  # its unit's time, which its writes carry
     command: Command
 
 
@@ -498,12 +499,12 @@ def _relay_deliver(c: RelayDeliver, d: Decision) -> bool:
                               f"session {c.session_id!r}")
     if queries.relay_mark(d.view, d.partition, c.session_id, c.relay_id) is not None:
         return False
-    part = d.nested()
+    part = d.nested(c.now)
     try:
         decide(c.command, part)
     except MessageIdAlreadyExistsError:  # another message holds its id: it cannot be stored, and never will
         log.warning("relay %s to session %s dropped: its server message id is taken", c.relay_id, c.session_id)
-        part = d.nested()
+        part = d.nested(c.now)
     part.emit(ev.RelayReceived(c.session_id, c.relay_id, d.now))
     d.absorb(part)
     return True

@@ -27,10 +27,10 @@ log = logging.getLogger(__name__)
 Run = Callable[[str, cmd.Command], Any]  # run a command on the owner of a session's partition
 
 
-def deliver(run: Run, source: str, relay_id: str, target: str, command: str) -> bool:
-    """Apply the relay to its target (once), then mark it done at its source. Whether it was
-    applied now (False: a delivery before this one had applied it)."""
-    applied = run(target, cmd.RelayDeliver(target, relay_id, decode_command(command.encode())))
+def deliver(run: Run, source: str, relay_id: str, target: str, command: str, now: int) -> bool:
+    """Apply the relay to its target (once, at `now`: its unit's time), then mark it done at
+    its source. Whether it was applied now (False: a delivery before this one had applied it)."""
+    applied = run(target, cmd.RelayDeliver(target, relay_id, now, decode_command(command.encode())))
     run(source, cmd.RelayDone(source, relay_id))
     return bool(applied)
 
@@ -57,8 +57,9 @@ class RelaySweeper:
         if self._thread.is_alive():
             self._thread.join(5)  # a delivery still waiting on an owner fails once the store closes
 
-    def sweep(self) -> int:
-        """Deliver the pending relays old enough, of every partition owned now; how many."""
+    def sweep(self, min_age_ms: int | None = None) -> int:
+        """Deliver the pending relays at least `min_age_ms` old (default: the sweeper's), of
+        every partition owned now; how many."""
         delivered = 0
         for partition in self._owned():
             if self._stop.is_set():
@@ -68,12 +69,12 @@ class RelaySweeper:
             except CsafError as e:
                 log.info("relays of partition %d not read now: %s", partition, e)
                 continue
-            cutoff = self._clock() - self._min_age_ms
+            cutoff = self._clock() - (self._min_age_ms if min_age_ms is None else min_age_ms)
             for source, relay_id, target, command, stored in pending:
                 if stored > cutoff:
                     continue
                 try:
-                    deliver(self._run, source, relay_id, target, command)
+                    deliver(self._run, source, relay_id, target, command, stored)
                     delivered += 1
                 except CsafError as e:
                     log.warning("relay %s of session %s to session %s not delivered yet: %s",

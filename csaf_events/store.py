@@ -131,11 +131,11 @@ class ClusterStoreAndForward(SessionCalls):
         return UnitOfWork(self._sid(session_id), self.node_name, self.limits, self._run, self.node.clock())
 
     def deliver_relays(self) -> int:
-        """Deliver now the relays pending in the partitions this node owns (the background
-        sweeper does so every few seconds); how many were delivered."""
+        """Deliver now every relay pending in the partitions this node owns (the background
+        sweeper delivers those older than 2 s, every 2 s); how many were delivered."""
         self._check_open()
         assert self._relays is not None
-        return self._relays.sweep()
+        return self._relays.sweep(min_age_ms=0)
 
     def session_history(self, session_id: str) -> list[HistoryEntry]:
         """The session's events still in the log, in order: the full history inside the audit

@@ -77,9 +77,11 @@ class UnitOfWork(SessionCalls):
         if self._token is not None:
             _OPEN.reset(self._token)
             self._token = None
+        if self._finished is not None:  # committed or rolled back inside the block
+            return
         if exc_type is None:
             self.commit()
-        elif self._finished is None:
+        else:
             self.rollback()
 
     @property
@@ -142,7 +144,7 @@ class UnitOfWork(SessionCalls):
         self._finished = "committed"
         for relay_id, target, command in self._relays:
             try:
-                deliver(self._run_on_owner, self.session_id, relay_id, target, command)
+                deliver(self._run_on_owner, self.session_id, relay_id, target, command, self.now)
             except CsafError:  # committed: the owner of this unit's partition delivers it later
                 pass
 
