@@ -163,8 +163,11 @@ class Connection:
                 ack2s.extend(message_ids(envelope, "cmid"))
             elif t != T.PONG:
                 rest.append(envelope)
-        if acks:
-            await self._store_quietly("complete outbox messages", self.server.store.outbox_messages_complete, acks)
+        if acks and await self._store_quietly("complete outbox messages", self.server.store.outbox_messages_complete,
+                                              acks):
+            # only once completed: a client that got ACK2 forgets the ids, and would take a redelivery as new
+            if self.forwarder is not None:
+                self.forwarder.completed(acks)
             answers.append({"t": T.ACK2, "smid": acks[0]} if len(acks) == 1 else {"t": T.ACK2, "ids": acks})
         if ack2s:
             await self._store_quietly("delete inbox ids", self.server.store.delete_message_ids_from_inbox, ack2s)
@@ -210,12 +213,15 @@ class Connection:
             if isinstance(rd, int) and not isinstance(rd, bool):
                 self.server_debug = DebugOption(rd & 0xFF) & self.allowed_debug
 
-    async def _store_quietly(self, what: str, fn: Any, ids: list[str]) -> None:
-        """ACK-side store calls: a failure is logged; the client or the scavenger settles it later."""
+    async def _store_quietly(self, what: str, fn: Any, ids: list[str]) -> bool:
+        """ACK-side store calls: a failure is logged (the client or the scavenger settles it
+        later); whether the call succeeded."""
         try:
             await self.server.io(fn, self.session_id, ids)
+            return True
         except CsafError:
             log.warning("could not %s for session %s; continuing", what, self.session_id, exc_info=True)
+            return False
 
     # ---------------------------------------------------------- authentication --
     async def _authenticate(self, new_auth: str | None) -> None:

@@ -42,6 +42,7 @@ class OutboxForwarder:
         self.conn = conn
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._completed_since_fetch: set[str] = set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"forwarder-{self.conn.session_id}")
@@ -50,6 +51,12 @@ class OutboxForwarder:
     def notify(self) -> None:
         """New messages may be in the outbox (safe to call any number of times)."""
         self._wake.set()
+
+    def completed(self, server_message_ids: list[str]) -> None:
+        """The client ACKed these and they are completed, its ACK2 about to go out: a batch
+        fetched before must not send them after that ACK2 (the client would have forgotten
+        them, and take the copy as new)."""
+        self._completed_since_fetch.update(server_message_ids)
 
     def stop(self) -> None:
         if self._task is not None and self._task is not asyncio.current_task():
@@ -74,6 +81,7 @@ class OutboxForwarder:
     async def _forward_batch(self) -> bool:
         """Send one batch; True if there may be more to send now."""
         conn, server, sid = self.conn, self.conn.server, self.conn.session_id
+        self._completed_since_fetch = set()  # what was completed before this fetch, it does not return
         messages: list[StoredOutMessage] = await server.io(server.store.get_messages_from_outbox, sid, BATCH)
         if not messages or not await conn.authorized_for_outgoing():
             return False
@@ -92,7 +100,8 @@ class OutboxForwarder:
         # marked before the send: an ACK racing the mark cannot leave a completed message marked,
         # and a crash between mark and send is undone by the reconnect's unmark
         await server.io(server.store.outbox_messages_attempted_delivery, sid, ids)
-        if not await conn.send([self._envelope(m) for m in messages]):
+        messages = [m for m in messages if m.server_message_id not in self._completed_since_fetch]
+        if messages and not await conn.send([self._envelope(m) for m in messages]):  # (no await since the filter)
             return False
         if redeliveries:
             server.metrics.redeliveries.inc(len(messages))
