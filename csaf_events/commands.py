@@ -505,7 +505,8 @@ def _relay_deliver(c: RelayDeliver, d: Decision) -> bool:
     except MessageIdAlreadyExistsError:  # another message holds its id: it cannot be stored, and never will
         log.warning("relay %s to session %s dropped: its server message id is taken", c.relay_id, c.session_id)
         part = d.nested(c.now)
-    part.emit(ev.RelayReceived(c.session_id, c.relay_id, d.now))
+    if part.records:  # it applied nothing (no such session): a later copy applying it is the first
+        part.emit(ev.RelayReceived(c.session_id, c.relay_id, d.now))
     d.absorb(part)
     return True
 

@@ -497,3 +497,351 @@ def test_compaction_never_resurrects_a_deleted_entity_when_the_clock_steps_back(
             rebuilt.close()
     finally:
         store.close()
+
+
+# ------------------------------------------------------------------- units of work ----
+# `StoreMachine` with units of work interleaved: units that commit (at the end of a `with`
+# block or by `commit()`), roll back (`rollback()` or an exception in the block), race with
+# plain calls and with each other, relay writes to other sessions, and misuse the API. The
+# model of a unit is the plain model: each call is the model's answer after the unit's
+# earlier calls on the current model (written nowhere); the commit decides them all again
+# on the model then (the first error, or ConflictError for a changed answer, and nothing
+# changes), then applies the relays to their targets. Every write carries the unit's start.
+
+import copy  # noqa: E402 - this section's own imports
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+from csaf_events import commands as unit_commands  # noqa: E402
+from csaf_events.errors import ConflictError, CsafError, UnitOfWorkError  # noqa: E402
+
+#: The store's per-session methods a unit may call for another session (as relays).
+RELAYED_CALLS = frozenset({"store_message_in_outbox", "store_request_correlation"})
+#: Calls a unit records without asking the owner (commands.BLIND_WRITES): never an error
+#: of state, never a ConflictError, at the call.
+RECORDED_CALLS = frozenset({
+    "deregister_session_from_this_node", "close_session", "update_message_in_inbox",
+    "delete_message_ids_from_inbox", "outbox_messages_attempted_delivery",
+    "outbox_messages_unmark_attempted_delivery", "outbox_messages_complete", "outbox_messages_dead_letter_queue"})
+
+
+def model_call(model: Model, node: str, now: int, name: str, args: tuple) -> Any:
+    """What the store's `name(*args)` returns at time `now` on node `node`, done on `model`
+    (changed in place); raises the store's error. The plain rules of `StoreMachine`, as
+    functions of the model alone."""
+    sid = args[0]
+    s = model.sessions.get(sid)
+    box = model.outbox.get(sid, [])
+    if name == "register_session_at_this_node":
+        _, user, conn, lib, app, version = args
+        if s is not None and s.user_id != user:
+            raise WrongUserError(sid)
+        created = now if s is None else s.created
+        model.sessions[sid] = Session(user, CurrentNode(node, conn), lib, app, version, created, now)
+        return created
+    if name == "deregister_session_from_this_node":
+        if s is not None and s.node == CurrentNode(node, args[1]):
+            s.node = None
+        return None
+    if name == "close_session":
+        model.sessions.pop(sid, None)
+        model.drop(sid)
+        return None
+    if name == "is_session_exists":
+        return s is not None
+    if name == "get_current_registered_node_for_session":
+        return s.node if s is not None else None
+    if name == "store_message_id_in_inbox":
+        if (sid, args[1]) in model.inbox:
+            raise MessageIdAlreadyExistsError(args[1])
+        model.inbox[(sid, args[1])] = StoredInMessage(sid, args[1], now, None, None)
+        return None
+    if name == "update_message_in_inbox":
+        old = model.inbox.get((sid, args[1]))
+        if old is not None:
+            model.inbox[(sid, args[1])] = replace(old, full_envelope=args[2], message_binary=args[3])
+        return None
+    if name == "get_message_from_inbox":
+        return model.inbox.get((sid, args[1]))
+    if name == "delete_message_ids_from_inbox":
+        for cmid in args[1]:
+            model.inbox.pop((sid, cmid), None)
+        return None
+    if name == "store_message_in_outbox":
+        _, smid, cmid, trace, type_, request_ts, envelope, text, binary = args
+        if s is None:
+            return None
+        if any(m.smid == smid for m in box):
+            raise MessageIdAlreadyExistsError(smid)
+        model.outbox.setdefault(sid, []).append(
+            Out(smid, cmid, trace, MessageType(type_), request_ts, now, envelope, text, binary))
+        return s.node
+    if name == "get_messages_from_outbox":
+        return model.fetch(sid, args[1])
+    if name == "outbox_messages_attempted_delivery":
+        for m in box:
+            if m.smid in args[1]:
+                m.attempt, m.count = now, m.count + 1
+        return None
+    if name == "outbox_messages_unmark_attempted_delivery":
+        for m in box:
+            if not m.dead:
+                m.attempt = None
+        return None
+    if name == "outbox_messages_complete":
+        if sid in model.outbox:
+            model.outbox[sid] = [m for m in box if m.smid not in args[1]]
+        return None
+    if name == "outbox_messages_dead_letter_queue":
+        for m in box:
+            if m.smid in args[1]:
+                m.dead = True
+        return None
+    if name == "store_request_correlation":
+        if (sid, args[1]) in model.corrs:
+            raise MessageIdAlreadyExistsError(args[1])
+        model.corrs[(sid, args[1])] = RequestCorrelation(*args)
+        return None
+    if name == "get_and_delete_request_correlation":
+        return model.corrs.pop((sid, args[1]), None)
+    raise AssertionError(f"no model of {name}")  # pragma: no cover
+
+
+def model_replay(model: Model, node: str, now: int, steps: list[tuple[str, tuple, Any]]) -> None:
+    """Decide a unit's steps again on `model`: the first one's error, or ConflictError for one
+    that returns other than it did."""
+    for name, args, answered in steps:
+        if model_call(model, node, now, name, args) != answered:
+            raise ConflictError(f"{name} returns another answer now")
+
+
+@dataclass
+class OpenUnit:
+    """A unit of work under test and what the model says it holds."""
+
+    uow: Any
+    sid: str
+    steps: list[tuple[str, tuple, Any]] = field(default_factory=list)  # (method, args, answer)
+    relays: list[tuple[str, tuple]] = field(default_factory=list)
+
+
+class _Rollback(Exception):
+    """Raised inside a unit's `with` block: the unit must roll back."""
+
+
+def unit_call_args(data: Any, sid: str) -> tuple[str, tuple]:
+    """A random per-session call for `sid`: (method name, arguments)."""
+    ids = st.lists(cmids, min_size=1, max_size=3)
+    out_ids_ = st.lists(smids, min_size=1, max_size=3)
+    calls: dict[str, Callable[[], tuple]] = {
+        "register_session_at_this_node": lambda: (sid, data.draw(st.sampled_from(USERS)),
+                                                  data.draw(st.sampled_from(CONNS)), "lib", "web", "1.9"),
+        "deregister_session_from_this_node": lambda: (sid, data.draw(st.sampled_from(CONNS))),
+        "close_session": lambda: (sid,),
+        "is_session_exists": lambda: (sid,),
+        "get_current_registered_node_for_session": lambda: (sid,),
+        "store_message_id_in_inbox": lambda: (sid, data.draw(cmids)),
+        "update_message_in_inbox": lambda: (sid, data.draw(cmids), data.draw(maybe_text), data.draw(maybe_bytes)),
+        "get_message_from_inbox": lambda: (sid, data.draw(cmids)),
+        "delete_message_ids_from_inbox": lambda: (sid, data.draw(ids)),
+        "store_message_in_outbox": lambda: (sid, data.draw(smids), data.draw(st.none() | cmids), "trace",
+                                            data.draw(types), None, "{}", data.draw(maybe_text),
+                                            data.draw(maybe_bytes)),
+        "get_messages_from_outbox": lambda: (sid, data.draw(st.integers(0, 5))),
+        "outbox_messages_attempted_delivery": lambda: (sid, data.draw(out_ids_)),
+        "outbox_messages_unmark_attempted_delivery": lambda: (sid,),
+        "outbox_messages_complete": lambda: (sid, data.draw(out_ids_)),
+        "outbox_messages_dead_letter_queue": lambda: (sid, data.draw(out_ids_)),
+        "store_request_correlation": lambda: (sid, data.draw(smids), data.draw(st.integers(0, 2**53)),
+                                              data.draw(st.sampled_from(["T1", "T2"])), data.draw(maybe_text),
+                                              data.draw(maybe_bytes)),
+        "get_and_delete_request_correlation": lambda: (sid, data.draw(smids)),
+    }
+    name = data.draw(st.sampled_from(sorted(calls)))
+    return name, calls[name]()
+
+
+class UnitMachine(StoreMachine):
+    """`StoreMachine` and its rules, with units of work in between."""
+
+    def _pending_relays(self) -> list:
+        node = self.store.node
+        return [r for p in range(self.store.partitions) for r in node.execute(p, unit_commands.PendingRelays("", p))]
+
+    def _expect(self, error: type[BaseException] | None, call: Callable[[], Any]) -> Any:
+        """Run `call`; it must raise exactly `error` (or, for None, return)."""
+        try:
+            result = call()
+        except Exception as e:  # noqa: BLE001 - compared below
+            assert error is not None and type(e) is error, f"expected {error}, got {e!r}"
+            return None
+        assert error is None, f"expected {error.__name__}, the call returned {result!r}"
+        return result
+
+    def _unit_call(self, u: OpenUnit, name: str, args: tuple) -> None:
+        before = u.uow.calls
+        target = args[0]
+        if target != u.sid:  # for another session: a relay, or refused
+            if name not in RELAYED_CALLS:
+                self._expect(UnitOfWorkError, lambda: getattr(u.uow, name)(*args))
+            else:
+                s = self.model.sessions.get(target)
+                answer = (s.node if s else None) if name == "store_message_in_outbox" else None
+                assert getattr(u.uow, name)(*args) == answer
+                u.relays.append((name, args))
+            assert u.uow.calls == before + (name in RELAYED_CALLS)
+            return
+        error: type[BaseException] | None = None
+        answer = None
+        if name not in RECORDED_CALLS:
+            probe = copy.deepcopy(self.model)
+            try:
+                model_replay(probe, self.node_name, u.uow.now, u.steps)
+                answer = model_call(probe, self.node_name, u.uow.now, name, args)
+            except CsafError as e:
+                error = type(e)
+        got = self._expect(error, lambda: getattr(u.uow, name)(*args))
+        if error is None:
+            assert got == answer, f"{name}{args} in the unit returned {got!r}, the model says {answer!r}"
+            u.steps.append((name, args, answer))
+        assert u.uow.calls == before + (error is None), "a call that raised is not part of the unit"
+
+    def _end_unit(self, u: OpenUnit, how: str) -> None:
+        if how in ("rollback", "raise"):
+            if how == "rollback":
+                u.uow.rollback()
+            else:
+                try:
+                    with u.uow:
+                        raise _Rollback()
+                except _Rollback:
+                    pass
+        else:
+            error: type[BaseException] | None = None
+            probe = copy.deepcopy(self.model)
+            try:
+                model_replay(probe, self.node_name, u.uow.now, u.steps)
+            except CsafError as e:
+                error = type(e)
+
+            def commit() -> None:
+                if how == "with":
+                    with u.uow:
+                        pass
+                else:
+                    u.uow.commit()
+
+            self._expect(error, commit)
+            if error is None:
+                if u.steps or u.relays:
+                    event("unit of work committed")
+                self.model = probe
+                for name, args in u.relays:  # delivered by the commit, once, at the unit's time
+                    try:
+                        model_call(self.model, self.node_name, u.uow.now, name, args)
+                    except MessageIdAlreadyExistsError:
+                        pass  # the target holds the id already: the relay is dropped
+            else:
+                event(f"unit of work failed: {error.__name__}")
+        assert self._pending_relays() == []
+        self._expect(UnitOfWorkError, lambda: u.uow.is_session_exists(u.sid))
+        self._expect(UnitOfWorkError, u.uow.commit)
+
+    # (several rules run `_units`: so that units are a good share of the steps)
+    @rule(data=st.data())
+    def unit_of_work(self, data: Any) -> None:
+        self._units(data, [self._some_session(data)])
+
+    @rule(data=st.data())
+    def units_racing_on_one_session(self, data: Any) -> None:
+        sid = self._some_session(data)
+        self._units(data, [sid, sid])
+
+    @rule(data=st.data(), second=sids)
+    def units_of_two_sessions(self, data: Any, second: str) -> None:
+        self._units(data, [self._some_session(data), second])
+
+    @rule(data=st.data())
+    def unit_relaying(self, data: Any) -> None:
+        self._units(data, [self._some_session(data)], relays=4)
+
+    def _units(self, data: Any, unit_sids: list[str], relays: int = 2) -> None:
+        """Units of `unit_sids`, their calls interleaved with each other's, with plain calls,
+        with time moving on and with misuse; then each ends, in a random order."""
+        units = [OpenUnit(self.store.unit_of_work(sid), sid) for sid in unit_sids]
+        assert all(u.uow.now == self.clock() for u in units)
+        for _ in range(data.draw(st.integers(1, 8))):
+            u = data.draw(st.sampled_from(units))
+            step = data.draw(st.sampled_from(["call"] * 6 + ["relay"] * relays + ["plain", "plain", "clock", "bad"]))
+            if step == "call":
+                self._unit_call(u, *unit_call_args(data, u.sid))
+            elif step == "relay":  # any per-session call for another session: relayed or refused
+                other = data.draw(st.sampled_from([s for s in SIDS + ["ghost"] if s != u.sid]))
+                name, args = unit_call_args(data, other)
+                if data.draw(st.booleans()):
+                    name, args = "store_message_in_outbox", (other, data.draw(smids), None, None, "SEND",
+                                                             None, "{}", data.draw(maybe_text), None)
+                self._unit_call(u, name, args)
+            elif step == "plain":  # a plain call racing the unit, on its session
+                self._racing_plain_call(data, u.sid)
+            elif step == "clock":
+                self.clock.advance(data.draw(st.integers(1, 3_000)))
+            else:
+                before = u.uow.calls
+                bad = data.draw(st.sampled_from([
+                    lambda: u.uow.store_message_id_in_inbox(u.sid, 5),
+                    lambda: u.uow.update_message_in_inbox(u.sid, "m1", "{}", "not bytes"),
+                    lambda: u.uow.outbox_messages_complete(u.sid, "o1"),
+                    lambda: u.uow.get_messages_from_outbox(u.sid, -1),
+                    lambda: u.uow.store_message_in_outbox("ghost", "o1", None, None, "NOPE", None, "{}", None, None),
+                ]))
+                try:
+                    bad()
+                except (TypeError, ValueError):
+                    pass
+                else:
+                    raise AssertionError("bad input must raise TypeError or ValueError")
+                assert u.uow.calls == before
+        for u in data.draw(st.permutations(units)):
+            self._end_unit(u, data.draw(st.sampled_from(["commit", "with", "with", "rollback", "raise"])))
+
+    def _racing_plain_call(self, data: Any, sid: str) -> None:
+        """A plain call on the unit's session, checked against the model by `StoreMachine`."""
+        choice = data.draw(st.sampled_from(["inbox", "take", "correlation", "outbox", "complete", "attempt",
+                                            "close", "register", "delete"]))
+        if choice == "inbox":
+            self.store_inbox(sid, data.draw(cmids))
+        elif choice == "take":
+            self.take_correlation(sid, data.draw(smids))
+        elif choice == "correlation":
+            self.store_correlation(sid, data.draw(smids), 1, "T1", None, None)
+        elif choice == "outbox":
+            self.store_outbox(sid, data.draw(smids), "SEND", None, None, None, "{}", None, None)
+        elif choice == "complete":
+            self.complete(sid, [data.draw(smids)])
+        elif choice == "attempt":
+            self.attempted(sid, [data.draw(smids)])
+        elif choice == "close":
+            self.close_session(sid)
+        elif choice == "register":
+            self.register(sid, data.draw(st.sampled_from(USERS)), data.draw(st.sampled_from(CONNS)), "web", "1.9")
+        else:
+            self.delete_inbox(sid, [data.draw(cmids)])
+
+    @rule()
+    def nested_unit_is_refused(self) -> None:
+        """A unit inside the `with` block of another is refused; the outer one goes on."""
+        sid = SIDS[0]
+        with self.store.unit_of_work(sid) as outer:
+            self._expect(UnitOfWorkError, lambda: self.store.unit_of_work(SIDS[1]))
+            assert outer.calls == 0
+
+    @rule()
+    def fold_matches_log(self) -> None:
+        self.check_log_fold()
+
+
+UnitMachine.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=25, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+TestUnitsOfWorkAgainstModel = UnitMachine.TestCase
