@@ -139,6 +139,16 @@ def assert_finished(uow: UnitOfWork, sid: str) -> None:
 
 # -------------------------------------------------------------------- commit, reads ----
 
+def two_sessions(nodes: Cluster) -> tuple[str, str, ClusterStoreAndForward]:
+    """A unit's session (owned by the second node, where there are two) and a target session
+    of the first node, both registered; and the target's owner, for plain calls."""
+    sid, target = nodes.sid("s", 1), nodes.sid("t", 0)
+    plain = nodes.owner(target)
+    register(plain, sid)
+    register(plain, target)
+    return sid, target, plain
+
+
 def test_a_commit_writes_every_call_together_at_the_units_time(nodes: Cluster, clock: Any) -> None:
     sid = nodes.sid("s", 1)
     owner = nodes.owner(sid)
@@ -540,10 +550,7 @@ NOT_RELAYED: dict[str, Callable[[UnitOfWork, str], Any]] = {
 
 
 def test_a_unit_refuses_every_call_for_another_session_but_the_relayed_ones(nodes: Cluster) -> None:
-    sid, target = nodes.sid("s", 1), nodes.sid("t", 0)
-    plain = nodes.owner(target)
-    register(plain, sid)
-    register(plain, target)
+    sid, target, plain = two_sessions(nodes)
     put_out(plain, target, "o1")
     plain.store_message_id_in_inbox(target, "m1")
     plain.store_request_correlation(target, "r1", 1, None, None, None)
@@ -611,10 +618,7 @@ def _undelivered(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_relay_not_delivered_at_commit_is_delivered_later_exactly_once(
         nodes: Cluster, clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    sid, target = nodes.sid("s", 1), nodes.sid("t", 0)
-    plain = nodes.owner(target)
-    register(plain, sid)
-    register(plain, target)
+    sid, target, plain = two_sessions(nodes)
     _undelivered(monkeypatch)
     with nodes.remote(sid).unit_of_work(sid) as uow:
         put_out(uow, sid, "own")
@@ -650,10 +654,7 @@ def test_deliver_relays_delivers_the_pending_relays_now(
 
 def test_a_relay_applied_before_its_node_died_is_not_applied_again(
         nodes: Cluster, clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    sid, target = nodes.sid("s", 1), nodes.sid("t", 0)
-    plain = nodes.owner(target)
-    register(plain, sid)
-    register(plain, target)
+    sid, target, plain = two_sessions(nodes)
 
     def dies_before_done(run: relays.Run, source: str, relay_id: str, to: str, command: str, now: int) -> bool:
         assert run(to, cmd.RelayDeliver(to, relay_id, now, decode_command(command.encode()))) is True
@@ -725,10 +726,7 @@ def test_a_relay_to_a_session_that_does_not_exist_stores_nothing(nodes: Cluster)
 
 
 def test_a_relayed_message_whose_id_is_taken_is_dropped_not_doubled(nodes: Cluster) -> None:
-    sid, target = nodes.sid("s", 1), nodes.sid("t", 0)
-    plain = nodes.owner(target)
-    register(plain, sid)
-    register(plain, target)
+    sid, target, plain = two_sessions(nodes)
     put_out(plain, target, "o1", "first")
     plain.store_request_correlation(target, "r1", 1, None, "first", None)
     with nodes.remote(sid).unit_of_work(sid) as uow:
@@ -743,10 +741,7 @@ def test_a_relayed_message_whose_id_is_taken_is_dropped_not_doubled(nodes: Clust
 
 @pytest.mark.parametrize("removal", ["close", "timeout"])
 def test_relay_marks_go_with_their_session(nodes: Cluster, clock: Any, removal: str) -> None:
-    sid, target = nodes.sid("s", 1), nodes.sid("t", 0)
-    plain = nodes.owner(target)
-    register(plain, sid)
-    register(plain, target)
+    sid, target, plain = two_sessions(nodes)
     with nodes.remote(sid).unit_of_work(sid) as uow:
         put_out(uow, target, "o1")
     assert len(nodes.marks(target)) == 1
@@ -762,10 +757,7 @@ def test_relay_marks_go_with_their_session(nodes: Cluster, clock: Any, removal: 
 
 
 def test_relay_marks_are_scavenged_after_their_retention(nodes: Cluster, clock: Any) -> None:
-    sid, target = nodes.sid("s", 1), nodes.sid("t", 0)
-    plain = nodes.owner(target)
-    register(plain, sid)
-    register(plain, target)
+    sid, target, plain = two_sessions(nodes)
     with nodes.remote(sid).unit_of_work(sid) as uow:
         put_out(uow, target, "o1")
     [mark] = nodes.marks(target)
@@ -781,10 +773,7 @@ def test_relay_marks_are_scavenged_after_their_retention(nodes: Cluster, clock: 
 
 def test_relayed_writes_carry_the_units_time(nodes: Cluster, clock: Any) -> None:
     """Every write of a unit carries its start, the relayed ones too (not their delivery's)."""
-    sid, target = nodes.sid("s", 1), nodes.sid("t", 0)
-    plain = nodes.owner(target)
-    register(plain, sid)
-    register(plain, target)
+    sid, target, plain = two_sessions(nodes)
     with nodes.remote(sid).unit_of_work(sid) as uow:
         put_out(uow, sid, "own")
         put_out(uow, target, "relayed")
