@@ -260,13 +260,16 @@ def test_node_b_killed_mid_stream_the_client_gets_everything_once_in_order_from_
                 await client.send({"t": "ACK", "ids": smids})
 
     async def scenario() -> int:
-        on_b = await Client.connect(b.port)
-        sid = (await on_b.hello(token("erin")))["sid"]
+        first = await Client.connect(b.port)
+        sid = (await first.hello(token("erin")))["sid"]
+        await first.close(4002)  # RECONNECT: the session waits while its stream is stored
         producer = await Client.connect(a.port)
         await producer.hello(token("erin"))
         await producer.trigger("stream", 1, sid=sid, count=STREAM)
-        await receive(on_b, STREAM // 10)
         await producer.expect("ACK", cmid=1)  # the whole stream is stored
+        on_b = await Client.connect(b.port)
+        assert (await on_b.hello(token("erin"), sid))["sid"] == sid
+        await receive(on_b, STREAM // 10)
         b.kill()  # SIGKILL while B streams: some delivered and ACKed, some delivered and not, others not sent
         with pytest.raises((ConnectionClosed, asyncio.TimeoutError)):
             await receive(on_b, None, ack=False)
