@@ -43,8 +43,9 @@ MAX_CALLS = 256
 def check_not_nested() -> None:
     """`UnitOfWorkError` when a unit is open here already (`store.unit_of_work` inside a
     `with` block of another unit would commit on its own, outside the first)."""
-    if _OPEN.get() is not None:
-        raise UnitOfWorkError(f"a unit of work of session {_OPEN.get().session_id!r} is open here; "  # type: ignore[union-attr]
+    open_unit = _OPEN.get()
+    if open_unit is not None:
+        raise UnitOfWorkError(f"a unit of work of session {open_unit.session_id!r} is open here; "
                               f"units of work do not nest: make the calls on that unit")
 
 
@@ -147,6 +148,18 @@ class UnitOfWork(SessionCalls):
                 deliver(self._run_on_owner, self.session_id, relay_id, target, command, self.now)
             except CsafError:  # committed: the owner of this unit's partition delivers it later
                 pass
+
+    def savepoint(self) -> tuple[int, int]:
+        """A point to roll back to (`rollback_to`): the calls and relays made so far."""
+        with self._lock:
+            return len(self._steps), len(self._relays)
+
+    def rollback_to(self, point: tuple[int, int]) -> None:
+        """Drop the calls and relays made since `point`; the unit stays open."""
+        with self._lock:
+            self._check_usable()
+            steps, relays = point
+            del self._steps[steps:], self._expected[steps:], self._relays[relays:]
 
     def rollback(self) -> None:
         """Drop the unit: nothing of it was written, nothing will be."""

@@ -91,7 +91,7 @@ async def _send_or_request(conn: Connection, envelope: Envelope, cmid: str, rece
     except CsafError as e:
         log.warning("could not store %s %s of session %s in the inbox; asking for RETRY", t, cmid, sid)
         return _retry(e)
-    ctx = None
+    ctx, received_only = None, unit.savepoint()
     endpoint = server.endpoints.get(envelope.get("eid")) if isinstance(envelope.get("eid"), str) else None
     if endpoint is None:
         answer: Envelope = {"t": T.NACK, "desc": f"An incoming {t} envelope targeted a non-existing MatsSocketEndpoint"}
@@ -101,12 +101,10 @@ async def _send_or_request(conn: Connection, envelope: Envelope, cmid: str, rece
     else:
         ctx = _context(conn, envelope, endpoint.endpoint_id, received, unit)
         answer, raised = await _run_handler(conn, endpoint.handler, ctx)
-        if raised:  # what it wrote goes with its unit: the inbox entry and the NACK are all that is stored
-            unit.rollback()
-            unit, ctx = store.unit_of_work(sid), None
+        if raised:  # what it wrote is dropped: the inbox entry and the NACK are all that is stored
+            unit.rollback_to(received_only)
+            ctx = None
     try:
-        if unit.calls == 0:
-            await server.io(unit.store_message_id_in_inbox, sid, cmid)
         try:  # so that a resend gets this same answer (recorded in the unit: no store call)
             unit.update_message_in_inbox(sid, cmid, orjson.dumps({**answer, "cmid": envelope["cmid"]}).decode(), None)
         except ValueError:  # over the store's size limit: a resend gets a plain ACK
@@ -148,7 +146,7 @@ async def _reply(conn: Connection, envelope: Envelope, received: int) -> Envelop
         unit.rollback()
         return {"t": T.ACK, "desc": f"dupe {t}"}
     endpoint = server.endpoints.get(correlation.reply_terminator_id)
-    ctx = None
+    ctx, taken_only = None, unit.savepoint()
     if endpoint is None:
         log.warning("no terminator %r for the %s of server request %s", correlation.reply_terminator_id, t, smid)
         answer: Envelope = {"t": T.NACK, "desc": f"An incoming {t} targeted a non-existing MatsSocketEndpoint"}
@@ -157,12 +155,10 @@ async def _reply(conn: Connection, envelope: Envelope, received: int) -> Envelop
                        correlation_string=correlation.correlation_string,
                        correlation_binary=correlation.correlation_binary)
         answer, raised = await _run_handler(conn, endpoint.handler, ctx)
-        if raised:  # what it wrote goes with its unit: the correlation is still taken
-            unit.rollback()
-            unit, ctx = server.store.unit_of_work(conn.session_id), None
+        if raised:  # what it wrote is dropped: the correlation is still taken
+            unit.rollback_to(taken_only)
+            ctx = None
     try:
-        if unit.calls == 0:
-            await server.io(unit.get_and_delete_request_correlation, conn.session_id, smid)
         await _commit(conn, envelope, unit, ctx)
     except ConflictError:  # another copy of this reply took the correlation first, and is handled there
         return {"t": T.ACK, "desc": f"dupe {t}"}
