@@ -4,19 +4,22 @@ Callers add items to a queue. The first caller that finds no leader becomes the 
 it commits everything queued in one go (up to `max_batch`) and hands every item its
 outcome. Then it passes the lead on, because a leader that kept leading while work kept
 coming would never return to its own caller. The next leader is a caller still waiting in
-the queue, or a pool thread when no thread waits (items added without waiting). No thread
-hand-off is needed when things are quiet: the caller does its own work.
+the queue, or the group's own hand-off thread when no thread waits (items added without
+waiting, such as commands routed from other nodes). No thread hand-off is needed when things
+are quiet: the caller does its own work. Nothing here is shared between groups: a pool common
+to every partition would queue one partition's round behind another's.
 """
 
 from __future__ import annotations
 
 import _thread
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, Protocol, TypeVar
 
-_HANDOFF = ThreadPoolExecutor(max_workers=4, thread_name_prefix="csaf-commit")
+#: Seconds a hand-off thread waits for another round before it ends (started again when needed).
+HANDOFF_IDLE_S = 5.0
 
 
 class Signal:
@@ -56,12 +59,16 @@ T = TypeVar("T", bound=Item)
 
 
 class GroupCommit(Generic[T]):
-    def __init__(self, commit: Callable[[list[T]], None], max_batch: int | None = None) -> None:
+    def __init__(self, commit: Callable[[list[T]], None], max_batch: int | None = None,
+                 name: str = "csaf-commit") -> None:
         self._commit = commit  # must finish every item it is given (set its done)
         self._max_batch = max_batch
+        self._name = name
         self._lock = threading.Lock()
         self._queue: list[T] = []
         self._leading = False
+        self._handoffs: queue.SimpleQueue[None] = queue.SimpleQueue()  # one entry per round to lead
+        self._handoff_thread = False  # a hand-off thread runs (it ends when idle)
 
     def add(self, item: T) -> None:
         """Queue an item; the calling thread leads a round if nobody does."""
@@ -108,4 +115,25 @@ class GroupCommit(Generic[T]):
             successor.promoted = True
             successor.done.set()
         else:
-            _HANDOFF.submit(self._round)
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        """Have this group's hand-off thread lead the next round (starting it if needed)."""
+        with self._lock:
+            self._handoffs.put(None)  # under the lock: an ending thread looks at the queue under it
+            if self._handoff_thread:
+                return
+            self._handoff_thread = True
+        threading.Thread(target=self._hand_off_loop, name=self._name, daemon=True).start()
+
+    def _hand_off_loop(self) -> None:
+        while True:
+            try:
+                self._handoffs.get(timeout=HANDOFF_IDLE_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._handoffs.empty():
+                        self._handoff_thread = False
+                        return
+                continue
+            self._round()

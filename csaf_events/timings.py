@@ -4,59 +4,62 @@ A node keeps one `Timings`. The partition writers add the time a write waited fo
 writer and the time its group took to decide; the Kafka node transaction adds the time a
 write waited for its transaction and each step of that transaction (attributed to every
 write in it); routed calls add their round trip. The benchmark reports the mean per write
-of each phase, and the transactions' sizes. Adding is a few float operations under a lock
-per group, not per write.
+of each phase, and the transactions' sizes. Adding is a few float operations on the
+adding thread's own sums, per group, not per write.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
+
+from csaf_events.tally import Tally
 
 #: The phases, in the order a write passes them.
 PHASES = ("queued", "decide", "txn_wait", "produce", "send_offsets", "flush", "commit", "apply", "routed_call")
 
 
+_INDEX = {phase: i for i, phase in enumerate(PHASES)}
+_N = len(PHASES)
+_TXN = 2 * _N  # then: transactions, failed, commands, records, partitions
+_COUNTS = ("transactions", "failed_transactions", "commands", "records", "partitions")
+
+
 class Timings:
+    """Per-thread sums (`csaf_events.tally`): every partition's leader adds to them twice per
+    group, so one lock here would be a convoy of all partitions."""
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._seconds = dict.fromkeys(PHASES, 0.0)
-        self._writes = dict.fromkeys(PHASES, 0)
-        self.transactions = 0
-        self.failed_transactions = 0
-        self.commands = 0
-        self.records = 0
-        self.partitions = 0
+        self._tally = Tally(2 * _N + len(_COUNTS))
         self.last_transaction_ok: bool | None = None  # None: no transaction yet
         self.last_transaction_at = 0.0  # time.monotonic() of the last one
 
     def add(self, phase: str, seconds: float, writes: int = 1) -> None:
         """`writes` writes each spent `seconds` in `phase`."""
-        with self._lock:
-            self._seconds[phase] += seconds * writes
-            self._writes[phase] += writes
+        i, slots = _INDEX[phase], self._tally.slots()
+        slots[i] += seconds * writes
+        slots[_N + i] += writes
 
     def add_each(self, phase: str, seconds: list[float]) -> None:
-        with self._lock:
-            self._seconds[phase] += sum(seconds)
-            self._writes[phase] += len(seconds)
+        i, slots = _INDEX[phase], self._tally.slots()
+        slots[i] += sum(seconds)
+        slots[_N + i] += len(seconds)
 
     def transaction(self, commands: int, records: int, partitions: int, ok: bool) -> None:
-        with self._lock:
-            self.transactions += 1
-            self.failed_transactions += not ok
-            self.commands += commands
-            self.records += records
-            self.partitions += partitions
-            self.last_transaction_ok, self.last_transaction_at = ok, time.monotonic()
+        slots = self._tally.slots()
+        slots[_TXN] += 1
+        slots[_TXN + 1] += not ok
+        slots[_TXN + 2] += commands
+        slots[_TXN + 3] += records
+        slots[_TXN + 4] += partitions
+        self.last_transaction_ok, self.last_transaction_at = ok, time.monotonic()
 
     def snapshot(self) -> dict[str, Any]:
         """Totals so far (subtract two snapshots for an interval)."""
-        with self._lock:
-            return {"seconds": dict(self._seconds), "writes": dict(self._writes),
-                    "transactions": self.transactions, "failed_transactions": self.failed_transactions,
-                    "commands": self.commands, "records": self.records, "partitions": self.partitions}
+        t = self._tally.totals()
+        out: dict[str, Any] = {"seconds": dict(zip(PHASES, t[:_N])), "writes": dict(zip(PHASES, t[_N:_TXN]))}
+        out.update(zip(_COUNTS, t[_TXN:]))
+        return out
 
 
 def breakdown(before: dict[str, Any], after: dict[str, Any], seconds: float) -> dict[str, Any]:

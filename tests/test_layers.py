@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Modules that import nothing of this project.
 LEAVES = ["csaf_events/events.py", "csaf_events/errors.py", "csaf_events/dtos.py", "csaf_events/clock.py",
           "csaf_events/partitioning.py", "csaf_events/log/entries.py", "csaf_events/group_commit.py",
-          "csaf_events/timings.py"]
+          "csaf_events/tally.py"]
 #: What the projections may import of `csaf_events`.
 PROJECTIONS_MAY_IMPORT = {"csaf_events.events", "csaf_events.log.entries", "csaf_events.errors"}
 #: The application: what the log adapters (`embedded/`, `kafka/`) must never import.
