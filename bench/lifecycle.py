@@ -222,20 +222,28 @@ def _progress_bar(total: int, enabled: bool, desc: str):
 def measure(stores: Sequence, options: BenchOptions) -> tuple[WorkloadResult, dict[str, Any]]:
     """Run the workload on booted `stores`; returns the result and the report's common part."""
     from bench.kafka_admin import CpuMeter, local_broker_pids
+    from bench.thread_cpu import ThreadCpu, per_call
 
     warmup = warm_up(stores, options)
     bar = _progress_bar(options.sessions, options.progress, f"{options.backend} x{len(stores)}")
     rss_before = current_rss_bytes()
     cpu = CpuMeter(local_broker_pids(options.bootstrap) if options.backend == "kafka" and options.bootstrap else [])
+    threads = ThreadCpu()
     before = timings.merge([s.node.timings.snapshot() for s in stores])
     try:
         result = run_workload(stores, options.workload(), progress=bar.update if bar is not None else None)
     finally:
         cpu_use = cpu.stop()
+        by_thread = threads.stop()
         if bar is not None:
             bar.close()
     after = timings.merge([s.node.timings.snapshot() for s in stores])
     report = report_of(result, options, cpu_use, timings.breakdown(before, after, result.elapsed_s))
+    if result.caller_cpu_s:  # measured by each calling thread itself: exact, where /proc loses a pool's end
+        user, system = by_thread.get("callers", (1.0, 0.0))  # the split, from what /proc saw
+        share = system / (user + system) if user + system else 0.0
+        by_thread["callers"] = (result.caller_cpu_s * (1 - share), result.caller_cpu_s * share)
+    report["cpu_cost"]["threads_ms_per_call"] = per_call(by_thread, result.ops)
     report["rss_before_bytes"] = rss_before
     report["warmup"] = warmup
     return result, report
@@ -537,6 +545,11 @@ def format_report(report: dict[str, Any]) -> str:
                                   else [])
                                  + ([f"broker {cost['broker_ms_per_transaction']:.2f} ms per transaction"]
                                     if "broker_ms_per_transaction" in cost else [])))
+    by_thread = cost.get("threads_ms_per_call") or {}
+    if by_thread:
+        lines.append(f"  {'CPU per call by thread':<26}" + ", ".join(
+            f"{role} {ms:.3f} ms" for role, ms in by_thread.items() if not role.startswith("total") and ms >= 0.0005)
+            + f"; of all {by_thread['total']:.3f} ms, the kernel's {by_thread['total_system']:.3f} ms")
     if report.get("errors"):
         lines.append(f"  ERRORS (figures are not comparable): {report['errors']}")
         lines += [f"    {sample}" for sample in report.get("error_samples", [])[:3]]

@@ -114,6 +114,7 @@ class WorkloadResult:
     errors: dict[str, int] = field(default_factory=dict)        # op -> count of exceptions
     error_samples: list[str] = field(default_factory=list)      # the first few, as text
     latency_ns: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    caller_cpu_s: float = 0.0      # CPU of the calling threads (steps 1-6; the timeout call's not counted)
 
     @property
     def lifecycles_per_s(self) -> float:
@@ -158,6 +159,7 @@ class _Recorder:
         self.stored = 0
         self.errors: dict[str, int] = defaultdict(int)
         self.samples: list[str] = []
+        self.cpu_s = 0.0  # CPU time of the thread that made the calls, while it made them
 
     def call(self, op: str, fn: Callable[..., Any], *args: Any) -> Any:
         t0 = time.perf_counter_ns()
@@ -281,13 +283,21 @@ def run_workload(stores: Sequence[ClusterStoreAndForward], config: WorkloadConfi
         rec = _Recorder()
         with done_lock:
             recorders.append(rec)
+        cpu0 = time.thread_time()
+        try:
+            work(rec)
+        finally:
+            rec.cpu_s += time.thread_time() - cpu0
+        return rec
+
+    def work(rec: _Recorder) -> None:
         while True:
             if deadline is not None and time.monotonic() >= deadline:
-                return rec
+                return
             with index_lock:
                 i = next(next_index, None)
             if i is None:
-                return rec
+                return
             home = i % len(stores)
             prefix = f"w{run_id}-{i:07d}"
             sid = stores[home].new_session_id(prefix + "-") if config.mint_session_ids else prefix
@@ -326,11 +336,13 @@ def run_workload(stores: Sequence[ClusterStoreAndForward], config: WorkloadConfi
             i, sid = session
             rec = _Recorder()
             home = stores[i % len(stores)]
+            cpu0 = time.thread_time()
             try:
                 rec.call("close_session", home.close_session, sid)
             except Exception as e:
                 rec.errors["close_session"] += 1
                 rec.samples.append(f"close_session: {type(e).__name__}: {e}")
+            rec.cpu_s = time.thread_time() - cpu0
             with done_lock:
                 recorders.append(rec)
             return 0 if rec.errors else 1
@@ -368,4 +380,4 @@ def run_workload(stores: Sequence[ClusterStoreAndForward], config: WorkloadConfi
         phases_s={"sessions": t_sessions - started, "close": t_closed - t_sessions,
                   "timeout": started + elapsed - t_closed},
         errors=dict(errors), error_samples=samples[:10],
-        latency_ns=dict(latency))
+        latency_ns=dict(latency), caller_cpu_s=sum(r.cpu_s for r in recorders))
