@@ -239,10 +239,11 @@ def measure(stores: Sequence, options: BenchOptions) -> tuple[WorkloadResult, di
             bar.close()
     after = timings.merge([s.node.timings.snapshot() for s in stores])
     report = report_of(result, options, cpu_use, timings.breakdown(before, after, result.elapsed_s))
-    if result.caller_cpu_s:  # measured by each calling thread itself: exact, where /proc loses a pool's end
-        user, system = by_thread.get("callers", (1.0, 0.0))  # the split, from what /proc saw
-        share = system / (user + system) if user + system else 0.0
-        by_thread["callers"] = (result.caller_cpu_s * (1 - share), result.caller_cpu_s * share)
+    callers = by_thread.get("callers")
+    if result.caller_cpu_s and callers:  # measured by each calling thread itself: exact, where /proc
+        seen = callers[0] + callers[1]   # loses the last moments of a pool's threads; /proc's split
+        share = callers[1] / seen if seen else 0.0
+        callers[0], callers[1] = result.caller_cpu_s * (1 - share), result.caller_cpu_s * share
     report["cpu_cost"]["threads_ms_per_call"] = per_call(by_thread, result.ops)
     report["rss_before_bytes"] = rss_before
     report["warmup"] = warmup
@@ -547,9 +548,15 @@ def format_report(report: dict[str, Any]) -> str:
                                     if "broker_ms_per_transaction" in cost else [])))
     by_thread = cost.get("threads_ms_per_call") or {}
     if by_thread:
-        lines.append(f"  {'CPU per call by thread':<26}" + ", ".join(
-            f"{role} {ms:.3f} ms" for role, ms in by_thread.items() if not role.startswith("total") and ms >= 0.0005)
-            + f"; of all {by_thread['total']:.3f} ms, the kernel's {by_thread['total_system']:.3f} ms")
+        lines += ["", f"  {'CPU per call, by thread':<36}{'ms':>8}{'kernel ms':>11}{'waits':>8}{'preempted':>11}"]
+        for role, t in by_thread.items():
+            if t["ms"] >= 0.0005 or t["waits"] >= 0.01:
+                lines.append(f"    {role:<34}{t['ms']:>8.3f}{t['system_ms']:>11.3f}{t['waits']:>8.2f}"
+                             f"{t['preemptions']:>11.2f}")
+        lines.append(f"    {'(all)':<34}{sum(t['ms'] for t in by_thread.values()):>8.3f}"
+                     f"{sum(t['system_ms'] for t in by_thread.values()):>11.3f}"
+                     f"{sum(t['waits'] for t in by_thread.values()):>8.2f}"
+                     f"{sum(t['preemptions'] for t in by_thread.values()):>11.2f}")
     if report.get("errors"):
         lines.append(f"  ERRORS (figures are not comparable): {report['errors']}")
         lines += [f"    {sample}" for sample in report.get("error_samples", [])[:3]]

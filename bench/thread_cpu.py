@@ -45,10 +45,16 @@ def _role(name: str) -> str:
     return "other: " + re.sub(r"[-_]?\d+$", "", name)
 
 
-def _snapshot() -> dict[int, tuple[str, float, float]]:
-    """tid -> (thread name, user CPU seconds so far, system CPU seconds so far)."""
+#: What is read of each thread: CPU seconds in user and kernel mode, and context switches
+#: (voluntary: it waited, for a lock, a condition, the interpreter lock or I/O; forced: it
+#: was preempted).
+FIELDS = ("user_s", "system_s", "waits", "preemptions")
+
+
+def _snapshot() -> dict[int, tuple[str, tuple[float, ...]]]:
+    """tid -> (thread name, the `FIELDS` so far)."""
     names = {t.native_id: t.name for t in threading.enumerate()}
-    out: dict[int, tuple[str, float, float]] = {}
+    out: dict[int, tuple[str, tuple[float, ...]]] = {}
     try:
         tids = [int(p.name) for p in _TASKS.iterdir()]
     except OSError:
@@ -56,16 +62,20 @@ def _snapshot() -> dict[int, tuple[str, float, float]]:
     for tid in tids:
         try:
             stat = (_TASKS / str(tid) / "stat").read_text()
+            status = (_TASKS / str(tid) / "status").read_text()
         except OSError:
             continue  # ended meanwhile
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
-        out[tid] = (names.get(tid, comm), int(fields[11]) / _TICK, int(fields[12]) / _TICK)
+        switches = dict(line.split(":\t") for line in status.splitlines() if "ctxt_switches" in line)
+        out[tid] = (names.get(tid, comm), (int(fields[11]) / _TICK, int(fields[12]) / _TICK,
+                                           int(switches["voluntary_ctxt_switches"]),
+                                           int(switches["nonvoluntary_ctxt_switches"])))
     return out
 
 
 class ThreadCpu:
-    """Started at the beginning of a run; `stop()` gives each role's CPU seconds in it.
+    """Started at the beginning of a run; `stop()` gives each role's `FIELDS` in it.
 
     The threads are read again every `interval` seconds, so a thread that ends before the
     run does (the callers' pool is shut down with the workload) counts with what it had
@@ -83,26 +93,32 @@ class ThreadCpu:
         while not self._stop.wait(self._interval):
             self._last.update(_snapshot())
 
-    def stop(self) -> dict[str, tuple[float, float]]:
-        """role -> (user, system) CPU seconds used in the run, the busiest role first."""
+    def stop(self) -> dict[str, list[float]]:
+        """role -> its `FIELDS` in the run, the busiest role first."""
         self._stop.set()
         self._thread.join()
         self._last.update(_snapshot())
-        by_role: dict[str, tuple[float, float]] = {}
-        for tid, (name, user, system) in self._last.items():
-            _, user0, system0 = self._before.get(tid, (name, 0.0, 0.0))
-            if (user - user0) + (system - system0) > 0 and name != "bench-thread-cpu":
-                u, s = by_role.get(_role(name), (0.0, 0.0))
-                by_role[_role(name)] = (u + user - user0, s + system - system0)
-        return dict(sorted(by_role.items(), key=lambda kv: -sum(kv[1])))
+        zero = (0.0,) * len(FIELDS)
+        by_role: dict[str, list[float]] = {}
+        for tid, (name, now) in self._last.items():
+            if name == "bench-thread-cpu":
+                continue
+            was = self._before.get(tid, (name, zero))[1]
+            used = [b - a for a, b in zip(was, now)]
+            if any(used):
+                total = by_role.setdefault(_role(name), [0.0] * len(FIELDS))
+                for i, x in enumerate(used):
+                    total[i] += x
+        return dict(sorted(by_role.items(), key=lambda kv: -(kv[1][0] + kv[1][1])))
 
 
-def per_call(by_role: dict[str, tuple[float, float]], calls: int) -> dict[str, Any]:
-    """Each role's CPU (user + system) in ms per store call, the total, and the total's
-    system part (the kernel's: thread wake-ups, futexes, sockets, files)."""
+def per_call(by_role: dict[str, list[float]], calls: int) -> dict[str, Any]:
+    """Per store call: each role's CPU (user + system) in ms, and its context switches."""
     if not calls:
         return {}
-    out: dict[str, Any] = {role: round((u + s) * 1000 / calls, 4) for role, (u, s) in by_role.items()}
-    out["total"] = round(sum(u + s for u, s in by_role.values()) * 1000 / calls, 4)
-    out["total_system"] = round(sum(s for _, s in by_role.values()) * 1000 / calls, 4)
+    out: dict[str, Any] = {}
+    for role, (user, system, waits, preemptions) in by_role.items():
+        out[role] = {"ms": round((user + system) * 1000 / calls, 4),
+                     "system_ms": round(system * 1000 / calls, 4),
+                     "waits": round(waits / calls, 3), "preemptions": round(preemptions / calls, 3)}
     return out
