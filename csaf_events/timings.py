@@ -22,6 +22,7 @@ PHASES = ("queued", "decide", "txn_wait", "produce", "send_offsets", "flush", "c
 _INDEX = {phase: i for i, phase in enumerate(PHASES)}
 _N = len(PHASES)
 _TXN = 2 * _N  # then: transactions, failed, commands, records, partitions
+_QUEUED, _DECIDE = _INDEX["queued"], _INDEX["decide"]
 _COUNTS = ("transactions", "failed_transactions", "commands", "records", "partitions")
 
 
@@ -40,10 +41,20 @@ class Timings:
         slots[i] += seconds * writes
         slots[_N + i] += writes
 
-    def add_each(self, phase: str, seconds: list[float]) -> None:
+    def add_total(self, phase: str, seconds: float, writes: int) -> None:
+        """`writes` writes spent `seconds` in `phase` between them."""
         i, slots = _INDEX[phase], self._tally.slots()
-        slots[i] += sum(seconds)
-        slots[_N + i] += len(seconds)
+        slots[i] += seconds
+        slots[_N + i] += writes
+
+    def group(self, queued_s: float, decide_s: float, writes: int) -> None:
+        """A partition writer's group of `writes`: their summed wait for the writer, and the
+        time the group took to decide (each of them spent it). One call per group."""
+        slots = self._tally.slots()
+        slots[_QUEUED] += queued_s
+        slots[_N + _QUEUED] += writes
+        slots[_DECIDE] += decide_s * writes
+        slots[_N + _DECIDE] += writes
 
     def transaction(self, commands: int, records: int, partitions: int, ok: bool) -> None:
         slots = self._tally.slots()

@@ -139,7 +139,9 @@ class PartitionWriter:
 
     def _commit(self, group: list[Pending]) -> None:
         start = time.perf_counter()
-        self._timings.add_each("queued", [start - p.queued_at for p in group])
+        queued = 0.0
+        for p in group:
+            queued += start - p.queued_at
         with self._lock:
             chain = self._chain
             parent = next((t.batch for t in reversed(self._in_flight) if t.chain == chain), self._projection)
@@ -166,7 +168,7 @@ class PartitionWriter:
                     d.records.clear()
                     batch = ProjectionBatch(parent)
                     break
-        self._timings.add("decide", time.perf_counter() - start, len(group))
+        self._timings.group(queued, time.perf_counter() - start, len(group))
         appends = bool(d.records) or any(p.origin is not None for p in group)
         ticket = _Ticket(group, batch, chain, appends)
         with self._lock:

@@ -96,7 +96,8 @@ def test_timings_add_up_across_threads() -> None:
     def leader(k: int) -> None:
         for _ in range(100):
             timings.add("decide", 0.001, writes=2)
-            timings.add_each("queued", [0.002, 0.004])
+            timings.add_total("txn_wait", 0.006, writes=2)
+            timings.group(queued_s=0.003, decide_s=0.0005, writes=3)
         timings.transaction(commands=3, records=4, partitions=1, ok=k != 0)
 
     threads = [threading.Thread(target=leader, args=(k,)) for k in range(4)]
@@ -105,8 +106,9 @@ def test_timings_add_up_across_threads() -> None:
     for t in threads:
         t.join()
     snap = timings.snapshot()
-    assert snap["writes"]["decide"] == 800 and snap["seconds"]["decide"] == pytest.approx(0.8)
-    assert snap["writes"]["queued"] == 800 and snap["seconds"]["queued"] == pytest.approx(2.4)
+    assert snap["writes"]["decide"] == 2000 and snap["seconds"]["decide"] == pytest.approx(0.8 + 0.6)
+    assert snap["writes"]["txn_wait"] == 800 and snap["seconds"]["txn_wait"] == pytest.approx(2.4)
+    assert snap["writes"]["queued"] == 1200 and snap["seconds"]["queued"] == pytest.approx(1.2)
     assert (snap["transactions"], snap["failed_transactions"], snap["commands"], snap["records"],
             snap["partitions"]) == (4, 1, 12, 16, 4)
     assert timings.last_transaction_ok is not None

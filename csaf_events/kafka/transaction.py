@@ -333,7 +333,7 @@ class NodeTransaction:
         began = time.perf_counter()
         self._delivered_at.clear()
         commands = sum(r.commands for r in reqs)
-        self._timings.add_each("txn_wait", [began - r.queued_at for r in reqs for _ in range(r.commands)])
+        self._timings.add_total("txn_wait", sum((began - r.queued_at) * r.commands for r in reqs), commands)
         try:
             producer.begin_transaction()
         except KafkaException as e:  # a producer left in a bad state: replaced before its next round

@@ -1,0 +1,52 @@
+"""The benchmark's CPU view by thread (`bench.thread_cpu`): each thread's time goes to its
+role, a thread that ends before the run does still counts, and `--cpus` pins the run."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+import pytest
+
+from bench import lifecycle
+from bench.thread_cpu import ThreadCpu, _role, per_call
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_threads_are_put_in_their_roles() -> None:
+    assert _role("csaf-workload_12") == "callers"
+    assert _role("csaf-commit-node-0-0") == "committer"
+    assert _role("csaf-commit-7") == "group-commit hand-off"
+    assert _role("csaf-registry-node-0") == "registry tail"
+    assert _role("rdk:broker1") == "librdkafka"
+    assert _role("some-pool_3") == "other: some-pool"
+
+
+def test_each_threads_cpu_goes_to_its_role_ended_threads_included() -> None:
+    meter = ThreadCpu(interval=0.05)
+    for name in ("csaf-workload_0", "csaf-commit-node-x-0"):  # one after the other: each has a core
+        t = threading.Thread(target=_spin, args=(0.6,), name=name)
+        t.start()
+        t.join()  # it ends before the meter stops
+    by_role = meter.stop()
+    assert by_role["callers"][0] + by_role["callers"][1] >= 0.3  # (the kernel counts in 10 ms ticks)
+    assert by_role["committer"][0] + by_role["committer"][1] >= 0.3
+    report = per_call(by_role, calls=100)
+    assert report["callers"]["ms"] == pytest.approx(sum(by_role["callers"][:2]) * 1000 / 100, abs=1e-3)
+    assert set(report["callers"]) == {"ms", "system_ms", "waits", "preemptions"}
+
+
+def test_cpus_must_be_cpus_this_process_may_use() -> None:
+    parser = argparse.ArgumentParser()
+    lifecycle.add_arguments(parser)
+    assert parser.parse_args(["--cpus", "0"]).cpus == frozenset({0})
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--cpus", "zero"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--cpus", "4096"])
