@@ -8,6 +8,11 @@ the queue, or the group's own hand-off thread when no thread waits (items added 
 waiting, such as commands routed from other nodes). No thread hand-off is needed when things
 are quiet: the caller does its own work. Nothing here is shared between groups: a pool common
 to every partition would queue one partition's round behind another's.
+
+With `callers_lead=False` every round is led by the hand-off thread. That is for a commit
+that only hands its items on (a Kafka append returns before the transaction commits): a
+caller woken to lead would decide, hand on, and wait again, so each caller it leads for
+waits once more, and each wake of a thread costs a wait for the interpreter lock too.
 """
 
 from __future__ import annotations
@@ -60,9 +65,10 @@ T = TypeVar("T", bound=Item)
 
 class GroupCommit(Generic[T]):
     def __init__(self, commit: Callable[[list[T]], None], max_batch: int | None = None,
-                 name: str = "csaf-commit") -> None:
+                 name: str = "csaf-commit", callers_lead: bool = True) -> None:
         self._commit = commit  # must finish every item it is given (set its done)
         self._max_batch = max_batch
+        self._callers_lead = callers_lead  # False: every round is led by the hand-off thread
         self._name = name
         self._lock = threading.Lock()
         self._queue: list[T] = []
@@ -77,7 +83,12 @@ class GroupCommit(Generic[T]):
                 self._queue.append(item)
                 return
             self._leading = True  # and nothing is queued: a leader leaves only an empty queue
-        self._lead([item])
+            if not self._callers_lead:
+                self._queue.append(item)
+        if self._callers_lead:
+            self._lead([item])
+        else:
+            self._hand_off()
 
     def wait(self, item: T) -> None:
         """Wait until `item` is finished, leading rounds whenever asked to."""
@@ -110,7 +121,7 @@ class GroupCommit(Generic[T]):
             if not self._queue:
                 self._leading = False
                 return
-            successor = next((i for i in self._queue if i.waiter), None)
+            successor = next((i for i in self._queue if i.waiter), None) if self._callers_lead else None
         if successor is not None:
             successor.promoted = True
             successor.done.set()

@@ -20,6 +20,7 @@ class _HeldLog:
     """Takes appends and holds them; the test says when each is committed and applied."""
 
     partitions = 1
+    appends_in_flight = True
 
     def __init__(self, projection: Projection) -> None:
         self._projection = projection

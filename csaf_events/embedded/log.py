@@ -74,6 +74,8 @@ def decode_entry(partition: int, offset: int, raw: bytes) -> LogEntry:
 
 
 class EmbeddedLog:
+    appends_in_flight = False  # an append is written before it returns
+
     def __init__(self, projection: Projection, partitions: int | None) -> None:
         """`partitions` None: as many as the log has (for tools that open an existing log)."""
         self._projection = projection

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 
 class KafkaLog:
+    appends_in_flight = True  # transactions commit on the lanes' committer threads
+
     def __init__(self, node_name: str, client_config: dict[str, Any], topics: Topics, projection: Projection,
                  generation: str, timeout: float, timings: Timings, reply: Callable[[str, bytes, bytes], None],
                  lanes: int = 1) -> None:

@@ -27,6 +27,11 @@ class EventLog(LogReader, Protocol):
     """A log a node appends to: a reader that also takes appends and says what it owns."""
 
     partitions: int
+    #: True when an `append` given `on_done` returns before its records are durable (they
+    #: commit in the background, as Kafka transactions do): its caller would only wait, so
+    #: the partition's next group is led by a thread of the writer's own instead of by a
+    #: caller woken for it, and each caller waits once, for its answer.
+    appends_in_flight: bool
 
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                group: Sequence[Pending] = (), *, on_done: OnDone | None = None,
