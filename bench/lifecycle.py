@@ -42,6 +42,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from csaf_events.affinity import parse_cpus, pin
 from csaf_events import CsafError, open_store
 from csaf_events.cli import payload_size, positive_int, run_main
 from csaf_events.cli_ops import number
@@ -620,7 +621,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=number(float, lambda n: n >= 0, "0 or more seconds"), metavar="SECONDS",
                    help="seconds of the workload run untimed before the measured run (default: 60 for kafka, "
                         "whose broker JIT-compiles its request path in its first minutes; 0 for embedded)")
-    p.add_argument("--cpus", type=_cpus, metavar="LIST",
+    p.add_argument("--cpus", type=parse_cpus, metavar="LIST",
                    help="pin this process (the nodes in it and their client threads) to these CPUs, e.g. 0 "
                         "or 0,1 (default: not pinned). One interpreter's threads on one core do not pass "
                         "the interpreter lock and their data between cores at every hand-off")
@@ -647,25 +648,13 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
                         warmup_s=args.warmup, kafka_config=tuple(args.kafka_config))
 
 
-def _cpus(text: str) -> frozenset[int]:
-    try:
-        cpus = frozenset(int(c) for c in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a comma-separated list of CPU numbers, not {text!r}") from None
-    available = os.sched_getaffinity(0)
-    if not cpus <= available:
-        raise argparse.ArgumentTypeError(f"CPUs {sorted(cpus - available)} are not available to this process "
-                                         f"(it may use {sorted(available)})")
-    return cpus
-
-
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the benchmark for parsed arguments; prints the table, writes --json.
 
     Exit code 1 if store calls failed (the figures then do not describe the workload);
     never because of the figures themselves."""
     if args.cpus:  # before any thread starts: every thread of the process inherits it
-        os.sched_setaffinity(0, args.cpus)
+        pin(args.cpus)
     report = run_benchmark(options_from_args(args))
     report["cpus"] = sorted(args.cpus) if args.cpus else None
     print(format_report(report))

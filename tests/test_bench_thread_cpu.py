@@ -13,10 +13,12 @@ from bench import lifecycle
 from bench.thread_cpu import ThreadCpu, _role, per_call
 
 
-def _spin(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
+def _spin(cpu_seconds: float) -> None:
+    """Use `cpu_seconds` of CPU (however busy the machine is), then end."""
+    start, give_up = time.thread_time(), time.monotonic() + 30
+    while time.thread_time() - start < cpu_seconds and time.monotonic() < give_up:
+        for _ in range(10_000):
+            pass
 
 
 def test_threads_are_put_in_their_roles() -> None:
@@ -31,12 +33,12 @@ def test_threads_are_put_in_their_roles() -> None:
 def test_each_threads_cpu_goes_to_its_role_ended_threads_included() -> None:
     meter = ThreadCpu(interval=0.05)
     for name in ("csaf-workload_0", "csaf-commit-node-x-0"):  # one after the other: each has a core
-        t = threading.Thread(target=_spin, args=(0.6,), name=name)
+        t = threading.Thread(target=_spin, args=(0.5,), name=name)
         t.start()
         t.join()  # it ends before the meter stops
     by_role = meter.stop()
-    assert by_role["callers"][0] + by_role["callers"][1] >= 0.3  # (the kernel counts in 10 ms ticks)
-    assert by_role["committer"][0] + by_role["committer"][1] >= 0.3
+    assert by_role["callers"][0] + by_role["callers"][1] >= 0.25  # (the kernel counts in 10 ms ticks)
+    assert by_role["committer"][0] + by_role["committer"][1] >= 0.25
     report = per_call(by_role, calls=100)
     assert report["callers"]["ms"] == pytest.approx(sum(by_role["callers"][:2]) * 1000 / 100, abs=1e-3)
     assert set(report["callers"]) == {"ms", "system_ms", "waits", "preemptions"}

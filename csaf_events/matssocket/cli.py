@@ -27,6 +27,7 @@ import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from csaf_events.affinity import parse_cpus, pin
 from csaf_events.factory import open_store
 from csaf_events.matssocket.server import MatsSocketServer
 from csaf_events.metrics import serve_metrics
@@ -54,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="serve this node's Prometheus metrics on /metrics and store.health() on /health "
                              "on this port (default: not served)")
+    parser.add_argument("--cpus", type=parse_cpus, metavar="LIST",
+                        help="run the node (all its threads) on these CPUs only, e.g. 0 (default: any); one "
+                             "core per node keeps the interpreter lock's hand-offs on one core")
     app = parser.add_mutually_exclusive_group(required=True)
     app.add_argument("--app", help="module:factory, factory(store) -> MatsSocketServer")
     app.add_argument("--test-app", action="store_true", help="the MatsSocket clients' integration test app")
@@ -77,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     factory = load_factory(TEST_APP if args.test_app else args.app)
     ports = args.port or (list(TEST_APP_PORTS) if args.test_app else [8080])
     data_dir = args.data_dir or Path("csaf-data") / args.node_name
+    if args.cpus:  # before the store starts its threads: they inherit it
+        pin(args.cpus)
     with open_store(args.node_name, data_dir, args.bootstrap, namespace=args.namespace,
                     partitions=args.partitions) as store:
         server = factory(store)
