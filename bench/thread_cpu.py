@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,26 +52,48 @@ def _role(name: str) -> str:
 FIELDS = ("user_s", "system_s", "waits", "preemptions")
 
 
+def _thread_clock_s(ident: int | None) -> float | None:
+    """The exact CPU time of a live Python thread (its POSIX CPU clock), None if unreadable."""
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))  # type: ignore[arg-type]
+    except (OSError, TypeError, AttributeError):
+        return None
+
+
 def _snapshot() -> dict[int, tuple[str, tuple[float, ...]]]:
-    """tid -> (thread name, the `FIELDS` so far)."""
-    names = {t.native_id: t.name for t in threading.enumerate()}
+    """tid -> (thread name, the `FIELDS` so far).
+
+    A Python thread's CPU time is read from its own CPU clock (exact): the kernel's user and
+    system ticks in /proc are samples (a thread that runs between ticks has been seen at a
+    third of its time) and give only the split. A /proc listing can also skip live tasks
+    while others exit, so the interpreter's threads are read by id."""
+    threads = {t.native_id: t for t in threading.enumerate() if t.native_id is not None}
     out: dict[int, tuple[str, tuple[float, ...]]] = {}
     try:
-        tids = [int(p.name) for p in _TASKS.iterdir()]
+        tids = {int(p.name) for p in _TASKS.iterdir()} | set(threads)
     except OSError:
-        return out
+        tids = set(threads)
     for tid in tids:
+        thread = threads.get(tid)
+        clock = _thread_clock_s(thread.ident) if thread is not None else None
         try:
             stat = (_TASKS / str(tid) / "stat").read_text()
             status = (_TASKS / str(tid) / "status").read_text()
         except OSError:
-            continue  # ended meanwhile
+            if clock is None:
+                continue  # ended meanwhile
+            out[tid] = (thread.name, (clock, 0.0, 0, 0))  # type: ignore[union-attr]
+            continue
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
+        user, system = int(fields[11]) / _TICK, int(fields[12]) / _TICK
+        if clock is not None:
+            share = system / (user + system) if user + system else 0.0
+            user, system = clock * (1 - share), clock * share
         switches = dict(line.split(":\t") for line in status.splitlines() if "ctxt_switches" in line)
-        out[tid] = (names.get(tid, comm), (int(fields[11]) / _TICK, int(fields[12]) / _TICK,
-                                           int(switches["voluntary_ctxt_switches"]),
-                                           int(switches["nonvoluntary_ctxt_switches"])))
+        out[tid] = (thread.name if thread is not None else comm,
+                    (user, system, int(switches["voluntary_ctxt_switches"]),
+                     int(switches["nonvoluntary_ctxt_switches"])))
     return out
 
 
@@ -91,7 +114,11 @@ class ThreadCpu:
 
     def _watch(self) -> None:
         while not self._stop.wait(self._interval):
-            self._last.update(_snapshot())
+            self.read()
+
+    def read(self) -> None:
+        """Read every thread now (the watcher does, every `interval`)."""
+        self._last.update(_snapshot())
 
     def stop(self) -> dict[str, list[float]]:
         """role -> its `FIELDS` in the run, the busiest role first."""
@@ -105,6 +132,9 @@ class ThreadCpu:
                 continue
             was = self._before.get(tid, (name, zero))[1]
             used = [b - a for a, b in zip(was, now)]
+            ran = used[0] + used[1]  # exact; its split comes from samples and may move between readings
+            used[1] = min(max(used[1], 0.0), max(ran, 0.0))
+            used[0] = ran - used[1]
             if any(used):
                 total = by_role.setdefault(_role(name), [0.0] * len(FIELDS))
                 for i, x in enumerate(used):
