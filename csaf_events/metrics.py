@@ -191,7 +191,7 @@ class StoreMetrics:
         # (per thread: a lock per method is a convoy of every caller of the method)
         self._calls: dict[str, Tally] = {m: Tally(3 + len(LATENCY_BUCKETS)) for m in METHODS}
         self._errors: dict[tuple[str, str], int] = {}
-        self._errors_lock = threading.Lock()  # taken by calls that raise, and scrapes
+        self._lock = threading.Lock()  # the error counts and the takeovers counted: calls that raise, scrapes
         self._matssocket: MatsSocketMetrics | None = None
         self._attached = False
         self._takeovers_seen: dict[int, float] = {}  # partition -> finished_at of the last takeover counted
@@ -205,7 +205,7 @@ class StoreMetrics:
 
     def _wrap(self, method: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         store = self.store
-        slots_of, errors, errors_lock = self._calls[method].slots, self._errors, self._errors_lock
+        slots_of, errors, lock = self._calls[method].slots, self._errors, self._lock
         bounds = LATENCY_BUCKETS[:-1]
         clock = time.perf_counter
         partitions = store.partitions
@@ -218,7 +218,7 @@ class StoreMetrics:
                 acc[where] += 1
             else:
                 key = (method, type(error).__name__)
-                with errors_lock:
+                with lock:
                     errors[key] = errors.get(key, 0) + 1
 
         if method in SESSION_METHODS:  # the hot path: kept flat, it runs on every call
@@ -269,7 +269,7 @@ class StoreMetrics:
         for m in METHODS:
             local, routed = self._calls[m].totals()[:2]
             out[(m, "local")], out[(m, "routed")] = local, routed
-        with self._errors_lock:
+        with self._lock:
             out.update(self._errors)
         return out
 
@@ -375,7 +375,7 @@ class StoreMetrics:
     def _count_takeovers(self) -> list:
         ownership = getattr(self.store.node.log, "ownership", None)
         if ownership is not None:
-            with self._errors_lock:  # scrapes may run at once
+            with self._lock:  # scrapes may run at once
                 for t in list(ownership.takeovers.values()):
                     if self._takeovers_seen.get(t.partition) != t.finished_at:
                         self._takeovers_seen[t.partition] = t.finished_at
