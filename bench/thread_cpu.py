@@ -1,7 +1,8 @@
 """CPU of this process's threads over a run, by role: where a node's CPU per call goes.
 
-Each thread's user + system time is read from ``/proc/self/task/<tid>/stat`` at the start
-and the end of the measured run (exact kernel accounting, no sampling, no slowdown). A
+Each thread's CPU time is read from its own CPU clock, and its context switches from
+``/proc/self/task/<tid>/status``, at the start and the end of the measured run (no sampling,
+no slowdown). A
 thread is named by its Python name (``threading.Thread.native_id``) or, for threads of C
 libraries, by the name they gave themselves (librdkafka: ``rdk:broker...``, ``rdk:main``;
 RocksDB: ``rocksdb:...``), and put in a role (`ROLES`). Linux only; elsewhere nothing is
@@ -52,21 +53,24 @@ def _role(name: str) -> str:
 FIELDS = ("user_s", "system_s", "waits", "preemptions")
 
 
-def _thread_clock_s(ident: int | None) -> float | None:
-    """The exact CPU time of a live Python thread (its POSIX CPU clock), None if unreadable."""
+def _thread_clock_s(tid: int) -> float | None:
+    """The exact CPU time of thread `tid` of this process (its Linux per-thread CPU clock, named
+    by the thread id as glibc's `pthread_getcpuclockid` names it), None once it has ended. By
+    id, not by `pthread_t`: the handle of a thread that ended is freed memory, and reading a
+    clock through it can crash the process."""
     try:
-        return time.clock_gettime(time.pthread_getcpuclockid(ident))  # type: ignore[arg-type]
-    except (OSError, TypeError, AttributeError):
+        return time.clock_gettime((~tid << 3) | 6)  # MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)
+    except OSError:
         return None
 
 
 def _snapshot() -> dict[int, tuple[str, tuple[float, ...]]]:
     """tid -> (thread name, the `FIELDS` so far).
 
-    A Python thread's CPU time is read from its own CPU clock (exact): the kernel's user and
-    system ticks in /proc are samples (a thread that runs between ticks has been seen at a
-    third of its time) and give only the split. A /proc listing can also skip live tasks
-    while others exit, so the interpreter's threads are read by id."""
+    A thread's CPU time is read from its own CPU clock (exact): the kernel's user and system
+    ticks in /proc are samples (a thread that runs between ticks has been seen at a third of
+    its time) and give only the split. A /proc listing can also skip live tasks while others
+    exit, so the interpreter's threads are read by id as well."""
     threads = {t.native_id: t for t in threading.enumerate() if t.native_id is not None}
     out: dict[int, tuple[str, tuple[float, ...]]] = {}
     try:
@@ -75,24 +79,23 @@ def _snapshot() -> dict[int, tuple[str, tuple[float, ...]]]:
         tids = set(threads)
     for tid in tids:
         thread = threads.get(tid)
-        clock = _thread_clock_s(thread.ident) if thread is not None else None
+        clock = _thread_clock_s(tid)
+        if clock is None:
+            continue  # ended meanwhile
         try:
             stat = (_TASKS / str(tid) / "stat").read_text()
             status = (_TASKS / str(tid) / "status").read_text()
-        except OSError:
-            if clock is None:
-                continue  # ended meanwhile
-            out[tid] = (thread.name, (clock, 0.0, 0, 0))  # type: ignore[union-attr]
+        except OSError:  # ended between the two readings
+            if thread is not None:
+                out[tid] = (thread.name, (clock, 0.0, 0, 0))
             continue
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
         user, system = int(fields[11]) / _TICK, int(fields[12]) / _TICK
-        if clock is not None:
-            share = system / (user + system) if user + system else 0.0
-            user, system = clock * (1 - share), clock * share
+        share = system / (user + system) if user + system else 0.0
         switches = dict(line.split(":\t") for line in status.splitlines() if "ctxt_switches" in line)
         out[tid] = (thread.name if thread is not None else comm,
-                    (user, system, int(switches["voluntary_ctxt_switches"]),
+                    (clock * (1 - share), clock * share, int(switches["voluntary_ctxt_switches"]),
                      int(switches["nonvoluntary_ctxt_switches"])))
     return out
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from bench import lifecycle
-from bench.thread_cpu import ThreadCpu, _role, per_call
+from bench.thread_cpu import ThreadCpu, _role, _thread_clock_s, per_call
 
 
 def _spin(cpu_seconds: float) -> None:
@@ -62,3 +63,23 @@ def test_cpus_must_be_cpus_this_process_may_use() -> None:
         parser.parse_args(["--cpus", "zero"])
     with pytest.raises(SystemExit):
         parser.parse_args(["--cpus", "4096"])
+
+
+def test_threads_that_end_while_they_are_read_are_left_out_safely() -> None:
+    """Threads come and go during a run (hand-off threads end when idle): a thread that ended
+    reads as gone, and reading while hundreds start and end never touches a freed handle."""
+    ended = threading.Thread(target=_spin, args=(0.001,))
+    ended.start()
+    ended.join()  # the interpreter is done with it; the kernel's task may outlive that briefly
+    task = Path(f"/proc/self/task/{ended.native_id}")
+    give_up = time.monotonic() + 5
+    while task.exists() and time.monotonic() < give_up:
+        time.sleep(0.01)
+    assert not task.exists() and _thread_clock_s(ended.native_id) is None
+    assert _thread_clock_s(threading.get_native_id()) == pytest.approx(time.thread_time(), abs=0.05)
+    meter = ThreadCpu(interval=60)
+    for _ in range(300):
+        t = threading.Thread(target=time.sleep, args=(0.0005,), name="bench-short-lived")
+        t.start()
+        meter.read()
+    assert "callers" not in meter.stop()  # it read them all without crashing; none is a caller
