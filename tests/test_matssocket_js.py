@@ -9,8 +9,9 @@ here asserts one scenario's line, and where it matters what the store holds afte
 suite (``matssocket-client-javascript/tests/src``) against another such node.
 
 Installing what node needs, into git-ignored folders of ``tests/matssocket_js``:
-- ``ws`` (the client's WebSocket in Node 20), ``mocha`` and ``chai``: ``npm ci`` from the
-  committed lock file, into ``node_modules``;
+- ``ws`` (the client's WebSocket in Node 20), ``mocha`` and ``chai`` (and ``puppeteer-core``
+  for tests/test_matssocket_browser.py): ``npm ci`` from the committed lock file, into
+  ``node_modules``, when any of them is missing;
 - the MatsSocket client library (Apache-2.0), package ``matssocket``. The npm registry this
   project reaches does not serve it, so it is taken from a MatsSocket source checkout:
   ``MATSSOCKET_CLIENT_DIR`` (a folder holding the client's ``package.json`` and ``lib/``), or
@@ -80,6 +81,13 @@ def _extract(repo: str, folder: str, paths: list[str], dest: Path) -> bool:
     return True
 
 
+def _missing_packages() -> list[str]:
+    """The packages of package.json that node_modules lacks (npm ci installs them all)."""
+    manifest = json.loads((JS_DIR / "package.json").read_text())
+    names = [*manifest.get("dependencies", {}), *manifest.get("devDependencies", {})]
+    return [name for name in names if not (JS_DIR / "node_modules" / name / "package.json").exists()]
+
+
 @pytest.fixture(scope="session")
 def js_client() -> Path:
     """node_modules with ws and the MatsSocket client; returns the scenario script."""
@@ -88,8 +96,8 @@ def js_client() -> Path:
     version = _run(["node", "--version"], "node --version").stdout.strip()
     if int(version.lstrip("v").split(".")[0]) < 20:
         pytest.fail(f"Node.js 20+ is needed for the MatsSocket JS client tests, found {version}")
-    if not (JS_DIR / "node_modules" / "mocha").exists():
-        _run(["npm", "ci", "--no-audit", "--no-fund"], "npm ci (ws, mocha, chai)")
+    if _missing_packages():
+        _run(["npm", "ci", "--no-audit", "--no-fund"], f"npm ci ({', '.join(_missing_packages())} missing)")
     if not (CLIENT_DIR / "lib" / "MatsSocket.js").exists():
         source = os.environ.get("MATSSOCKET_CLIENT_DIR")
         if source:
@@ -106,12 +114,12 @@ def js_client() -> Path:
 class NodeThread:
     """A MatsSocket node on its own event loop thread (the test drives it from outside)."""
 
-    def __init__(self, data_dir: Path, ports: int = 1) -> None:
+    def __init__(self, data_dir: Path, ports: int = 1, files: Path | None = None) -> None:
         self.store = open_store(node_name="js-node", data_dir=data_dir)
         self.store.boot()
         self.loop = asyncio.new_event_loop()
         self.server = MatsSocketServer(self.store, DummyAuthenticator())
-        install(self.server)
+        install(self.server, files=files)
         self.thread = threading.Thread(target=self.loop.run_forever, name="matssocket-js-node", daemon=True)
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start("127.0.0.1", *[0] * ports), self.loop).result(10)
@@ -161,7 +169,8 @@ def test_the_client_s_own_integration_suite_passes(client_suite: Path, tmp_path:
     stats = report["stats"]
     failures = [f"{t['fullTitle']}: {t['err'].get('message')}" for t in report["failures"]]
     assert failures == [], f"{stats['failures']} of {stats['tests']} failed:\n" + "\n".join(failures)
-    # the suite's own skips (3 need a browser's cookies and an HTTP pre-connect servlet) stay skipped
+    # the suite's own skips (3 need a browser's XMLHttpRequest and cookie jar) stay skipped under Node;
+    # tests/test_matssocket_browser.py runs them in Chromium
     assert stats["passes"] >= 80 and stats["pending"] <= 3, stats
 
 

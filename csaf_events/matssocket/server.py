@@ -6,8 +6,9 @@ periodic jobs (`csaf_events.maintenance.Maintenance`) and talks to the other nod
 cluster through a `NodeChannel`. Store calls block, so they run in a thread pool of their
 own (`store_threads`), never on the event loop.
 
-User code plugs in through endpoints (`endpoint`, `terminator`), an `Authenticator`, and
-the server-initiated `send`, `request`, `publish` and `close_session`.
+User code plugs in through endpoints (`endpoint`, `terminator`), an `Authenticator`, the
+server-initiated `send`, `request`, `publish` and `close_session`, and on the HTTP side an
+`HttpHandler` (other paths, a client's pre-connection request) and a `HandshakeCheck`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 HttpHandler = Callable[[ServerConnection, Request], Response | None]
+#: Looks at a WebSocket handshake the server is about to accept (the request, and the 101
+#: response it may add headers to), as MatsSocket's ``SessionAuthenticator.checkHandshake``
+#: does: None accepts it; a response (``ws.respond(HTTPStatus.FORBIDDEN, ...)``) refuses it,
+#: and the client sees a failed connection attempt.
+HandshakeCheck = Callable[[ServerConnection, Request, Response], Response | None]
 #: Called on the event loop at each step of a client SEND/REQUEST/RESOLVE/REJECT: "handled"
 #: (its handler finished, its unit of work not committed), "committed" (not answered yet),
 #: "answered". For tracing, and for tests that kill a node at an exact point.
@@ -74,7 +80,8 @@ class MatsSocketServer:
                  channel: NodeChannel | None = None, path: str = "/matssocket",
                  max_sessions_per_user: int = 75, store_threads: int = 16, max_frame_bytes: int = 1 << 20,
                  maintenance: Mapping[str, Any] | None = MappingProxyType({}),
-                 http_handler: HttpHandler | None = None, probe: Probe | None = None) -> None:
+                 http_handler: HttpHandler | None = None, handshake_check: HandshakeCheck | None = None,
+                 probe: Probe | None = None) -> None:
         if not isinstance(authenticator, Authenticator):
             raise TypeError("authenticator must be an Authenticator")
         if not isinstance(max_sessions_per_user, int) or max_sessions_per_user < 1:
@@ -93,7 +100,11 @@ class MatsSocketServer:
         self.endpoints: dict[str, Endpoint] = {}
         self.topics = Topics()
         self.nodes = NodeMessages(self, self.channel)
-        self.http_handler = http_handler  # other HTTP paths: None answers 404
+        # the HTTP side: other paths, and requests on the socket's path that are no WebSocket
+        # upgrade (a client's pre-connection request). Where it answers None: 404 on other
+        # paths, the WebSocket library's own answer (426 Upgrade Required) on the socket's path
+        self.http_handler = http_handler
+        self.handshake_check = handshake_check
         self.probe: Probe = probe or (lambda point, session_id, envelope: None)
         self.metrics = matssocket_metrics(store)  # csaf_matssocket_* on the store's registry
         self._executor = ThreadPoolExecutor(store_threads, thread_name_prefix=f"csaf-store-{self.node_name}")
@@ -133,6 +144,7 @@ class MatsSocketServer:
         for p in (port, *more_ports):
             self._ws_servers.append(await serve(self._serve_socket, host, p, subprotocols=[SUBPROTOCOL],
                                                 process_request=self._process_request,
+                                                process_response=self._process_response,
                                                 max_size=self.max_frame_bytes))
         if self._maintenance is not None:
             self._maintenance.start()
@@ -180,13 +192,21 @@ class MatsSocketServer:
             self.metrics.sockets.dec()
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0] == self.path:
+        on_socket_path = request.path.split("?", 1)[0] == self.path
+        if on_socket_path and "websocket" in request.headers.get("Upgrade", "").lower():
             return None
         if self.http_handler is not None:
             response = self.http_handler(ws, request)
             if response is not None:
                 return response
+        if on_socket_path:
+            return None
         return ws.respond(HTTPStatus.NOT_FOUND, f"No MatsSocket endpoint at {request.path}\n")
+
+    def _process_response(self, ws: ServerConnection, request: Request, response: Response) -> Response | None:
+        if self.handshake_check is None or response.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
+            return None
+        return self.handshake_check(ws, request, response)
 
     # ------------------------------------------------------------------ helpers --
     async def io(self, fn: Callable[..., R], *args: Any) -> R:

@@ -5,7 +5,12 @@ as ``Test.single``, ``Test.server.send.thread``, ``Test.publish``), its authenti
 ``DummyAuth:<userId>:<expiresMillis>``, -1 for no expiry; user ``enableAllDebugOptions``
 may see every debug field; ``:fail_reevaluateAuthentication:`` and
 ``:fail_reevaluateAuthenticationForOutgoingMessage:`` in a token fail those steps), and
-its HTTP side channel ``GET <path>/sendMessageOnTestTopic?topic=T`` (publishes on T).
+its HTTP side (`csaf_events.matssocket.testhttp`): the side channel ``GET
+<path>/sendMessageOnTestTopic?topic=T`` (publishes on T), the pre-connection request that
+puts the client's authorization in a cookie and the handshake check that reads it back
+(``Test.replyWithCookieAuthorization`` answers it), and, given a folder (``install(server,
+files=DIR)``, or ``CSAF_TEST_APP_FILES=DIR`` for ``csaf serve --test-app``), the files under
+it at ``/mats/``: how a browser loads the client library and its test suite from the node.
 Where the Java server forwards to a Mats endpoint and adapts the reply, this app answers
 later (`IncomingContext.answer_later`), which is what such a forward looks like to the client.
 The handlers store what they send inside the message's unit of work (``await ctx.send``,
@@ -19,14 +24,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import os
 from dataclasses import dataclass
-from http import HTTPStatus
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import ServerConnection
-from websockets.http11 import Request, Response
-
+from csaf_events.matssocket import testhttp
 from csaf_events.matssocket.auth import (
     AuthContext, Authenticated, AuthResult, Authenticator, InvalidAuthentication, StillValid,
 )
@@ -37,12 +40,14 @@ from csaf_events.store import ClusterStoreAndForward
 from csaf_events.clock import now_ms
 
 CORRELATION_BINARY = b"CorrelationBinary"
+FILES_ENV = "CSAF_TEST_APP_FILES"  # the folder `csaf serve --test-app` serves at /mats/
 
 
 @dataclass(frozen=True)
 class DummyPrincipal:
     user_id: str
     authorization: str
+    authorization_from_cookie: str | None = None  # what a pre-connection put in the handshake's cookie
 
 
 class DummyAuthenticator(Authenticator):
@@ -61,7 +66,8 @@ class DummyAuthenticator(Authenticator):
         if expires != -1 and expires < now_ms():
             return InvalidAuthentication("This DummyAuth is too old (initialAuthentication).")
         debug = DebugOption(0xFF) if parts[1] == "enableAllDebugOptions" else DebugOption(0)
-        return Authenticated(DummyPrincipal(parts[1], authorization), parts[1], debug)
+        principal = DummyPrincipal(parts[1], authorization, testhttp.cookie_authorization(ctx.path, ctx.headers))
+        return Authenticated(principal, parts[1], debug)
 
     def reevaluate_authentication(self, ctx: AuthContext, authorization: str, principal: Any) -> AuthResult:
         if ":fail_reevaluateAuthentication:" in authorization:
@@ -85,14 +91,16 @@ def _field(msg: Any, name: str, default: Any = None) -> Any:
 
 
 def create_server(store: ClusterStoreAndForward) -> MatsSocketServer:
-    """The `csaf serve --app` factory of the test app."""
+    """The `csaf serve --app` factory of the test app (files at /mats/ from ``$CSAF_TEST_APP_FILES``)."""
     server = MatsSocketServer(store, DummyAuthenticator())
-    install(server)
+    files = os.environ.get(FILES_ENV)
+    install(server, files=Path(files) if files else None)
     return server
 
 
-def install(server: MatsSocketServer) -> None:
-    """Register the test endpoints on `server`."""
+def install(server: MatsSocketServer, files: Path | None = None) -> None:
+    """Register the test endpoints and the HTTP side on `server` (`files`: the folder served
+    at /mats/, none if None)."""
     background: set[asyncio.Task[Any]] = set()
 
     def later(coro: Any) -> None:
@@ -206,7 +214,8 @@ def install(server: MatsSocketServer) -> None:
 
     @server.endpoint("Test.replyWithCookieAuthorization")
     async def cookie(ctx: IncomingContext) -> None:
-        ctx.resolve({"number": _field(ctx.message, "number"), "string": None,
+        from_cookie = getattr(ctx.principal, "authorization_from_cookie", None)
+        ctx.resolve({"number": _field(ctx.message, "number"), "string": from_cookie,
                      "sleepTime": _field(ctx.message, "sleepTime")})
 
     @server.terminator("Test.closeThisSession")
@@ -233,19 +242,6 @@ def install(server: MatsSocketServer) -> None:
             raise ValueError("the correlation data did not come back as stored")
         await ctx.send("Client.renewAuth_terminator", ctx.authorization)
 
-    server.http_handler = functools.partial(_side_channel, server)
-
-
-def _side_channel(server: MatsSocketServer, ws: ServerConnection, request: Request) -> Response | None:
-    """The HTTP side channel: ``GET <path>/sendMessageOnTestTopic?topic=T`` publishes on T."""
-    url = urlsplit(request.path)
-    if url.path != f"{server.path}/sendMessageOnTestTopic":
-        return None
-    topic = parse_qs(url.query).get("topic", [""])[0]
-    if not topic:
-        return ws.respond(HTTPStatus.BAD_REQUEST, "topic= is required\n")
-    server.spawn(server.publish(topic, random_id(), {"number": math.pi, "string": f"Publish to {topic}"}))
-    response = ws.respond(HTTPStatus.NO_CONTENT, "")
-    response.headers["Access-Control-Allow-Origin"] = "*"
-    return response
-
+    server.http_handler = functools.partial(testhttp.http_handler, server,
+                                            testhttp.StaticFiles(files) if files is not None else None)
+    server.handshake_check = testhttp.check_handshake
