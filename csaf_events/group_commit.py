@@ -9,10 +9,11 @@ waiting, such as commands routed from other nodes). No thread hand-off is needed
 are quiet: the caller does its own work. Nothing here is shared between groups: a pool common
 to every partition would queue one partition's round behind another's.
 
-With `callers_lead=False` every round is led by the hand-off thread. That is for a commit
-that only hands its items on (a Kafka append returns before the transaction commits): a
-caller woken to lead would decide, hand on, and wait again, so each caller it leads for
-waits once more, and each wake of a thread costs a wait for the interpreter lock too.
+Given a `runner`, no caller leads: every round is handed to it. That is for a commit that
+only hands its items on (a Kafka append returns before the transaction commits): a caller
+woken to lead would decide, hand on, and wait again, so each caller it leads for waits once
+more, and each wake of a thread costs a wait for the interpreter lock too. The Kafka log
+runs the rounds on the thread that commits them (`EventLog.round_runner`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import queue
 import threading
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
+
+#: Runs a round (a call of no arguments) on a thread of its own choosing, later.
+Runner = Callable[[Callable[[], None]], None]
 
 #: Seconds a hand-off thread waits for another round before it ends (started again when needed).
 HANDOFF_IDLE_S = 5.0
@@ -65,10 +69,11 @@ T = TypeVar("T", bound=Item)
 
 class GroupCommit(Generic[T]):
     def __init__(self, commit: Callable[[list[T]], None], max_batch: int | None = None,
-                 name: str = "csaf-commit", callers_lead: bool = True) -> None:
+                 name: str = "csaf-commit", runner: Runner | None = None) -> None:
         self._commit = commit  # must finish every item it is given (set its done)
         self._max_batch = max_batch
-        self._callers_lead = callers_lead  # False: every round is led by the hand-off thread
+        self._runner = runner  # given: it runs every round, no caller leads one
+        self._callers_lead = runner is None
         self._name = name
         self._lock = threading.Lock()
         self._queue: list[T] = []
@@ -129,7 +134,10 @@ class GroupCommit(Generic[T]):
             self._hand_off()
 
     def _hand_off(self) -> None:
-        """Have this group's hand-off thread lead the next round (starting it if needed)."""
+        """Have the runner, or else this group's hand-off thread, lead the next round."""
+        if self._runner is not None:
+            self._runner(self._round)
+            return
         with self._lock:
             self._handoffs.put(None)  # under the lock: an ending thread looks at the queue under it
             if self._handoff_thread:

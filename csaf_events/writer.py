@@ -86,7 +86,7 @@ class PartitionWriter:
         self._timings = timings or Timings()
         self._lock = threading.Lock()
         self._group_commit: GroupCommit[Pending] = GroupCommit(
-            self._commit, max_batch, name=f"csaf-commit-{partition}", callers_lead=not log.appends_in_flight)
+            self._commit, max_batch, name=f"csaf-commit-{partition}", runner=log.round_runner(partition))
         self._in_flight: deque[_Ticket] = deque()  # decided, not answered yet, in decision order
         self._chain = 0  # moves on when an append fails: what was decided on its state is void
         self._issued = 0  # appends handed to the log so far

@@ -20,7 +20,6 @@ class _HeldLog:
     """Takes appends and holds them; the test says when each is committed and applied."""
 
     partitions = 1
-    appends_in_flight = True
 
     def __init__(self, projection: Projection) -> None:
         self._projection = projection
@@ -31,6 +30,10 @@ class _HeldLog:
                on_committed: Callable[[], None] | None = None) -> None:
         assert on_done is not None
         self.held.append((batch, on_done, on_committed))
+
+    def round_runner(self, partition: int) -> Callable[[Callable[[], None]], None]:
+        """Rounds on a thread of their own, as a log whose appends are still on their way has."""
+        return lambda round: threading.Thread(target=round, daemon=True).start()
 
     def commit(self, i: int) -> None:
         on_committed = self.held[i][2]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from csaf_events.events import Record
+from csaf_events.group_commit import Runner
 from csaf_events.kafka.ownership import Ownership
 from csaf_events.kafka.reader import KafkaReader
 from csaf_events.kafka.transaction import NodeTransaction
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 
 
 class KafkaLog:
-    appends_in_flight = True  # transactions commit on the lanes' committer threads
-
     def __init__(self, node_name: str, client_config: dict[str, Any], topics: Topics, projection: Projection,
                  generation: str, timeout: float, timings: Timings, reply: Callable[[str, bytes, bytes], None],
                  lanes: int = 1) -> None:
@@ -59,6 +58,10 @@ class KafkaLog:
                valid: Callable[[], bool] | None = None, on_committed: OnCommitted | None = None) -> None:
         self.transaction_for(partition).append(partition, records, batch, group, on_done=on_done, valid=valid,
                                                on_committed=on_committed)
+
+    def round_runner(self, partition: int) -> Runner:
+        """The committer of the partition's lane: it runs the rounds before each transaction."""
+        return self.transaction_for(partition).lead
 
     def transaction_for(self, partition: int) -> NodeTransaction:
         """The lane that commits `partition` (always the same one: its appends stay in order)."""

@@ -166,6 +166,7 @@ class NodeTransaction:
         self._turn = 0  # the slot of the next transaction
         self._delivered_at: dict[int, int] = {}  # partition -> offset of its last record in this transaction
         self._queue: list[Append] = []
+        self._rounds: list[Callable[[], None]] = []  # partitions' group-commit rounds to lead (`lead`)
         self._queued = threading.Condition()
         self._closed = False
         self.last_error: str | None = None
@@ -258,14 +259,38 @@ class NodeTransaction:
             if outcome[0] is not None:
                 raise outcome[0]
 
+    def lead(self, next_round: Callable[[], None]) -> None:
+        """Run a partition's group-commit round on the committer, before its next transaction.
+
+        The round decides what its partition has queued and appends it here, so it joins that
+        transaction. A round scheduled while the committer runs the others waits for the
+        transaction after: each partition has its turn once per transaction, so a busy one
+        cannot hold the commit back. Once the lane is closing a round runs at once, here: its
+        appends are refused and its callers told so."""
+        with self._queued:
+            if not self._closed:
+                self._rounds.append(next_round)
+                self._queued.notify()
+                return
+        next_round()
+
     def _run(self) -> None:
         while True:
             with self._queued:
-                while not self._queue and not self._closed:
+                while not self._queue and not self._rounds and not self._closed:
                     self._queued.wait()
+                rounds, self._rounds = self._rounds, []
+            for next_round in rounds:  # after a close too: their appends are refused, their callers told
+                try:
+                    next_round()
+                except BaseException:  # noqa: BLE001 - a bug in one round must not stop the lane
+                    log.exception("node %s: a group-commit round failed", self._node)
+            with self._queued:
                 reqs, self._queue = self._queue, []
-                if not reqs and self._closed:
+                if not reqs and not self._rounds and self._closed:
                     return
+            if not reqs:
+                continue
             try:
                 self._commit(reqs)
             except _Left:

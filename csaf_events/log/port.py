@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from csaf_events.events import Record
+from csaf_events.group_commit import Runner
 from csaf_events.log.entries import LogReader
 from projections.rocks import ProjectionBatch
 
@@ -27,12 +28,6 @@ class EventLog(LogReader, Protocol):
     """A log a node appends to: a reader that also takes appends and says what it owns."""
 
     partitions: int
-    #: True when an `append` given `on_done` returns before its records are durable (they
-    #: commit in the background, as Kafka transactions do): its caller would only wait, so
-    #: the partition's next group is led by a thread of the writer's own instead of by a
-    #: caller woken for it, and each caller waits once, for its answer.
-    appends_in_flight: bool
-
     def append(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                group: Sequence[Pending] = (), *, on_done: OnDone | None = None,
                valid: Callable[[], bool] | None = None, on_committed: OnCommitted | None = None) -> None:
@@ -52,6 +47,16 @@ class EventLog(LogReader, Protocol):
         the log, or through a routed command's reply); a log that writes records and batch
         at once never calls it.
         """
+
+    def round_runner(self, partition: int) -> Runner | None:
+        """Where `partition`'s group-commit rounds (decide, then `append`) run; None: its
+        callers lead them.
+
+        A log whose `append` returns before the records are durable (Kafka transactions
+        commit in the background) gives a caller woken to lead nothing to do but decide, hand
+        on and wait again. Such a log runs the rounds on the thread that commits them, just
+        before it builds its next transaction: one thread wakes per transaction, not one per
+        round, and each caller waits once, for its answer."""
 
     def owned(self) -> list[int]:
         """The partitions this node decides now (appends are accepted for them)."""
