@@ -1,12 +1,15 @@
 """``csaf serve``: run a MatsSocket node from the command line.
 
     csaf serve [--port 8080 ...] [--host localhost] [--data-dir DIR] [--node-name NAME]
-               [--bootstrap HOST:PORT --namespace NS [--partitions N]] (--app module:factory | --test-app)
+               [--bootstrap HOST:PORT --namespace NS [--partitions N]]
+               (--app module:factory | --test-app | --demo [--client-dir DIR])
 
 `--app` names a factory ``factory(store) -> MatsSocketServer`` that builds the server with
 its authenticator and endpoints; ``--test-app`` uses the test app
 (`csaf_events.matssocket.testapp`) and, unless ports are given, listens on 8080 and 8081 as
-the MatsSocket JS client's integration suite expects. The store is embedded unless
+the MatsSocket JS client's integration suite expects; ``--demo`` runs the chat room of
+`csaf_events.matssocket.demo` and serves its page on http://HOST:PORT/ (``--client-dir``: the
+MatsSocket JavaScript client's folder, which the page loads). The store is embedded unless
 ``--bootstrap`` is given; with it, every node started on the same Kafka cluster and namespace
 (each with its own ``--node-name`` and data dir) is a node of one MatsSocket cluster, the
 nodes reaching each other through the store's channel (`ClusterStoreAndForward.channel`). The node runs until SIGINT or SIGTERM, then closes its sockets
@@ -61,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     app = parser.add_mutually_exclusive_group(required=True)
     app.add_argument("--app", help="module:factory, factory(store) -> MatsSocketServer")
     app.add_argument("--test-app", action="store_true", help="the MatsSocket clients' integration test app")
+    app.add_argument("--demo", action="store_true", help="a chat room and its page on http://HOST:PORT/ (see "
+                     "docs/matssocket.md, Try it)")
+    parser.add_argument("--client-dir", type=Path, metavar="DIR",
+                        help="with --demo: the MatsSocket JavaScript client's folder (holding lib/index.js) that "
+                             "the page loads (default $CSAF_MATSSOCKET_CLIENT_DIR, else the one the JS tests install "
+                             "in tests/matssocket_js/node_modules/matssocket)")
 
 
 def load_factory(spec: str) -> ServerFactory:
@@ -78,7 +87,13 @@ def run(args: argparse.Namespace) -> int:
     node_log = logging.getLogger("csaf_events.matssocket")
     if node_log.level == logging.NOTSET:  # the node's start and stop lines, also under `csaf` (warnings only)
         node_log.setLevel(logging.INFO)
-    factory = load_factory(TEST_APP if args.test_app else args.app)
+    if args.client_dir is not None and not args.demo:
+        raise ValueError("--client-dir goes with --demo (the page's MatsSocket client)")
+    if args.demo:
+        from csaf_events.matssocket import demo
+        factory: ServerFactory = demo.factory(args.client_dir)  # checks the client before the store opens
+    else:
+        factory = load_factory(TEST_APP if args.test_app else args.app)
     ports = args.port or (list(TEST_APP_PORTS) if args.test_app else [8080])
     data_dir = args.data_dir or Path("csaf-data") / args.node_name
     if args.cpus:  # before the store starts its threads: they inherit it

@@ -13,8 +13,8 @@
 - CORS as the Java server's: a request with an ``Origin`` on localhost (or a loopback
   address), ``*.mats3.io`` or ``*.mats3.org`` is allowed, with cookies and the
   ``Authorization`` header; another origin gets 403. Preflights (``OPTIONS``) get 204.
-- `StaticFiles`: ``GET /mats/<file>`` from a folder, as the Java server's ``/mats/*``
-  servlet serves the client library and its tests to a browser.
+- `StaticFiles` (`csaf_events.matssocket.statichttp`): ``GET /mats/<file>`` from a folder, as
+  the Java server's ``/mats/*`` servlet serves the client library and its tests to a browser.
 
 WebSocket handshakes are not subject to CORS; the Java server accepts any origin for them,
 and so does this one.
@@ -23,11 +23,9 @@ and so does this one.
 from __future__ import annotations
 
 import base64
-import email.utils
 import math
 from http import HTTPStatus
-from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
@@ -35,15 +33,13 @@ from websockets.http11 import Request, Response
 
 from csaf_events.matssocket.protocol import random_id
 from csaf_events.matssocket.server import MatsSocketServer
+from csaf_events.matssocket.statichttp import StaticFiles  # (the test app's too: testhttp.StaticFiles)
 
 AUTH_COOKIE = "MatsSocketAuthCookie"
 COOKIE_SECONDS = 30  # the Java servlet's Max-Age: the cookie only has to outlive the connect
 CLEAR_COOKIE = f"{AUTH_COOKIE}=; Expires=Sun, 22-Mar-2020 20:00:00 GMT"
 ALLOWED_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 ALLOWED_DOMAINS = ("mats3.io", "mats3.org")
-CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                 ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
-                 ".json": "application/json", ".map": "application/json"}
 
 
 def cookie_value(header: str | None, name: str) -> str | None:
@@ -148,27 +144,6 @@ def _publish_on_test_topic(server: MatsSocketServer, ws: ServerConnection, reque
         return _answer(ws, request, HTTPStatus.BAD_REQUEST, "topic= is required\n")
     server.spawn(server.publish(topic, random_id(), {"number": math.pi, "string": f"Publish to {topic}"}))
     return _answer(ws, request, HTTPStatus.NO_CONTENT)
-
-
-class StaticFiles:
-    """``GET <prefix><file>``: the files under `root` (nothing outside it)."""
-
-    def __init__(self, root: Path, prefix: str = "/mats/") -> None:
-        self.root = Path(root).resolve()
-        self.prefix = prefix
-
-    def respond(self, ws: ServerConnection, request: Request) -> Response | None:
-        path = unquote(urlsplit(request.path).path)
-        if request.method != "GET" or not path.startswith(self.prefix):
-            return None
-        file = (self.root / path[len(self.prefix):]).resolve()
-        if not file.is_relative_to(self.root) or not file.is_file():
-            return ws.respond(HTTPStatus.NOT_FOUND, f"No file {path}\n")
-        body = file.read_bytes()
-        headers = Headers([("Date", email.utils.formatdate(usegmt=True)), ("Connection", "close"),
-                           ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
-                           ("Content-Type", CONTENT_TYPES.get(file.suffix, "application/octet-stream"))])
-        return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
 
 
 def http_handler(server: MatsSocketServer, files: StaticFiles | None, ws: ServerConnection,
