@@ -18,6 +18,7 @@ call), so `ops_per_s` of both compare directly.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -176,13 +177,14 @@ def run_floor(path: Path, config: WorkloadConfig, sessions: int | None = None) -
         # 6b. close half (each with its children), time out the rest in one command
         for sid in done[0::2]:
             evs = [(k, None) for p in (b"i", b"o", b"x", b"c") for k, _ in f.scan(p + sid.encode() + b"/")]
-            f.commit(evs + [(b"s" + sid.encode(), None)])
+            f.commit([*evs, (b"s" + sid.encode(), None)])
         timed = [(k, None) for k, s in f.scan(b"s") if s["liveliness_timestamp"] < now + 1]
         f.commit(timed)
         elapsed = time.perf_counter() - started
     finally:
         f.close()
-    return {"kind": "embedded", "sessions": len(done), "ops": f.ops, "lifecycles": f.lifecycles, "elapsed_s": round(elapsed, 3),
+    return {"kind": "embedded", "sessions": len(done), "ops": f.ops, "lifecycles": f.lifecycles,
+            "elapsed_s": round(elapsed, 3),
             "ops_per_s": round(f.ops / elapsed, 1), "lifecycles_per_s": round(f.lifecycles / elapsed, 1),
             "method": "same commands, orjson + one rocksdict WriteBatch (raw mode) per command "
                       "(log record + entity state per event), one thread, no library code"}
@@ -248,10 +250,7 @@ def split_commands(entries: list) -> list[list]:
             joins = kind == t
         elif t == "SessionClosed":
             joins = kind == "drop" and children_of_same
-        elif t == "SessionTimedOut":
-            joins = (kind in ("drop", "timeout") and children_of_same) or \
-                    (kind == "timeout" and last_type == "SessionTimedOut")
-        elif t in _CHILD:
+        elif t == "SessionTimedOut" or t in _CHILD:
             joins = (kind in ("drop", "timeout") and children_of_same) or \
                     (kind == "timeout" and last_type == "SessionTimedOut")
         else:  # DeliveryAttempted, Completed, DeliveryUnmarked, DeadLettered
@@ -281,7 +280,7 @@ def read_log(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0)
     try:
         for p in range(partitions):
             entries = list(reader.read(p))
-            markers += sum(b.offset - a.offset - 1 for a, b in zip(entries, entries[1:]))
+            markers += sum(b.offset - a.offset - 1 for a, b in itertools.pairwise(entries))
             if entries:
                 markers += 1  # the last transaction's marker
             out.append(entries)

@@ -24,8 +24,8 @@ measures; it never fails because a number moved.
 
 from __future__ import annotations
 
-import dataclasses
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -42,11 +42,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from csaf_events import CsafError, open_store, timings
 from csaf_events.affinity import parse_cpus, pin
-from csaf_events import CsafError, open_store
 from csaf_events.cli import payload_size, positive_int, run_main
 from csaf_events.cli_ops import number
-from csaf_events import timings
 from csaf_events.workload import WorkloadConfig, WorkloadResult, run_workload
 
 #: JSON keys every report has (Kafka reports add `nodes` and `takeover_events_per_s`).
@@ -403,7 +402,7 @@ def _run_in_this_process(options: BenchOptions, work: Path, namespace: str,
         for s in stores:
             try:
                 s.close()
-            except Exception as e:  # report the figures anyway
+            except Exception as e:  # noqa: BLE001 - report the figures anyway
                 print(f"warning: closing {s.node_name} failed: {e}", file=sys.stderr)
 
 

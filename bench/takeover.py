@@ -52,17 +52,19 @@ def lifecycle_records(sid: str, payloads: list[str], now: int, node: str, n: int
                       inbox: int = 10, outbox: int = 20, correlations: int = 2, close: bool = False) -> list[Record]:
     """The events of one session's workload lifecycle, as log records."""
     user = f"u{n % 100}"
-    s = dict(user_id=user, node_name=node, connection_id=f"{sid}-c1", client_lib_and_versions="csaf-workload/1.0",
-             app_name="workload", app_version="1.0.0", created_timestamp=now, liveliness_timestamp=now)
+    s = {"user_id": user, "node_name": node, "connection_id": f"{sid}-c1",
+         "client_lib_and_versions": "csaf-workload/1.0",
+             "app_name": "workload", "app_version": "1.0.0", "created_timestamp": now, "liveliness_timestamp": now}
     out = [ev.SessionRegistered(sid, **s)]
     for k in range(inbox):
         out.append(ev.InboxStored(sid, f"cm{k}", now, None, None))
         out.append(ev.InboxUpdated(sid, f"cm{k}", now, payloads[(n + k) % len(payloads)], None))
     out += [ev.InboxDeleted(sid, f"cm{k}") for k in range(inbox)]
-    msgs = [dict(seq=m, server_message_id=f"sm{m}", trace_id=f"trace-{sid}-{m}", type="SEND",
-                 client_message_id=None, request_timestamp=None, stored_timestamp=now, attempt_timestamp=None,
-                 delivery_count=0, dead_lettered=False, envelope=f'{{"t":"SEND","smid":"sm{m}"}}',
-                 message_text=payloads[(n + m) % len(payloads)], message_binary=None) for m in range(outbox)]
+    msgs = [{"seq": m, "server_message_id": f"sm{m}", "trace_id": f"trace-{sid}-{m}", "type": "SEND",
+                 "client_message_id": None, "request_timestamp": None, "stored_timestamp": now,
+                 "attempt_timestamp": None,
+                 "delivery_count": 0, "dead_lettered": False, "envelope": f'{{"t":"SEND","smid":"sm{m}"}}',
+                 "message_text": payloads[(n + m) % len(payloads)], "message_binary": None} for m in range(outbox)]
     out += [ev.OutboxStored(sid, **m) for m in msgs]
     out += [ev.DeliveryAttempted(sid, **{**m, "attempt_timestamp": now, "delivery_count": 1}) for m in msgs]
     out += [ev.Completed(sid, m["seq"], m["server_message_id"]) for m in msgs]

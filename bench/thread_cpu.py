@@ -134,7 +134,7 @@ class ThreadCpu:
             if name == "bench-thread-cpu":
                 continue
             was = self._before.get(tid, (name, zero))[1]
-            used = [b - a for a, b in zip(was, now)]
+            used = [b - a for a, b in zip(was, now, strict=True)]
             ran = used[0] + used[1]  # exact; its split comes from samples and may move between readings
             used[1] = min(max(used[1], 0.0), max(ran, 0.0))
             used[0] = ran - used[1]

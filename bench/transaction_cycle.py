@@ -72,7 +72,7 @@ def measure(bootstrap: str, namespace: str, partitions: int, producers: int, tra
         t3 = time.perf_counter()
         p.commit_transaction(30)
         t4 = time.perf_counter()
-        for k, v in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        for k, v in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             phases[k].append(v * 1000)
         cycles.append((t4 - t0) * 1000)
     elapsed = time.perf_counter() - started

@@ -24,10 +24,20 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from csaf_events.dtos import (
-        CurrentNode, MessageType, RequestCorrelation, SessionDto, StoredInMessage, StoredOutMessage,
+        CurrentNode,
+        MessageType,
+        RequestCorrelation,
+        SessionDto,
+        StoredInMessage,
+        StoredOutMessage,
     )
     from csaf_events.errors import (
-        ConflictError, CsafError, DataAccessError, MessageIdAlreadyExistsError, UnitOfWorkError, WrongUserError,
+        ConflictError,
+        CsafError,
+        DataAccessError,
+        MessageIdAlreadyExistsError,
+        UnitOfWorkError,
+        WrongUserError,
     )
     from csaf_events.factory import open_store
     from csaf_events.store import ClusterStoreAndForward

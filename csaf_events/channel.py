@@ -126,7 +126,7 @@ class Handlers:
         for handler in handlers:
             try:
                 handler(message)
-            except Exception:  # noqa: BLE001 - see the class docstring
+            except Exception:  # see the class docstring
                 log.exception("node message handler failed on %s", self._node_name)
 
     def clear(self) -> None:

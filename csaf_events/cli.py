@@ -25,9 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from csaf_events import cli_log, cli_ops
+from csaf_events import cli_log, cli_ops, logs
 from csaf_events.cli_ops import number, positive_float
-from csaf_events import logs
 from csaf_events.errors import CsafError
 from csaf_events.logs import LEVELS as LOG_LEVELS
 

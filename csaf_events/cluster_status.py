@@ -34,7 +34,7 @@ CLIENT_PREFIX = "csaf-"  # KafkaBackend's client.id is csaf-<node>
 def _partitions(admin: AdminClient, topic: str, timeout: float) -> int:
     try:
         meta = admin.list_topics(topic=topic, timeout=timeout)
-    except Exception as e:  # noqa: BLE001 - KafkaException: the broker is unreachable
+    except Exception as e:  # KafkaException: the broker is unreachable
         raise CsafError(f"cannot reach the Kafka cluster: {type(e).__name__}: {e}") from e
     t = meta.topics.get(topic)
     if t is None or t.error is not None or not t.partitions:
@@ -56,7 +56,7 @@ def cluster_status(bootstrap: str, namespace: str = "csaf", *, timeout: float = 
         committed_tps = admin.list_consumer_group_offsets(
             [ConsumerGroupTopicPartitions(group, [TopicPartition(commands, p) for p in range(n)])],
             request_timeout=timeout)[group].result(timeout).topic_partitions
-    except Exception as e:  # noqa: BLE001 - KafkaException or a future's timeout
+    except Exception as e:  # KafkaException or a future's timeout
         raise CsafError(f"cannot read the owners group {group}: {type(e).__name__}: {e}") from e
     commands_end = end_offsets(admin, commands, range(n), IsolationLevel.READ_COMMITTED, timeout)
     events_end = end_offsets(admin, events, range(n), IsolationLevel.READ_COMMITTED, timeout)

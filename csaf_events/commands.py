@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from csaf_events import events as ev
-from csaf_events.dtos import CurrentNode, RequestCorrelation, StoredInMessage, StoredOutMessage, MessageType
+from csaf_events.dtos import CurrentNode, MessageType, RequestCorrelation, StoredInMessage, StoredOutMessage
 from csaf_events.errors import ConflictError, MessageIdAlreadyExistsError, UnitOfWorkError, WrongUserError
 from projections import queries
 from projections.fold import fold_key
@@ -30,7 +30,7 @@ RELAY_MARK_RETENTION_MS = 24 * 3600 * 1000
 class Decision:
     """The state one group commit decides against, and the events it emits."""
 
-    __slots__ = ("partition", "view", "node_name", "now", "records", "_stamp")
+    __slots__ = ("_stamp", "node_name", "now", "partition", "records", "view")
 
     def __init__(self, partition: int, batch: ProjectionBatch, node_name: str, now: int) -> None:
         self.partition = partition

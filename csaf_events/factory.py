@@ -8,10 +8,10 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from csaf_events.clock import now_ms
 from csaf_events.store import ClusterStoreAndForward
 from csaf_events.topics import load_topics
 from csaf_events.validation import Limits
-from csaf_events.clock import now_ms
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 

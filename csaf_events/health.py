@@ -88,7 +88,7 @@ def facts(store: ClusterStoreAndForward, registry_lag: bool = True) -> dict[str,
             {"partition": t.partition, "seconds": round(t.settle_seconds + t.restore_seconds, 6),
              "settle_seconds": round(t.settle_seconds, 6), "restore_seconds": round(t.restore_seconds, 6),
              "events": t.events, "attempts": t.attempts, "finished_at": t.finished_at}
-            for t in sorted(list(ownership.takeovers.values()), key=lambda t: t.partition)
+            for t in sorted(ownership.takeovers.values(), key=lambda t: t.partition)
             if t.partition in assigned]
         out["last_transaction_error"] = event_log.last_transaction_error
         error = out["last_transaction_error"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -62,7 +62,7 @@ def format_text(history: list[HistoryEntry]) -> str:
     """One line per event: offset, UTC time, node, type, entity, state."""
     lines = []
     for e in history:
-        when = datetime.fromtimestamp(e.timestamp / 1000, timezone.utc).isoformat(timespec="milliseconds")
+        when = datetime.fromtimestamp(e.timestamp / 1000, UTC).isoformat(timespec="milliseconds")
         entity = "/".join(str(k) for k in (e.entity_key[:1] + e.entity_key[2:]))
         state = "(tombstone)" if e.state is None else orjson.dumps(e.state, default=_jsonable).decode()
         lines.append(f"{e.offset:>8}  {when}  {e.node:<12}  {e.type:<20}  {entity:<24}  {state}")

@@ -146,7 +146,7 @@ class Maintenance:
             stats.last_run_ms = self._clock()
             try:
                 result = fn()
-            except Exception as e:  # logged, never fatal to the runner
+            except Exception as e:  # noqa: BLE001 - logged, never fatal to the runner
                 stats.failures += 1
                 stats.last_error = e
                 try:

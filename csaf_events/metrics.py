@@ -42,8 +42,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from csaf_events.partitioning import partition_for
 from csaf_events.tally import Tally
@@ -250,7 +250,7 @@ class StoreMetrics:
             return int(node is None or len(node.owned()) != partitions)
 
         @functools.wraps(fn)
-        def call(*args: Any, **kw: Any) -> Any:  # noqa: F811 - the cluster-wide calls
+        def call(*args: Any, **kw: Any) -> Any:  # the cluster-wide calls
             t0 = clock()
             where = routed()
             try:
@@ -284,7 +284,7 @@ class StoreMetrics:
         for m in METHODS:
             acc = self._calls[m].totals()
             cumulative, buckets = 0, []
-            for bound, n in zip(LATENCY_BUCKETS, acc[3:]):
+            for bound, n in zip(LATENCY_BUCKETS, acc[3:], strict=True):
                 cumulative += n
                 buckets.append((floatToGoString(bound), cumulative))
             hist.add_metric((self.node, m), buckets, acc[2])

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from csaf_events.commands import Command
@@ -88,7 +88,7 @@ class Node:
                 time.sleep(0.05)
             except CsafError:
                 raise
-            except Exception as e:  # noqa: BLE001 - a client library's error: the caller gets a CsafError
+            except Exception as e:  # a client library's error: the caller gets a CsafError
                 raise DataAccessError(f"{type(command).__name__} on partition {partition} failed, outcome "
                                       f"unknown: {type(e).__name__}: {e}",
                                       may_have_written=not command.READ_ONLY) from e

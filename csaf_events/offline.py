@@ -17,15 +17,19 @@ from typing import Literal
 
 from confluent_kafka.admin import AdminClient
 
+from csaf_events.embedded.log import LOG_CF, EmbeddedLog
 from csaf_events.errors import CsafError
 from csaf_events.kafka import topics as kafka_topics
-from csaf_events.embedded.log import LOG_CF, EmbeddedLog
 from csaf_events.kafka.reader import KafkaReader
 from csaf_events.log.entries import LogReader
-from projections.files import (
-    DatabaseLocked, open_or_repair, open_or_set_aside, open_read_view, projection_dir,
-)
 from csaf_events.topics import Topics, load_topics
+from projections.files import (
+    DatabaseLocked,
+    open_or_repair,
+    open_or_set_aside,
+    open_read_view,
+    projection_dir,
+)
 from projections.rocks import Projection
 
 Access = Literal["write", "read", "none"]

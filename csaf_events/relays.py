@@ -85,5 +85,5 @@ class RelaySweeper:
         while not self._stop.wait(self._interval):
             try:
                 self.sweep()
-            except Exception:  # noqa: BLE001 - the sweeper must outlive a bug in one round
+            except Exception:  # the sweeper must outlive a bug in one round
                 log.exception("relay sweep failed")

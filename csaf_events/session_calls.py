@@ -33,7 +33,8 @@ class SessionCalls:
         c = cmd.Register(
             sid, v.ident("user_id", user_id, self.limits), self.node_name,
             v.ident("connection_id", connection_id, self.limits),
-            v.text("client_lib_and_versions", client_lib_and_versions, self.limits, limit=self.limits.max_id_length * 4),
+            v.text("client_lib_and_versions", client_lib_and_versions, self.limits,
+                   limit=self.limits.max_id_length * 4),
             v.text("app_name", app_name, self.limits, limit=self.limits.max_id_length),
             v.text("app_version", app_version, self.limits, limit=self.limits.max_id_length))
         return self._run(sid, c)
@@ -82,7 +83,8 @@ class SessionCalls:
 
     # --------------------------------------------------------------------- outbox --
     def store_message_in_outbox(self, session_id: str, server_message_id: str, client_message_id: str | None,
-                                trace_id: str | None, type: MessageType | str, request_timestamp: int | None,
+                                trace_id: str | None, type: MessageType | str,  # noqa: A002 - the interface's name
+                                request_timestamp: int | None,
                                 envelope: str, message_json: str | None,
                                 message_binary: bytes | None) -> CurrentNode | None:
         """Store the message and return the session's current node; None (and nothing

@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from csaf_events import commands as cmd
 from csaf_events import health, history
 from csaf_events import validation as v
-from csaf_events.dtos import CurrentNode, MessageType, RequestCorrelation, SessionDto, StoredInMessage, StoredOutMessage
-from csaf_events.errors import CsafError, unreachable
-from csaf_events.history import HistoryEntry
 from csaf_events.backend import Backend
 from csaf_events.channel import NodeChannel
+from csaf_events.dtos import SessionDto
+from csaf_events.errors import CsafError, unreachable
+from csaf_events.history import HistoryEntry
 from csaf_events.node import Node
 from csaf_events.partitioning import partition_for
 from csaf_events.registry import SessionRegistry
@@ -61,7 +61,7 @@ class ClusterStoreAndForward(SessionCalls):
                 self._backend.boot()
             except CsafError:
                 raise
-            except Exception as e:  # noqa: BLE001 - the caller gets a CsafError saying what failed
+            except Exception as e:  # the caller gets a CsafError saying what failed
                 raise unreachable(f"node {self.node_name!r} could not boot", e) from e
             self._booted = True
             self._relays = RelaySweeper(self.node_name, self.node.owned, self.node.execute, self._run, self.node.clock)

@@ -48,7 +48,7 @@ class Tally:
                 if thread.is_alive():
                     live.append((thread, slots))
                 else:  # it adds nothing more: fold it in, so threads that come and go cost no memory
-                    self._retired = [a + b for a, b in zip(self._retired, slots)]
+                    self._retired = [a + b for a, b in zip(self._retired, slots, strict=True)]
             self._threads = live
             out = list(self._retired)
         for _, slots in live:

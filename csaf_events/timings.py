@@ -68,8 +68,9 @@ class Timings:
     def snapshot(self) -> dict[str, Any]:
         """Totals so far (subtract two snapshots for an interval)."""
         t = self._tally.totals()
-        out: dict[str, Any] = {"seconds": dict(zip(PHASES, t[:_N])), "writes": dict(zip(PHASES, t[_N:_TXN]))}
-        out.update(zip(_COUNTS, t[_TXN:]))
+        out: dict[str, Any] = {"seconds": dict(zip(PHASES, t[:_N], strict=True)),
+                               "writes": dict(zip(PHASES, t[_N:_TXN], strict=True))}
+        out.update(zip(_COUNTS, t[_TXN:], strict=True))
         return out
 
 

@@ -28,8 +28,8 @@ from typing import Any
 
 from csaf_events.clock import now_ms
 from csaf_events.commands import Command, Decision, decide
-from csaf_events.group_commit import GroupCommit, Signal
 from csaf_events.errors import DataAccessError, NotOwnerError
+from csaf_events.group_commit import GroupCommit, Signal
 from csaf_events.log.port import EventLog
 from csaf_events.timings import Timings
 from projections.rocks import Projection, ProjectionBatch
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 class Pending:
     """A command waiting for its group commit."""
 
-    __slots__ = ("command", "origin", "deadline_ms", "result", "error", "done", "waiter", "promoted", "queued_at")
+    __slots__ = ("command", "deadline_ms", "done", "error", "origin", "promoted", "queued_at", "result", "waiter")
 
     def __init__(self, command: Command, origin: Any = None, waiter: bool = False,
                  deadline_ms: int | None = None) -> None:
@@ -64,7 +64,7 @@ class _Ticket:
     """A decided group on its way: answered when its append (if any) and every append
     decided before it are durable."""
 
-    __slots__ = ("group", "batch", "chain", "appends", "done", "error")
+    __slots__ = ("appends", "batch", "chain", "done", "error", "group")
 
     def __init__(self, group: list[Pending], batch: ProjectionBatch, chain: int, appends: bool) -> None:
         self.group = group
@@ -159,7 +159,7 @@ class PartitionWriter:
             before = len(d.records)
             try:
                 p.result = decide(p.command, d)
-            except Exception as e:  # CsafError by design; anything else is a bug, kept to its caller
+            except Exception as e:  # noqa: BLE001 - CsafError by design; anything else is a bug, kept to its caller
                 p.error = e
                 if len(d.records) != before:  # its events are folded into the batch: drop the group
                     broken = DataAccessError(f"internal error deciding {type(p.command).__name__}, "

@@ -35,7 +35,7 @@ def audit_partition(projection: Projection, log_reader: LogReader, partition: in
     problems: list[str] = []
     try:
         cp = projection.checkpoint(partition)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - whatever it is, the audit reports it
         cp, problems = None, [f"the checkpoint is unreadable: {e}"]
     actual = snapshot(projection, partition)
     if cp is None and not actual and not problems and not holds:
@@ -63,7 +63,7 @@ def audit_partition(projection: Projection, log_reader: LogReader, partition: in
             if tail_from is not None and e.offset >= tail_from:
                 fold_record(e.key, e.value, partition, caught_up)
                 behind += 1
-        except Exception as ex:
+        except Exception as ex:  # noqa: BLE001 - whatever it is, the audit reports it
             problems.append(f"the log record at offset {e.offset} cannot be folded: {ex}")
     folded = expected.live()
     return Audit(partition, n, len(folded), behind, problems + diff(folded, caught_up.live()))

@@ -64,7 +64,7 @@ def _apply(targets: Iterable[tuple[str, str, bytes, bytes | None, bytes | None]]
            out: ProjectionBatch) -> None:
     """Put (or delete, for a tombstone) each record's entity and index entry."""
     put, delete = out.put, out.delete
-    for (entity, sid, key, index, index_value), value in zip(targets, values):
+    for (entity, sid, key, index, index_value), value in zip(targets, values, strict=True):
         if value is None:
             delete(key)
             if index is not None:
@@ -83,7 +83,7 @@ class Changes:
     that changed many times costs one write (an outbox message that came and went: two
     deletes instead of six writes); the audit folds whole logs here."""
 
-    __slots__ = ("state", "sessions", "put")
+    __slots__ = ("put", "sessions", "state")
 
     def __init__(self, state: dict[bytes, bytes] | None = None) -> None:
         self.state: dict[bytes, bytes | None] = dict(state or {})

@@ -9,8 +9,19 @@ from __future__ import annotations
 from typing import Protocol
 
 from csaf_events.events import (
-    CORRELATION, INBOX, OUTBOX, RELAY, RELAY_MARK, SESSION, CorrelationStored, InboxState, OutboxState,
-    RelayReceived, RelayStored, SessionState, decode,
+    CORRELATION,
+    INBOX,
+    OUTBOX,
+    RELAY,
+    RELAY_MARK,
+    SESSION,
+    CorrelationStored,
+    InboxState,
+    OutboxState,
+    RelayReceived,
+    RelayStored,
+    SessionState,
+    decode,
 )
 from projections import keys
 

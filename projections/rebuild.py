@@ -110,7 +110,7 @@ def rebuild_reason(projection: Projection, partition: int, end: int, generation:
     """Why the projection of `partition` cannot be caught up from its checkpoint, or None."""
     try:
         cp = projection.checkpoint(partition)
-    except Exception as e:  # a torn or foreign value: nothing in this partition can be trusted
+    except Exception as e:  # noqa: BLE001 - a torn or foreign value: nothing in this partition can be trusted
         return f"its checkpoint is unreadable (corrupt: {e})"
     if cp is None:
         if has_state(projection, partition):
@@ -189,8 +189,9 @@ def check_entry(topic: str, entry: LogEntry) -> None:
             raise UnknownEventError(f"its value starts {entry.value[:16]!r}, a layout this code does not read "
                                     f"(a newer schema version)")
     except UnknownEventError as e:
-        raise UnknownEventError(f"{topic} partition {entry.partition} offset {entry.offset}: {e}; this code "
-                                f"cannot fold it and stops there (run a version of csaf-events that knows it)") from None
+        raise UnknownEventError(
+            f"{topic} partition {entry.partition} offset {entry.offset}: {e}; this code cannot fold it and "
+            f"stops there (run a version of csaf-events that knows it)") from None
 
 
 def has_state(projection: Projection, partition: int) -> bool:

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-
 from brokers import unique_namespace
 from kafka_fixtures import delete_namespace_topics
 

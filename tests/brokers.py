@@ -101,7 +101,7 @@ def wait_until_transactional(bootstrap: str, timeout: float = 60.0) -> None:
             producer.produce(topic, b"ready")
             producer.commit_transaction(max(1.0, deadline - time.monotonic()))
             return
-        except Exception as exc:  # retry until the deadline
+        except Exception as exc:  # noqa: BLE001 - retry until the deadline
             last = exc
             time.sleep(0.5)
     raise TimeoutError(f"{bootstrap} did not accept a transactional produce within {timeout:.0f}s: {last!r}")
@@ -129,7 +129,7 @@ def _docker_engine_answers() -> tuple[bool, str]:
         reasons.append("no `docker` CLI on PATH")
     try:
         import docker as docker_sdk  # shipped with testcontainers
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure is a reason to try the next way
         reasons.append(f"docker SDK not importable ({exc.__class__.__name__})")
     else:
         try:
@@ -139,7 +139,7 @@ def _docker_engine_answers() -> tuple[bool, str]:
             finally:
                 client.close()
             return True, "docker SDK ping ok"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is a reason to try the next way
             reasons.append(f"docker SDK cannot connect: {str(exc).splitlines()[0] if str(exc) else exc!r}")
     return False, "; ".join(reasons)
 
@@ -312,13 +312,13 @@ def kafka_bootstrap_for_tests(brokers: int = 1) -> tuple[str, Callable[[], None]
     else:
         try:
             return _start_testcontainer()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is a reason to try the next way
             reasons.append(f"Docker/testcontainers: engine found ({docker_why}) but the Kafka "
                            f"container failed: {exc!r}")
 
     try:
         return _start_kafka_local(brokers)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure is a reason to try the next way
         reasons.append(f"docker/kafka-local: {exc}")
 
     raise RuntimeError("no Kafka broker available for the tests:\n" +

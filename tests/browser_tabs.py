@@ -40,7 +40,7 @@ class Tabs:
         if not (TABS_SCRIPT.parent.parent / "node_modules" / "puppeteer-core" / "package.json").exists():
             pytest.fail("puppeteer-core is not in tests/matssocket_js/node_modules (npm ci there installs it)")
         self.log = log
-        self._stderr = open(log, "w")  # noqa: SIM115 - the browser's stderr, open until `close`
+        self._stderr = open(log, "w")
         self._process = subprocess.Popen(["node", str(TABS_SCRIPT)], cwd=TABS_SCRIPT.parent, text=True,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                                          env={**os.environ, "CHROMIUM": browser})

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from backends import BACKENDS, backend_params
-from csaf_events import ClusterStoreAndForward, open_store
 from kafka_fixtures import kafka_bootstrap, kafka_namespace  # noqa: F401 - fixtures
+
+from csaf_events import ClusterStoreAndForward, open_store
 
 
 class ManualClock:
@@ -74,7 +74,7 @@ class StoreFactory:
         for store in reversed(self.opened):
             try:
                 store.close()
-            except Exception as e:  # pragma: no cover - reported below
+            except Exception as e:  # noqa: BLE001 - reported below
                 errors.append(e)
         self.opened.clear()
         if errors:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from csaf_events import MessageType, open_store  # noqa: E402
+from csaf_events import MessageType, open_store
 
 _out = threading.Lock()
 

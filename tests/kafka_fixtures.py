@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka.admin import AdminClient
-
 from brokers import kafka_bootstrap_for_tests, unique_namespace
+from confluent_kafka.admin import AdminClient
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from backends import BACKENDS, backend_params
+
 from csaf_events import ClusterStoreAndForward, open_store
 from csaf_events.cli import main as cli_main
-from projections.files import projection_dir
 from csaf_events.partitioning import partition_for
+from projections.files import projection_dir
 from projections.rebuild import snapshot
 from projections.rocks import Projection
 
@@ -105,7 +105,7 @@ def populate(store: ClusterStoreAndForward, sessions: int = 6, rounds: int = 3) 
         sid = f"pop-{i}"
         store.register_session_at_this_node(sid, f"user-{i % 2}", f"conn-{i}", "lib 1.0", "app", "1.0")
         for r in range(rounds):
-            store.store_message_in_outbox(sid, f"m{r}", None, f"trace-{r}", "SEND", None, "env", '{"r":%d}' % r,
+            store.store_message_in_outbox(sid, f"m{r}", None, f"trace-{r}", "SEND", None, "env", f'{{"r":{r}}}',
                                           bytes([r, 255]))
             store.outbox_messages_attempted_delivery(sid, [f"m{r}"])
             store.store_message_id_in_inbox(sid, f"c{r}")

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # bench/ lives in the checkout, not in the installed package
     sys.path.insert(0, str(REPO))
@@ -20,7 +19,7 @@ from bench.transaction_cycle import main as transaction_cycle  # noqa: E402
 pytestmark = pytest.mark.kafka
 
 
-def test_a_fresh_node_restores_the_filled_partition(kafka_bootstrap: str, tmp_path: Path) -> None:  # noqa: F811
+def test_a_fresh_node_restores_the_filled_partition(kafka_bootstrap: str, tmp_path: Path) -> None:
     events = 1500  # 15 whole session lifecycles and part of a 16th
     report = measure_takeover(kafka_bootstrap, events, partitions=3, payload=256, work_dir=tmp_path, timeout=30)
     assert report["events"] == events == report["fill"]["events"]  # the node applied every event in the log

@@ -8,9 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from node_process import NodeError, NodeProcess
 
 from csaf_events.partitioning import partition_for
-from node_process import NodeError, NodeProcess
 
 PARTITIONS = 6
 pytestmark = pytest.mark.kafka

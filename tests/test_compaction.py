@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from log_fixtures import PARTITIONS, LogNode, populate
 
 from csaf_events import open_store
 from csaf_events.partitioning import partition_for
 from csaf_events.topics import default_topics_file
-from log_fixtures import PARTITIONS, LogNode, populate
 from projections.rebuild import catch_up, snapshot
 from projections.rocks import Projection
 

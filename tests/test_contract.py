@@ -14,8 +14,17 @@ from typing import Any
 import pytest
 
 from csaf_events import (
-    ClusterStoreAndForward, CsafError, CurrentNode, Limits, MessageIdAlreadyExistsError, MessageType,
-    RequestCorrelation, SessionDto, StoredInMessage, StoredOutMessage, WrongUserError,
+    ClusterStoreAndForward,
+    CsafError,
+    CurrentNode,
+    Limits,
+    MessageIdAlreadyExistsError,
+    MessageType,
+    RequestCorrelation,
+    SessionDto,
+    StoredInMessage,
+    StoredOutMessage,
+    WrongUserError,
 )
 from csaf_events.events import OutboxState
 from csaf_events.partitioning import partition_for
@@ -33,7 +42,7 @@ def register(store: ClusterStoreAndForward, sid: str, user: str = "u1", conn: st
     return store.register_session_at_this_node(sid, user, conn, lib, app, version)
 
 
-def put_out(store: ClusterStoreAndForward, sid: str, smid: str, *, type: MessageType | str = MessageType.SEND,
+def put_out(store: ClusterStoreAndForward, sid: str, smid: str, *, type: MessageType | str = MessageType.SEND,  # noqa: A002
             cmid: str | None = None, trace: str | None = "trace", request_ts: int | None = None,
             envelope: str = "{}", json: str | None = None, binary: bytes | None = None) -> CurrentNode | None:
     return store.store_message_in_outbox(sid, smid, cmid, trace, type, request_ts, envelope, json, binary)
@@ -54,7 +63,7 @@ def run_threads(n: int, fn: Callable[[int], Any]) -> tuple[list[Any], list[BaseE
         barrier.wait()
         try:
             results[i] = fn(i)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - kept for the test to judge
             with lock:
                 errors.append(e)
 
@@ -278,7 +287,7 @@ def test_get_sessions_and_count_every_filter_combination(store):
     assert {s.session_id for s in store.get_sessions(False, app_version_at_or_above="1.9")} == {"a2", "a3", "a5", "a7"}
     # active sessions carry the node, deregistered ones None
     for s in store.get_sessions(False):
-        active = dict((x[0], x[4]) for x in SESSIONS)[s.session_id]
+        active = {x[0]: x[4] for x in SESSIONS}[s.session_id]
         assert s.node_name == (store.node_name if active else None)
         assert isinstance(s, SessionDto)
 
@@ -463,7 +472,7 @@ def test_inbox_store_duplicate_update_get_delete(store_factory, clock):
 def test_inbox_duplicate_ids_under_concurrency_exactly_one_succeeds(store):
     register(store, "s1")
     for round_ in range(3):
-        results, errors = run_threads(16, lambda i: store.store_message_id_in_inbox("s1", f"dup-{round_}"))
+        _results, errors = run_threads(16, lambda i: store.store_message_id_in_inbox("s1", f"dup-{round_}"))
         assert len(errors) == 15, errors
         assert all(isinstance(e, MessageIdAlreadyExistsError) for e in errors), errors
     # many ids at once, several threads each: every id exactly once

@@ -43,6 +43,7 @@ takeover times) are printed and written to `faults-figures.json` in the pytest t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -56,14 +57,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, ConsumerGroupTopicPartitions, Consumer, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient
-
 from brokers import LocalCluster, local_cluster_for_tests, unique_namespace
-from csaf_events.events import decode_state, header
-from csaf_events.partitioning import partition_for
+from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
 from kafka_fixtures import delete_namespace_topics
 from node_process import NodeProcess
+
+from csaf_events.events import decode_state, header
+from csaf_events.partitioning import partition_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults, pytest.mark.timeout(420)]
 
@@ -176,7 +177,7 @@ def read_events(bootstrap: str, topic: str, timeout: float = 60.0) -> list[tuple
                 if m.error().code() == KafkaError._PARTITION_EOF:
                     done.add(m.partition())
                 continue
-            h = dict((k, v.decode() if v is not None else None) for k, v in (m.headers() or ()))
+            h = {k: v.decode() if v is not None else None for k, v in (m.headers() or ())}
             out.append((m.partition(), header(m.headers(), "type") or "",
                         decode_state(m.value()) if m.value() is not None else None, h))
     finally:
@@ -261,7 +262,7 @@ class Scenario:
         self.gone: set[str] = set()
         self.record_files: list[Path] = []
         self.sids = sessions_covering("s", SESSIONS_PER_PARTITION)
-        self.beat_sids = {p: sid for p, sid in enumerate(sessions_covering("beat", 1))}
+        self.beat_sids = dict(enumerate(sessions_covering("beat", 1)))
         self.timeline: list[tuple[float, str]] = []
         self.t_start = now_ms()
         self.boot_failures: list[dict] = []
@@ -296,7 +297,7 @@ class Scenario:
 
         results = in_parallel(*(lambda n=n: one(n) for n in names))
         out = []
-        for name, r in zip(names, results):
+        for name, r in zip(names, results, strict=True):
             if isinstance(r, NodeProcess):
                 self.nodes[name] = r
                 self.gone.discard(name)
@@ -357,7 +358,7 @@ class Scenario:
                 return
             flat = sorted(p for o in owned for p in o)
             if all(owned) and flat == list(range(PARTITIONS)):
-                self.mark(f"partitions spread: {dict(zip([n.name for n in self.alive()], owned))}")
+                self.mark(f"partitions spread: {dict(zip([n.name for n in self.alive()], owned, strict=False))}")
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"the partitions did not spread over the nodes in {timeout:.0f}s: {owned}")
@@ -411,7 +412,7 @@ class Scenario:
                     if tp.error is not None and tp.error.code() == KafkaError.UNSTABLE_OFFSET_COMMIT}
 
         caught: list[int] = []
-        for attempt in range(tries):
+        for attempt in range(tries):  # noqa: B007 - read after the loop
             node.proc.send_signal(signal.SIGSTOP)
             first = unstable()
             if first:
@@ -443,7 +444,7 @@ class Scenario:
         alive = self.alive()
         # calls still hanging after 10 s are left in flight (their outcome unknown) rather than waited for
         left = in_parallel(*(lambda n=n: n.call("stop_fault_load", 10, timeout=40) for n in alive))
-        self.mark(f"loads stopped (calls still in flight: {dict(zip([n.name for n in alive], left))})")
+        self.mark(f"loads stopped (calls still in flight: {dict(zip([n.name for n in alive], left, strict=False))})")
 
     def teardown(self) -> None:
         for node in self.nodes.values():
@@ -627,7 +628,7 @@ class Scenario:
             stalls = {}
             for p in unaffected:
                 ts = sorted([fault_start, *(t for t in done[p] if fault_start < t < load_end), load_end])
-                stalls[p] = round(max(b - a for a, b in zip(ts, ts[1:])) / 1000, 2)
+                stalls[p] = round(max(b - a for a, b in itertools.pairwise(ts)) / 1000, 2)
             f["max_gap_on_partitions_the_fault_did_not_touch_s"] = stalls
             slow = {p: g for p, g in stalls.items() if g > UNAFFECTED_BOUND_S}
             if slow:
@@ -642,7 +643,7 @@ class Scenario:
 
         # what the nodes' logs say (figures only)
         f["logs"] = {name: log_findings(n.log_path, self.t_start) for name, n in self.nodes.items()}
-        for name, lf in f["logs"].items():
+        for _name, lf in f["logs"].items():
             for tk in lf.get("takeovers", []):
                 tk["at_s"] = rel(tk.pop("at_ms"))
             for st in lf.get("settled", []):
@@ -663,8 +664,9 @@ class Scenario:
         f = self.figures
         print(f"\n[faults {self.name}] figures: {mine}")
         for key in ("errors_total", "error_classes", "errors_window_s", "errors_may_have_written",
-                    "call_latency_s", "beat_latency_s", "recovery_s", "recovery_max_s", "max_time_without_a_write_s", "max_time_without_a_write_at_s",
-                    "takeover_s", "max_gap_on_partitions_the_fault_did_not_touch_s", "decided_after_caller_gave_up", "decided_after_caller_gave_up_max_s",
+                    "call_latency_s", "beat_latency_s", "recovery_s", "recovery_max_s", "max_time_without_a_write_s",
+                    "max_time_without_a_write_at_s", "takeover_s", "max_gap_on_partitions_the_fault_did_not_touch_s",
+                    "decided_after_caller_gave_up", "decided_after_caller_gave_up_max_s",
                     "lost_outbox", "lost_inbox", "inbox_ids_raced", "inbox_ids_won", "boot_s", "boot_failures",
                     "runtime_s"):
             if key in f:
@@ -673,8 +675,9 @@ class Scenario:
             if lf.get("error_lines"):
                 print(f"  log {name}: {lf['error_lines']} ERROR lines, e.g. {lf['errors'][:2]}")
             if lf.get("takeovers"):
-                print(f"  log {name}: takeovers (partition, settled s, restore s, attempt, at s) "
-                      f"{[(t['partition'], t.get('settled_s'), t.get('restore_s'), t.get('attempt'), t['at_s']) for t in lf['takeovers']]}")
+                takeovers = [(t["partition"], t.get("settled_s"), t.get("restore_s"), t.get("attempt"), t["at_s"])
+                             for t in lf["takeovers"]]
+                print(f"  log {name}: takeovers (partition, settled s, restore s, attempt, at s) {takeovers}")
             if lf.get("settled"):
                 print(f"  log {name}: settled {[(s['partitions'], s['settled_s'], s['at_s']) for s in lf['settled']]}")
         for p in self.problems:

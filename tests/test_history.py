@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from log_fixtures import LogNode, log_node, sessions_in_partition  # noqa: F401 - fixture
 
 from csaf_events import open_store
 from csaf_events.history import HistoryEntry
-from log_fixtures import LogNode, log_node, sessions_in_partition  # noqa: F401 - fixture
 
 START = 1_700_000_000_000
 

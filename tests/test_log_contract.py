@@ -139,7 +139,7 @@ def test_chunks_hold_the_records_of_a_read(owned: OwnedPartition) -> None:
     assert [v for c in chunks for v in c.values] == [e.value for e in entries]
     assert chunks[-1].next_offset == entries[-1].offset + 1
     assert all(c.next_offset > entries[0].offset for c in chunks)
-    assert [c.next_offset for c in chunks] == sorted(set(c.next_offset for c in chunks))
+    assert [c.next_offset for c in chunks] == sorted({c.next_offset for c in chunks})
     for c in chunks:  # headers, where a log carries them in chunks, are the records' own
         assert c.headers is None or len(c.headers) == len(c.keys)
     if chunks[0].headers is not None:

@@ -9,7 +9,11 @@ import pytest
 
 from csaf_events import open_store
 from csaf_events.maintenance import (
-    LIVELINESS_INTERVAL, SCAVENGE_INTERVAL, SESSION_TIMEOUT_MS, TIMEOUT_INTERVAL, Maintenance,
+    LIVELINESS_INTERVAL,
+    SCAVENGE_INTERVAL,
+    SESSION_TIMEOUT_MS,
+    TIMEOUT_INTERVAL,
+    Maintenance,
 )
 
 HOUR = 3600.0
@@ -80,7 +84,7 @@ def test_timed_out_sessions_disappear_live_ones_stay(store):
 def test_run_timeout_returns_ids_once(store):
     register(store, "old")
     time.sleep(0.01)
-    m = Maintenance(store, lambda: [], session_timeout_ms=0)
+    m = Maintenance(store, list, session_timeout_ms=0)
     assert m.run_timeout() == ["old"]
     assert m.run_timeout() == []
 
@@ -100,11 +104,11 @@ def test_remnants_get_scavenged(store):
     assert store.get_message_from_inbox("ghost", "cm1") is None
     assert store.get_and_delete_request_correlation("ghost", "sm1") is None
     assert store.get_message_from_inbox("real", "cm1") is not None
-    assert Maintenance(store, lambda: []).run_scavenge() == 0
+    assert Maintenance(store, list).run_scavenge() == 0
 
 
 def test_stop_is_prompt(store):
-    m = Maintenance(store, lambda: [], liveliness_interval=HOUR, timeout_interval=HOUR, scavenge_interval=HOUR)
+    m = Maintenance(store, list, liveliness_interval=HOUR, timeout_interval=HOUR, scavenge_interval=HOUR)
     m.start()
     assert m.running
     t0 = time.monotonic()

@@ -36,12 +36,12 @@ from urllib.parse import quote
 
 import pytest
 import websockets
-from websockets.http11 import Request, Response
-
 from brokers import unique_namespace
-from csaf_events.matssocket import MatsSocketServer
 from kafka_fixtures import delete_namespace_topics
 from test_matssocket_js import JS_DIR, NodeThread, client_suite, js_client  # noqa: F401 - fixtures
+from websockets.http11 import Request, Response
+
+from csaf_events.matssocket import MatsSocketServer
 
 DRIVER = JS_DIR / "browser" / "drive_browser.mjs"
 PAGE = "/mats/browser/suite.html"
@@ -59,7 +59,7 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="session")
-def browser(js_client: Path, client_suite: Path) -> str:  # noqa: F811 - fixtures
+def browser(js_client: Path, client_suite: Path) -> str:
     """The Chromium executable, once puppeteer-core and the suite are in place."""
     major = int(websockets.version.version.split(".")[0])
     if major < 17:

@@ -27,13 +27,13 @@ def _in_process(request: pytest.FixtureRequest) -> OpenChannels:
 def _kafka(request: pytest.FixtureRequest) -> OpenChannels:
     """One `KafkaChannel` per name on a real broker, in a namespace of the test's own (each
     node's topic created first, as a store's boot does)."""
-    from confluent_kafka.admin import AdminClient
-
     from brokers import unique_namespace
+    from confluent_kafka.admin import AdminClient
+    from kafka_fixtures import delete_namespace_topics
+
     from csaf_events.kafka import topics as kafka_topics
     from csaf_events.kafka.channel import KafkaChannel
     from csaf_events.topics import load_topics
-    from kafka_fixtures import delete_namespace_topics
 
     bootstrap = request.getfixturevalue("kafka_bootstrap")
     topics = load_topics(None, unique_namespace("chan"))
@@ -155,7 +155,7 @@ def test_the_store_s_channel(store_factory: Any, backend: str) -> None:
 
     unbooted = open_store("node-x", store_factory.tmp_path / "unbooted")
     with pytest.raises(CsafError, match="boot"):
-        unbooted.channel
+        _ = unbooted.channel
     a = store_factory("node-a")
     assert isinstance(a.channel, NodeChannel) and a.channel.node_name == "node-a"
     got_a = collect(a.channel)
@@ -170,4 +170,4 @@ def test_the_store_s_channel(store_factory: Any, backend: str) -> None:
         eventually(lambda: got_a == [{"k": "to-self"}, {"k": "pub"}], "B's broadcast on A")
     a.close()
     with pytest.raises(CsafError, match="closed"):
-        a.channel
+        _ = a.channel

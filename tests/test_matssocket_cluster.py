@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed
-
 from brokers import unique_namespace
-from csaf_events.matssocket import IncomingContext, MatsSocketServer
-from csaf_events.matssocket.testapp import DummyAuthenticator, install
-from csaf_events.store import ClusterStoreAndForward
 from kafka_fixtures import delete_namespace_topics
 from test_matssocket_js import JS_DIR, client_suite, js_client  # noqa: F401 - fixtures
 from test_matssocket_protocol import RawClient, token
+from websockets.exceptions import ConnectionClosed
+
+from csaf_events.matssocket import IncomingContext, MatsSocketServer
+from csaf_events.matssocket.testapp import DummyAuthenticator, install
+from csaf_events.store import ClusterStoreAndForward
 
 pytestmark = pytest.mark.kafka
 

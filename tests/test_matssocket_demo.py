@@ -113,7 +113,7 @@ class DemoNode:
 
 
 @pytest.fixture
-def demo_nodes(kafka_bootstrap: str, js_client: Path, tmp_path: Path) -> Iterator[list[DemoNode]]:  # noqa: F811
+def demo_nodes(kafka_bootstrap: str, js_client: Path, tmp_path: Path) -> Iterator[list[DemoNode]]:
     namespace = unique_namespace("ms-demo")
     nodes = [DemoNode(name, tmp_path, kafka_bootstrap, namespace) for name in ("node-a", "node-b")]
     try:

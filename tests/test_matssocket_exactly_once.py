@@ -41,15 +41,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed
-
 from brokers import unique_namespace
-from csaf_events.matssocket import MatsSocketServer
-from csaf_events.matssocket.testapp import DummyAuthenticator, install
-from csaf_events.store import ClusterStoreAndForward
 from kafka_fixtures import delete_namespace_topics
 from test_matssocket_js import JS_DIR, js_client  # noqa: F401 - fixture
 from test_matssocket_protocol import RawClient, token
+from websockets.exceptions import ConnectionClosed
+
+from csaf_events.matssocket import MatsSocketServer
+from csaf_events.matssocket.testapp import DummyAuthenticator, install
+from csaf_events.store import ClusterStoreAndForward
 
 CRASH_DIR_ENV = "CSAF_TEST_CRASH_DIR"  # where the crashing node keeps its probe log and crash markers
 PROBE_LOG = "probe.jsonl"
@@ -330,7 +330,7 @@ class Seen:
         while not done():
             try:
                 await client._fill()
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 pytest.fail(f"timed out waiting for {what}; seen {self}")
             await self.take(client, connection)
 

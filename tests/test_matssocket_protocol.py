@@ -204,7 +204,7 @@ def test_hello_registers_the_session_and_a_send_in_the_next_frame_is_answered(st
 
 def test_hello_and_send_in_one_frame(store) -> None:
     async def scenario() -> None:
-        async with node(store) as (server, app):
+        async with node(store) as (server, _app):
             c = await RawClient.connect(server.port)
             await c.hello(token(), None, {"t": "REQUEST", "eid": "count", "cmid": "c-1", "tid": "t", "msg": 5})
             answer = await c.expect("RESOLVE")

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import orjson
 import pytest
+from test_matssocket_js import NodeThread
+from test_matssocket_protocol import token
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from csaf_events import open_store
 from csaf_events.matssocket import MatsSocketServer
 from csaf_events.matssocket.testapp import DummyAuthenticator
-from test_matssocket_js import NodeThread
-from test_matssocket_protocol import token
 
 ORIGIN = "http://localhost:1234"
 

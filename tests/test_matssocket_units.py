@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from test_matssocket_protocol import RawClient, node, run, store, wait_until  # noqa: F401 - fixture
 
 from csaf_events import DataAccessError
 from csaf_events.matssocket import IncomingContext, MatsSocketServer
 from csaf_events.unit_of_work import UnitOfWork
-from test_matssocket_protocol import RawClient, node, run, store, wait_until  # noqa: F401 - fixture
 
 RECEIVER = "client.terminator"
 

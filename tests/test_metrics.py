@@ -11,12 +11,13 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from contextlib import redirect_stdout
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import orjson
 import pytest
+from kafka_fixtures import delete_namespace_topics
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,7 +27,6 @@ from csaf_events.cli_ops import ClusterCollector
 from csaf_events.cluster_status import cluster_status, format_table
 from csaf_events.logs import ContextFilter, JsonFormatter, TextFormatter
 from csaf_events.metrics import serve_metrics
-from kafka_fixtures import delete_namespace_topics
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:

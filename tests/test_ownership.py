@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
+from test_fencing import events_of
 
 from csaf_events import DataAccessError, open_store
 from csaf_events import commands as cmd
@@ -23,7 +24,6 @@ from csaf_events.kafka.log import KafkaLog
 from csaf_events.kafka.topics import TopicState, durability_differences
 from csaf_events.partitioning import partition_for
 from csaf_events.topics import load_topics
-from test_fencing import events_of
 
 pytestmark = pytest.mark.kafka
 

@@ -24,8 +24,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from csaf_events import (
-    CurrentNode, MessageIdAlreadyExistsError, MessageType, RequestCorrelation, SessionDto, StoredInMessage,
-    StoredOutMessage, WrongUserError, open_store,
+    CurrentNode,
+    MessageIdAlreadyExistsError,
+    MessageType,
+    RequestCorrelation,
+    SessionDto,
+    StoredInMessage,
+    StoredOutMessage,
+    WrongUserError,
+    open_store,
 )
 from csaf_events.partitioning import partition_for
 from projections import queries
@@ -51,8 +58,8 @@ class ManualClock:
 def _pool() -> list[str]:
     """Session ids: three sharing one partition (one a prefix of the others), and one more."""
     p = partition_for("s", PARTITIONS)
-    same = ["s"] + [c for c in (f"s{k}" for k in range(100)) if partition_for(c, PARTITIONS) == p][:2]
-    return same + ["session-\u00e9"]
+    same = ["s", *[c for c in (f"s{k}" for k in range(100)) if partition_for(c, PARTITIONS) == p][:2]]
+    return [*same, "session-é"]
 
 
 SIDS = _pool()
@@ -171,7 +178,7 @@ class StoreMachine(RuleBasedStateMachine):
     @initialize(users=st.lists(st.sampled_from(USERS), min_size=3, max_size=3))
     def some_sessions(self, users) -> None:
         """Start with registered sessions (two in one partition), so most calls hit real data."""
-        for sid, user in zip(SIDS[1:], users):
+        for sid, user in zip(SIDS[1:], users, strict=False):
             self.register(sid, user, "c1", "web", "1.9")
 
     # ---------------------------------------------------------------------- time ----
@@ -427,7 +434,7 @@ class StoreMachine(RuleBasedStateMachine):
     @invariant()
     def observable_state_matches_model(self) -> None:
         assert sorted(self.store.get_sessions(False), key=lambda d: d.session_id) == self.model.session_dtos()
-        for sid in SIDS + ["ghost"]:
+        for sid in [*SIDS, "ghost"]:
             assert self.store.get_messages_from_outbox(sid, 100) == self.model.fetch(sid, 100)
             for cmid in CMIDS:
                 assert self.store.get_message_from_inbox(sid, cmid) == self.model.inbox.get((sid, cmid))
@@ -776,7 +783,7 @@ class UnitMachine(StoreMachine):
             if step == "call":
                 self._unit_call(u, *unit_call_args(data, u.sid))
             elif step == "relay":  # any per-session call for another session: relayed or refused
-                other = data.draw(st.sampled_from([s for s in SIDS + ["ghost"] if s != u.sid]))
+                other = data.draw(st.sampled_from([s for s in [*SIDS, "ghost"] if s != u.sid]))
                 name, args = unit_call_args(data, other)
                 if data.draw(st.booleans()):
                     name, args = "store_message_in_outbox", (other, data.draw(smids), None, None, "SEND",

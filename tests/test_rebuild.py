@@ -13,9 +13,9 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
+from log_fixtures import PARTITIONS, LogNode, log_node, populate  # noqa: F401 - fixture
 
 from csaf_events import CsafError
-from log_fixtures import PARTITIONS, LogNode, log_node, populate  # noqa: F401 - fixture
 from projections import keys
 from projections.rocks import Checkpoint
 

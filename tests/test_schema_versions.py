@@ -8,13 +8,13 @@ import re
 
 import pytest
 from confluent_kafka import Producer
+from log_fixtures import PARTITIONS, LogNode, log_node  # noqa: F401 - fixture
 
 from csaf_events import CsafError
 from csaf_events import events as ev
 from csaf_events.embedded.log import EmbeddedLog
 from csaf_events.partitioning import partition_for
 from csaf_events.topics import load_topics
-from log_fixtures import PARTITIONS, LogNode, log_node  # noqa: F401 - fixture
 
 SID = "sess-1"
 PARTITION = partition_for(SID, PARTITIONS)
@@ -92,7 +92,7 @@ def test_a_record_whose_headers_come_in_another_order_is_folded(tmp_path) -> Non
     node = LogNode("embedded", tmp_path)
     with node.open() as store:
         store.register_session_at_this_node(SID, "u", "c", "lib", "app", "1")
-    headers = ev.stamp("other-writer", 3) + (("v", b"1"), ("type", b"OutboxStored"))
+    headers = (*ev.stamp("other-writer", 3), ("v", b"1"), ("type", b"OutboxStored"))
     assert not ev.known_types([headers])
     _append(node, ev.Record(_STATE.key(), ev.encode_value(_STATE), headers))
     code, _, err = node.tool("rebuild", *node.tool_args())

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
-
 from log_fixtures import LogNode
 
 pytestmark = pytest.mark.kafka

@@ -18,11 +18,17 @@ from typing import Any
 import pytest
 
 from csaf_events import (
-    ClusterStoreAndForward, CurrentNode, MessageIdAlreadyExistsError, MessageType, RequestCorrelation,
-    StoredInMessage, WrongUserError,
+    ClusterStoreAndForward,
+    CurrentNode,
+    MessageIdAlreadyExistsError,
+    MessageType,
+    RequestCorrelation,
+    StoredInMessage,
+    WrongUserError,
+    relays,
+    unit_of_work,
 )
 from csaf_events import commands as cmd
-from csaf_events import relays, unit_of_work
 from csaf_events.codec import decode_command, encode_command
 from csaf_events.errors import ConflictError, DataAccessError, UnitOfWorkError
 from csaf_events.partitioning import partition_for
@@ -227,12 +233,11 @@ def test_an_exception_in_the_with_block_rolls_the_unit_back(nodes: Cluster) -> N
     sid = nodes.sid("s", 1)
     register(nodes.owner(sid), sid)
     before, size = seen_from(nodes, sid), nodes.log_size(sid)
-    with pytest.raises(KeyError, match="the caller's own error"):
-        with nodes.remote(sid).unit_of_work(sid) as uow:
-            uow.store_message_id_in_inbox(sid, "m1")
-            put_out(uow, sid, "o1")
-            put_out(uow, "someone-else", "o1")  # a relay: dropped with the unit
-            raise KeyError("the caller's own error")
+    with pytest.raises(KeyError, match="the caller's own error"), nodes.remote(sid).unit_of_work(sid) as uow:
+        uow.store_message_id_in_inbox(sid, "m1")
+        put_out(uow, sid, "o1")
+        put_out(uow, "someone-else", "o1")  # a relay: dropped with the unit
+        raise KeyError("the caller's own error")
     assert seen_from(nodes, sid) == before
     assert nodes.log_size(sid) == size
     assert nodes.pending() == []
@@ -515,9 +520,8 @@ def test_units_do_not_nest_in_one_thread(nodes: Cluster) -> None:
             for target in (sid, "other"):
                 with pytest.raises(UnitOfWorkError):
                     s.unit_of_work(target)
-        with pytest.raises(UnitOfWorkError):
-            with UnitOfWork(sid, store.node_name, store.limits, lambda *a: None, 0):
-                pass
+        with pytest.raises(UnitOfWorkError), UnitOfWork(sid, store.node_name, store.limits, lambda *a: None, 0):
+            pass
         t = threading.Thread(target=other_thread)
         t.start()
         t.join(60)
@@ -671,8 +675,9 @@ def test_a_relay_applied_before_its_node_died_is_not_applied_again(
     nodes.deliver()
     assert nodes.pending() == []
     # delivering again, as a node that read the relays before they were done would
+    execute = lambda s, c: plain.node.execute(nodes.partition(s), c)  # noqa: E731
     for source, relay_id, to, command, stored in pending:
-        assert relays.deliver(lambda s, c: plain.node.execute(nodes.partition(s), c), source, relay_id, to, command, stored) is False
+        assert relays.deliver(execute, source, relay_id, to, command, stored) is False
     assert out_ids(plain, target) == ["o1"]
     assert plain.get_and_delete_request_correlation(target, "r1").correlation_string == "c"
     assert plain.get_and_delete_request_correlation(target, "r1") is None

@@ -33,7 +33,7 @@ class _HeldLog:
 
     def round_runner(self, partition: int) -> Callable[[Callable[[], None]], None]:
         """Rounds on a thread of their own, as a log whose appends are still on their way has."""
-        return lambda round: threading.Thread(target=round, daemon=True).start()
+        return lambda next_round: threading.Thread(target=next_round, daemon=True).start()
 
     def commit(self, i: int) -> None:
         on_committed = self.held[i][2]

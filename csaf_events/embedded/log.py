@@ -121,7 +121,7 @@ class EmbeddedLog:
         `on_committed` is never called (nothing is durable before its batch is written)."""
         try:
             self._write(partition, records, batch)
-        except Exception as e:  # noqa: BLE001 - the caller (or on_done) gets it
+        except Exception as e:  # the caller (or on_done) gets it
             if on_done is None:
                 raise
             on_done(e)

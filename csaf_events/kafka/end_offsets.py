@@ -32,7 +32,7 @@ def end_offsets(admin: AdminClient, topic: str, partitions: Iterable[int], level
         futures = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
                                      isolation_level=level, request_timeout=timeout)
         ends = {tp.partition: f.result(timeout).offset for tp, f in futures.items()}
-    except Exception as e:  # noqa: BLE001 - KafkaException, or the future's TimeoutError
+    except Exception as e:  # KafkaException, or the future's TimeoutError
         raise DataAccessError(f"cannot read the end offsets of {topic}: {type(e).__name__}: {e}",
                               may_have_written=False) from e
     unknown = sorted(p for p, end in ends.items() if end < 0)

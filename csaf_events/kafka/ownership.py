@@ -179,7 +179,7 @@ class Ownership:
             if tps:
                 log.info("node %s: assigned partitions %s; taking them over", self._node,
                          sorted(tp.partition for tp in tps))
-        except BaseException:  # noqa: BLE001 - see above; the takeover thread retries what it can
+        except BaseException:  # see above; the takeover thread retries what it can
             log.exception("node %s: handling the assignment of %s failed", self._node, tps)
         finally:
             self._first_assignment.set()
@@ -188,7 +188,7 @@ class Ownership:
         try:
             self.group_metadata = consumer.consumer_group_metadata()
             self.release([tp.partition for tp in tps], "revoked by the owners group")
-        except BaseException:  # noqa: BLE001 - see above
+        except BaseException:  # see above
             log.exception("node %s: handling the revocation of %s failed", self._node, tps)
 
     def release(self, partitions: Iterable[int], why: str) -> None:
@@ -267,12 +267,12 @@ class Ownership:
                             int(deadline) if deadline else None)
             try:
                 self.on_command(p, msg.value(), origin)
-            except Exception:  # noqa: BLE001 - one bad command must not stop the node
+            except Exception:  # one bad command must not stop the node
                 log.exception("node %s: handling a routed command at %s[%d]@%d failed", self._node,
                               self._commands, p, msg.offset())
         try:
             group.close()  # leaves the group: the others take over at once
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             log.exception("node %s: leaving the owners group failed", self._node)
 
     def _pause_and_resume(self, group: Consumer) -> None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from concurrent.futures import Future, TimeoutError as FutureTimeout
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition

@@ -91,8 +91,17 @@ PRODUCER_SETTINGS: dict[str, Any] = {"transaction.timeout.ms": TRANSACTION_TIMEO
 class Append:
     """One partition's share of a node transaction."""
 
-    __slots__ = ("partition", "records", "batch", "routed", "commands", "on_done", "valid", "on_committed",
-                 "queued_at")
+    __slots__ = (
+        "batch",
+        "commands",
+        "on_committed",
+        "on_done",
+        "partition",
+        "queued_at",
+        "records",
+        "routed",
+        "valid",
+    )
 
     def __init__(self, partition: int, records: Sequence[Record], batch: ProjectionBatch,
                  group: Sequence[Pending], on_done: OnDone, valid: Callable[[], bool],
@@ -139,7 +148,7 @@ class _Slot:
         try:
             if producer is not None:
                 producer.flush(5)
-        except BaseException:  # noqa: BLE001 - closing
+        except BaseException:  # closing
             log.exception("node %s: flushing the transactional producer %s", node, self.transactional_id)
 
 
@@ -283,7 +292,7 @@ class NodeTransaction:
             for next_round in rounds:  # after a close too: their appends are refused, their callers told
                 try:
                     next_round()
-                except BaseException:  # noqa: BLE001 - a bug in one round must not stop the lane
+                except BaseException:  # a bug in one round must not stop the lane
                     log.exception("node %s: a group-commit round failed", self._node)
             with self._queued:
                 reqs, self._queue = self._queue, []
@@ -295,7 +304,7 @@ class NodeTransaction:
                 self._commit(reqs)
             except _Left:
                 return
-            except BaseException:  # noqa: BLE001 - the committer must outlive a bug in one round
+            except BaseException:  # the committer must outlive a bug in one round
                 log.exception("node %s: committing a transaction failed", self._node)
 
     def _commit(self, reqs: list[Append]) -> None:
@@ -322,7 +331,7 @@ class NodeTransaction:
                 self._transact(slot, live)
             except _Left:
                 raise
-            except BaseException as e:  # every request of the transaction shares its fate
+            except BaseException as e:  # noqa: BLE001 - every request of the transaction shares its fate
                 error = e
         if error is not None:
             self._fail(live, error)
@@ -395,7 +404,7 @@ class NodeTransaction:
                         raise
         except KafkaException as e:
             raise self._failure(slot, e, reqs) from e
-        except Exception as e:  # noqa: BLE001 - not the client's error: settle the producer all the same
+        except Exception as e:  # not the client's error: settle the producer all the same
             try:
                 producer.abort_transaction(self._timeout)
             except KafkaException:
@@ -460,7 +469,7 @@ class NodeTransaction:
                 try:
                     self._reply(pend.origin.reply_topic, pend.origin.correlation_id,
                                 encode_outcome(pend.result, pend.error))
-                except Exception:  # noqa: BLE001 - committed; the caller's timeout tells it so
+                except Exception:  # committed; the caller's timeout tells it so
                     log.exception("node %s: answering a routed command of partition %d failed", self._node,
                                   req.partition)
 

@@ -27,7 +27,7 @@ PERIOD_S = 0.25
 class Watch:
     """One call being watched."""
 
-    __slots__ = ("deadline", "context", "given_up")
+    __slots__ = ("context", "deadline", "given_up")
 
     def __init__(self, deadline: float, context: Any) -> None:
         self.deadline = deadline
@@ -74,5 +74,5 @@ class Watchdog:
             for w in stuck:
                 try:
                     self._on_stuck(w.context)
-                except Exception:  # noqa: BLE001 - the watchdog must outlive a bug in one handler
+                except Exception:  # the watchdog must outlive a bug in one handler
                     log.exception("handling a stuck call failed")

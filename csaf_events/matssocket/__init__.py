@@ -10,7 +10,12 @@ and replies), `forwarder` (a session's outbox onto its socket), `topics`, `nodes
 """
 
 from csaf_events.matssocket.auth import (
-    AuthContext, Authenticated, AuthResult, Authenticator, InvalidAuthentication, StillValid,
+    AuthContext,
+    Authenticated,
+    Authenticator,
+    AuthResult,
+    InvalidAuthentication,
+    StillValid,
 )
 from csaf_events.matssocket.endpoints import IncomingContext, LaterReply
 from csaf_events.matssocket.protocol import SUBPROTOCOL, CloseCode, DebugOption

@@ -26,7 +26,7 @@ class Authenticated:
 
     principal: Any
     user_id: str
-    debug_options: DebugOption = DebugOption(0)
+    debug_options: DebugOption = DebugOption(0)  # noqa: RUF009 - a flag value is immutable
 
 
 @dataclass(frozen=True)

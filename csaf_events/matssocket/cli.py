@@ -12,8 +12,9 @@ the MatsSocket JS client's integration suite expects; ``--demo`` runs the chat r
 MatsSocket JavaScript client's folder, which the page loads). The store is embedded unless
 ``--bootstrap`` is given; with it, every node started on the same Kafka cluster and namespace
 (each with its own ``--node-name`` and data dir) is a node of one MatsSocket cluster, the
-nodes reaching each other through the store's channel (`ClusterStoreAndForward.channel`). The node runs until SIGINT or SIGTERM, then closes its sockets
-with SERVICE_RESTART (clients reconnect elsewhere) and closes the store.
+nodes reaching each other through the store's channel (`ClusterStoreAndForward.channel`).
+The node runs until SIGINT or SIGTERM, then closes its sockets with SERVICE_RESTART (clients
+reconnect elsewhere) and closes the store.
 
 `register(subparsers)` adds the subcommand to the ``csaf`` command; ``python -m
 csaf_events.matssocket`` runs it on its own.

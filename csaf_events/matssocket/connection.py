@@ -21,18 +21,29 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from csaf_events.clock import now_ms
 from csaf_events.dtos import MessageType as T
 from csaf_events.errors import CsafError, WrongUserError
 from csaf_events.matssocket import incoming
 from csaf_events.matssocket.auth import (
-    AuthContext, Authenticated, InvalidAuthentication, StillValid, resolve,
+    AuthContext,
+    Authenticated,
+    InvalidAuthentication,
+    StillValid,
+    resolve,
 )
 from csaf_events.matssocket.forwarder import OutboxForwarder
 from csaf_events.matssocket.protocol import (
-    SESSION_ENDING_CLIENT_CODES, CloseCode, DebugOption, Envelope, ProtocolError, encode, message_ids,
-    parse_frame, random_id,
+    SESSION_ENDING_CLIENT_CODES,
+    CloseCode,
+    DebugOption,
+    Envelope,
+    ProtocolError,
+    encode,
+    message_ids,
+    parse_frame,
+    random_id,
 )
-from csaf_events.clock import now_ms
 
 if TYPE_CHECKING:
     from csaf_events.matssocket.server import MatsSocketServer

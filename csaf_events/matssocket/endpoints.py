@@ -82,7 +82,7 @@ class IncomingContext:
     message: Any
     client_message_id: str | int
     received_ms: int
-    debug_options: DebugOption = DebugOption(0)
+    debug_options: DebugOption = DebugOption(0)  # noqa: RUF009 - a flag value is immutable
     correlation_string: str | None = None
     correlation_binary: bytes | None = None
     _server: MatsSocketServer | None = field(default=None, repr=False)

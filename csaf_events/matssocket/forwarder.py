@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from csaf_events.clock import now_ms
 from csaf_events.dtos import MessageType, StoredOutMessage
 from csaf_events.errors import CsafError
 from csaf_events.matssocket.protocol import Envelope
-from csaf_events.clock import now_ms
 
 if TYPE_CHECKING:
     from csaf_events.matssocket.connection import Connection

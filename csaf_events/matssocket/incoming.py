@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from csaf_events.clock import now_ms
 from csaf_events.dtos import MessageType as T
 from csaf_events.errors import ConflictError, CsafError, MessageIdAlreadyExistsError
 from csaf_events.matssocket.endpoints import IncomingContext, Resolution
 from csaf_events.matssocket.protocol import DebugOption, Envelope, ProtocolError, message_id
-from csaf_events.clock import now_ms
 
 if TYPE_CHECKING:
     from csaf_events.matssocket.connection import Connection
@@ -192,5 +192,6 @@ async def _run_handler(conn: Connection, handler: Any, ctx: IncomingContext) -> 
                                                        sent=now_ms())
         return answer, False
     if resolution is Resolution.NO_ACTION and ctx.message_type == T.REQUEST:
-        return {"t": T.NACK, "desc": "An incoming REQUEST envelope was ignored by the MatsSocket incoming handler."}, False
+        return {"t": T.NACK,
+                "desc": "An incoming REQUEST envelope was ignored by the MatsSocket incoming handler."}, False
     return {"t": T.ACK}, False

@@ -28,18 +28,18 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from csaf_events.channel import InProcessChannel, NodeChannel
+from csaf_events.clock import now_ms
 from csaf_events.dtos import MessageType as T
 from csaf_events.maintenance import Maintenance
-from csaf_events.metrics import matssocket_metrics
 from csaf_events.matssocket.auth import Authenticator
 from csaf_events.matssocket.connection import Connection
 from csaf_events.matssocket.endpoints import Endpoint, IncomingHandler, LaterReply
 from csaf_events.matssocket.nodes import NodeMessages
 from csaf_events.matssocket.protocol import SUBPROTOCOL, CloseCode, DebugOption, Envelope, random_id
 from csaf_events.matssocket.topics import Topics
+from csaf_events.metrics import matssocket_metrics
 from csaf_events.store import ClusterStoreAndForward
 from csaf_events.unit_of_work import UnitOfWork
-from csaf_events.clock import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ class MatsSocketServer:
         self.probe: Probe = probe or (lambda point, session_id, envelope: None)
         self.metrics = matssocket_metrics(store)  # csaf_matssocket_* on the store's registry
         self._executor = ThreadPoolExecutor(store_threads, thread_name_prefix=f"csaf-store-{self.node_name}")
-        self._maintenance = Maintenance(store, self.live_session_ids, **maintenance) if maintenance is not None else None
+        self._maintenance = (Maintenance(store, self.live_session_ids, **maintenance)
+                             if maintenance is not None else None)
         self._local: dict[str, Connection] = {}
         self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()

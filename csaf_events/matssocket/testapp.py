@@ -29,15 +29,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from csaf_events.clock import now_ms
 from csaf_events.matssocket import testhttp
 from csaf_events.matssocket.auth import (
-    AuthContext, Authenticated, AuthResult, Authenticator, InvalidAuthentication, StillValid,
+    AuthContext,
+    Authenticated,
+    Authenticator,
+    AuthResult,
+    InvalidAuthentication,
+    StillValid,
 )
 from csaf_events.matssocket.endpoints import IncomingContext
 from csaf_events.matssocket.protocol import DebugOption, random_id
 from csaf_events.matssocket.server import MatsSocketServer
 from csaf_events.store import ClusterStoreAndForward
-from csaf_events.clock import now_ms
 
 CORRELATION_BINARY = b"CorrelationBinary"
 FILES_ENV = "CSAF_TEST_APP_FILES"  # the folder `csaf serve --test-app` serves at /mats/
