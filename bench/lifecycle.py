@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from csaf_events import CsafError, open_store, timings
-from csaf_events.affinity import parse_cpus, pin
 from csaf_events.cli import payload_size, positive_int, run_main
 from csaf_events.cli_ops import number
+from csaf_events.scheduling import batch_scheduling, parse_cpus, pin
 from csaf_events.workload import WorkloadConfig, WorkloadResult, run_workload
 
 #: JSON keys every report has (Kafka reports add `nodes` and `takeover_events_per_s`).
@@ -500,7 +500,8 @@ def format_report(report: dict[str, Any]) -> str:
         + (" in processes of their own" if report.get("processes") else "")
         + (f", {report['transaction_lanes']} transaction lane(s) per node" if "transaction_lanes" in report else "")
         + (", metrics off" if report.get("metrics") is False else ", metrics on")
-        + (f", pinned to CPU(s) {','.join(map(str, report['cpus']))}" if report.get("cpus") else ""),
+        + (f", pinned to CPU(s) {','.join(map(str, report['cpus']))}" if report.get("cpus") else "")
+        + (", SCHED_BATCH" if report.get("batch_scheduling") else ""),
         f"machine: {m.get('cpu_model')}, {m.get('cores')} cores, {_gib(m.get('memory_bytes'))} memory; "
         f"python {v['python']}, rocksdict {v['rocksdict']}, orjson {v['orjson']}, "
         f"confluent-kafka {v['confluent_kafka']} (librdkafka {v['librdkafka']})",
@@ -624,6 +625,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pin this process (the nodes in it and their client threads) to these CPUs, e.g. 0 "
                         "or 0,1 (default: not pinned). One interpreter's threads on one core do not pass "
                         "the interpreter lock and their data between cores at every hand-off")
+    p.add_argument("--batch-scheduling", action="store_true",
+                   help="run this process's threads under Linux's SCHED_BATCH (see csaf_events/scheduling.py): "
+                        "a woken thread does not preempt the one holding the interpreter lock")
     p.add_argument("--mint-session-ids", action="store_true",
                    help="each session's id minted by its home node, in a partition it owns "
                         "(default: ids that ignore ownership)")
@@ -654,8 +658,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     never because of the figures themselves."""
     if args.cpus:  # before any thread starts: every thread of the process inherits it
         pin(args.cpus)
+    if args.batch_scheduling:
+        batch_scheduling()
     report = run_benchmark(options_from_args(args))
     report["cpus"] = sorted(args.cpus) if args.cpus else None
+    report["batch_scheduling"] = args.batch_scheduling
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -52,17 +52,19 @@ def test_serve_the_test_app_until_sigterm(tmp_path: Path) -> None:
     data_dir = tmp_path / "cli-node"
     process = subprocess.Popen([sys.executable, "-m", "csaf_events.matssocket", "--test-app", "--port", "0",
                                 "--host", "127.0.0.1", "--node-name", "cli-node", "--data-dir", str(data_dir),
-                                "--cpus", "0"],
+                                "--cpus", "0", "--batch-scheduling"],
                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         port = port_from_log(process)
-        affinities = []  # --cpus: every thread of the node, its client libraries' too
+        affinities, policies = [], []  # every thread of the node, its client libraries' too
         for task in Path(f"/proc/{process.pid}/task").iterdir():
             try:
                 affinities.append(os.sched_getaffinity(int(task.name)))
+                policies.append(os.sched_getscheduler(int(task.name)))
             except ProcessLookupError:  # the thread ended meanwhile
                 pass
-        assert len(affinities) > 3 and all(a == {0} for a in affinities)
+        assert len(affinities) > 3 and all(a == {0} for a in affinities)  # --cpus 0
+        assert set(policies) == {os.SCHED_BATCH}  # --batch-scheduling
         sid, answer = asyncio.run(_hello_and_request(port))
         assert answer["t"] == "RESOLVE" and answer["msg"]["string"] == "x:From_resolveInIncomingHandler"
         process.send_signal(signal.SIGTERM)

@@ -31,10 +31,10 @@ import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from csaf_events.affinity import parse_cpus, pin
 from csaf_events.factory import open_store
 from csaf_events.matssocket.server import MatsSocketServer
 from csaf_events.metrics import serve_metrics
+from csaf_events.scheduling import batch_scheduling, parse_cpus, pin
 from csaf_events.store import ClusterStoreAndForward
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus", type=parse_cpus, metavar="LIST",
                         help="run the node (all its threads) on these CPUs only, e.g. 0 (default: any); one "
                              "core per node keeps the interpreter lock's hand-offs on one core")
+    parser.add_argument("--batch-scheduling", action="store_true",
+                        help="run the node's threads under Linux's SCHED_BATCH: a woken thread does not "
+                             "preempt the one holding the interpreter lock (less CPU per call; a woken "
+                             "thread may wait for a busy core a little longer)")
     app = parser.add_mutually_exclusive_group(required=True)
     app.add_argument("--app", help="module:factory, factory(store) -> MatsSocketServer")
     app.add_argument("--test-app", action="store_true", help="the MatsSocket clients' integration test app")
@@ -99,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or Path("csaf-data") / args.node_name
     if args.cpus:  # before the store starts its threads: they inherit it
         pin(args.cpus)
+    if args.batch_scheduling:
+        batch_scheduling()
     with open_store(args.node_name, data_dir, args.bootstrap, namespace=args.namespace,
                     partitions=args.partitions) as store:
         server = factory(store)
