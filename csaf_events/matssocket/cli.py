@@ -31,6 +31,7 @@ import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from csaf_events.cli import run_main
 from csaf_events.factory import open_store
 from csaf_events.matssocket.server import MatsSocketServer
 from csaf_events.metrics import serve_metrics
@@ -142,4 +143,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(args)
+    return run_main(lambda: run(args), parser.prog)  # errors as one line, as `csaf serve` gives them
