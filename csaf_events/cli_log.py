@@ -17,9 +17,15 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from csaf_events.errors import CsafError
 from csaf_events.offline import Target, open_node_data
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
+
+    from csaf_events.topics import TopicSpec
 
 PROG = "csaf"
 
@@ -128,7 +134,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------- topics --
 
-def _topic_specs(args: argparse.Namespace):
+def _topic_specs(args: argparse.Namespace) -> list[TopicSpec]:
     from csaf_events.topics import load_topics
 
     if not args.bootstrap:
@@ -142,7 +148,7 @@ def _topic_specs(args: argparse.Namespace):
     return specs
 
 
-def _admin(args: argparse.Namespace):
+def _admin(args: argparse.Namespace) -> AdminClient:
     from confluent_kafka.admin import AdminClient
     return AdminClient({"bootstrap.servers": args.bootstrap})
 

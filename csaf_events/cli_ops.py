@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
@@ -32,9 +32,12 @@ def namespace(text: str) -> str:
     return text
 
 
-def number(convert: Callable[[str], Any], accept: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+N = TypeVar("N", int, float)
+
+
+def number(convert: Callable[[str], N], accept: Callable[[N], bool], what: str) -> Callable[[str], N]:
     """An argparse type: `convert` the text, refuse what `accept` does not, naming `what`."""
-    def parse(text: str) -> Any:
+    def parse(text: str) -> N:
         try:
             value = convert(text)
         except ValueError:
@@ -150,7 +153,7 @@ def _metrics(args: argparse.Namespace) -> int:
     from csaf_events.metrics import MetricsServer, wsgi_app
     registry = CollectorRegistry()
     collector = ClusterCollector(args.bootstrap, args.namespace, args.timeout, args.topics_file)
-    registry.register(collector)  # type: ignore[arg-type]
+    registry.register(collector)
     server = MetricsServer(wsgi_app(registry, lambda: _fresh_health(collector)), args.port, args.host)
     print(f"csaf metrics: the cluster {args.namespace} at {args.bootstrap} on {server.url}/metrics and "
           f"{server.url}/health (Ctrl-C stops)", file=sys.stderr, flush=True)

@@ -355,7 +355,7 @@ def _store_outbox(c: StoreOutbox, d: Decision) -> CurrentNode | None:
 
 
 def _current_node(s: ev.SessionState | None) -> CurrentNode | None:
-    if s is None or s.node_name is None:
+    if s is None or s.node_name is None or s.connection_id is None:  # both set or both cleared
         return None
     return CurrentNode(s.node_name, s.connection_id)
 

@@ -10,7 +10,7 @@ rebuilds the entity; a tombstone event has a null value and travels as its heade
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, fields
 from operator import attrgetter, itemgetter, methodcaller
 from typing import Any, ClassVar, NamedTuple, TypeVar
@@ -35,6 +35,7 @@ class Record(NamedTuple):
 
 
 E = TypeVar("E", bound="Event")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,17 +331,17 @@ def _session_ids(event: Event) -> tuple[str]:
     return (event.session_id,)
 
 
-def _ids_getter(fields: tuple[str, ...]):
+def _ids_getter(fields: tuple[str, ...]) -> Callable[[Event], tuple[Any, ...]]:
     return attrgetter(*fields) if len(fields) > 1 else _session_ids
 
 
-def dataclasses_under(base: type) -> list[type]:
+def dataclasses_under(base: type[T]) -> list[type[T]]:
     """Every dataclass below `base`, abstract ones too (dataclass(slots=True) replaces each
     class it makes; the replaced ones, without __slots__, are left out)."""
     return [c for sub in base.__subclasses__() if "__slots__" in sub.__dict__ for c in (sub, *dataclasses_under(sub))]
 
 
-def fast_inits(base: type) -> None:
+def fast_inits(base: type[object]) -> None:
     """`fast_init` for every dataclass below `base`."""
     for cls in dataclasses_under(base):
         fast_init(cls)
@@ -358,7 +359,7 @@ def fast_init(cls: type) -> None:
     exec(f"def __init__(self, {', '.join(names)}):\n{body}", setters)  # noqa: S102 - fixed field names
     init = setters["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
-    cls.__init__ = init
+    setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses an assignment to a class's __init__
 
 
 fast_inits(Event)
@@ -464,7 +465,7 @@ def decode(cls: type[E], value: bytes) -> E:
 
 def decode_state(value: bytes, binary_fields: frozenset[str] = frozenset()) -> dict:
     """A state value as a dict, binary fields back to bytes."""
-    state = orjson.loads(value)
+    state: dict = orjson.loads(value)
     for name in binary_fields:
         if state.get(name) is not None:
             state[name] = base64.b64decode(state[name])

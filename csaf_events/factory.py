@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from csaf_events.backend import Backend
 from csaf_events.clock import now_ms
 from csaf_events.store import ClusterStoreAndForward
 from csaf_events.topics import load_topics
@@ -45,6 +46,7 @@ def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | No
             raise ValueError(f"partitions must be an int from 1 to 4096, got {partitions!r}")
         topics = topics.with_partitions(partitions)
     limits = limits or Limits()
+    backend: Backend
     if bootstrap_servers is None:
         from csaf_events.embedded.backend import EmbeddedBackend
         from csaf_events.embedded.log import CompactionPolicy

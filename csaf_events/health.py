@@ -52,7 +52,7 @@ def is_producer_fenced(error: str | None) -> bool:
 
 
 def is_group_moved(error: str | None) -> bool:
-    return bool(error) and error.startswith("NotOwnerError") and "transaction aborted" in error.lower()
+    return error is not None and error.startswith("NotOwnerError") and "transaction aborted" in error.lower()
 
 
 def facts(store: ClusterStoreAndForward, registry_lag: bool = True) -> dict[str, Any]:

@@ -41,8 +41,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from csaf_events.clock import now_ms
+
+if TYPE_CHECKING:
+    from csaf_events.store import ClusterStoreAndForward
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +80,7 @@ class Maintenance:
     timeout job's reference).
     """
 
-    def __init__(self, store, live_sessions: Callable[[], Iterable[str]], *,
+    def __init__(self, store: ClusterStoreAndForward, live_sessions: Callable[[], Iterable[str]], *,
                  liveliness_interval: float | None = LIVELINESS_INTERVAL,
                  timeout_interval: float | None = TIMEOUT_INTERVAL,
                  session_timeout_ms: int = SESSION_TIMEOUT_MS,

@@ -136,8 +136,8 @@ class MatsSocketMetrics:
         for family, keys in ((self._fam.envelopes_in, self._in), (self._fam.envelopes_out, self._out)):
             for key in keys:
                 _remove(family, self._node, key)
-        for family in (self._fam.sockets, self._fam.redeliveries, self._fam.dead_letters):
-            _remove(family, self._node)
+        for metric in (self._fam.sockets, self._fam.redeliveries, self._fam.dead_letters):
+            _remove(metric, self._node)
 
 
 class _Nothing:
@@ -250,7 +250,7 @@ class StoreMetrics:
             return int(node is None or len(node.owned()) != partitions)
 
         @functools.wraps(fn)
-        def call(*args: Any, **kw: Any) -> Any:  # the cluster-wide calls
+        def cluster_call(*args: Any, **kw: Any) -> Any:
             t0 = clock()
             where = routed()
             try:
@@ -261,7 +261,7 @@ class StoreMetrics:
             record(clock() - t0, where, None)
             return result
 
-        return call
+        return cluster_call
 
     def calls(self) -> dict[tuple[str, str], int]:
         """Calls so far by (method, outcome): what ``csaf_calls_total`` says."""

@@ -103,8 +103,9 @@ def _embedded(target: Target, access: Access) -> Iterator[NodeData]:
 
 @contextlib.contextmanager
 def _kafka(target: Target, access: Access) -> Iterator[NodeData]:
+    assert target.bootstrap is not None, "open_node_data sends a target without one to _embedded"
     topics = target.topics()
-    config = {"bootstrap.servers": target.bootstrap}
+    config: dict[str, str | int | float | bool] = {"bootstrap.servers": target.bootstrap}
     state = kafka_topics.describe(AdminClient(config), [topics.events], target.timeout)[topics.events.name]
     if not state.exists:
         raise CsafError(f"topic {topics.events.name} does not exist on {target.bootstrap} "

@@ -5,7 +5,7 @@ the session's owner at once; a `UnitOfWork` gathers them and commits them togeth
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from csaf_events import commands as cmd
 from csaf_events import validation as v
@@ -20,6 +20,7 @@ class SessionCalls:
     limits: Limits
 
     def _run(self, session_id: str, command: cmd.Command) -> Any:
+        """The command's result (each command has its own type: the callers cast it)."""
         raise NotImplementedError
 
     def _sid(self, session_id: object) -> str:
@@ -37,15 +38,15 @@ class SessionCalls:
                    limit=self.limits.max_id_length * 4),
             v.text("app_name", app_name, self.limits, limit=self.limits.max_id_length),
             v.text("app_version", app_version, self.limits, limit=self.limits.max_id_length))
-        return self._run(sid, c)
+        return cast(int, self._run(sid, c))
 
     def get_current_registered_node_for_session(self, session_id: str) -> CurrentNode | None:
         sid = self._sid(session_id)
-        return self._run(sid, cmd.GetCurrentNode(sid))
+        return cast("CurrentNode | None", self._run(sid, cmd.GetCurrentNode(sid)))
 
     def is_session_exists(self, session_id: str) -> bool:
         sid = self._sid(session_id)
-        return self._run(sid, cmd.SessionExists(sid))
+        return cast(bool, self._run(sid, cmd.SessionExists(sid)))
 
     def deregister_session_from_this_node(self, session_id: str, connection_id: str) -> None:
         """Clear the session's home only if it is this node with this connection id."""
@@ -73,7 +74,8 @@ class SessionCalls:
 
     def get_message_from_inbox(self, session_id: str, client_message_id: str) -> StoredInMessage | None:
         sid = self._sid(session_id)
-        return self._run(sid, cmd.GetInbox(sid, v.ident("client_message_id", client_message_id, self.limits)))
+        return cast("StoredInMessage | None",
+                    self._run(sid, cmd.GetInbox(sid, v.ident("client_message_id", client_message_id, self.limits))))
 
     def delete_message_ids_from_inbox(self, session_id: str, client_message_ids: Iterable[str]) -> None:
         sid = self._sid(session_id)
@@ -99,12 +101,13 @@ class SessionCalls:
             v.text("envelope", envelope, self.limits),
             v.text("message_json", message_json, self.limits, optional=True),
             v.binary("message_binary", message_binary, self.limits))
-        return self._run(sid, c)
+        return cast("CurrentNode | None", self._run(sid, c))
 
     def get_messages_from_outbox(self, session_id: str, max_number_of_messages: int) -> list[StoredOutMessage]:
         """Up to max messages in the order stored, skipping attempted and dead-lettered ones."""
         sid = self._sid(session_id)
-        return self._run(sid, cmd.GetOutbox(sid, v.count("max_number_of_messages", max_number_of_messages)))
+        return cast("list[StoredOutMessage]",
+                    self._run(sid, cmd.GetOutbox(sid, v.count("max_number_of_messages", max_number_of_messages))))
 
     def outbox_messages_attempted_delivery(self, session_id: str, server_message_ids: Iterable[str]) -> None:
         self._outbox_ids(session_id, server_message_ids, cmd.Attempted)
@@ -142,4 +145,5 @@ class SessionCalls:
     def get_and_delete_request_correlation(self, session_id: str, server_message_id: str) -> RequestCorrelation | None:
         """Returns the correlation once; any later or concurrent call gets None."""
         sid = self._sid(session_id)
-        return self._run(sid, cmd.TakeCorrelation(sid, v.ident("server_message_id", server_message_id, self.limits)))
+        return cast("RequestCorrelation | None", self._run(
+            sid, cmd.TakeCorrelation(sid, v.ident("server_message_id", server_message_id, self.limits))))

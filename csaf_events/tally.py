@@ -28,12 +28,12 @@ class Tally:
     def slots(self) -> list:
         """The calling thread's slots, to add to in place (``slots[i] += x``)."""
         try:
-            return self._local.slots
+            slots: list = self._local.slots
         except AttributeError:
             slots = self._local.slots = [0] * self.width
             with self._lock:
                 self._threads.append((threading.current_thread(), slots))
-            return slots
+        return slots
 
     def __len__(self) -> int:
         """Threads with slots of their own (ended ones are folded in when totals are read)."""

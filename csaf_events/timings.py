@@ -94,7 +94,7 @@ def breakdown(before: dict[str, Any], after: dict[str, Any], seconds: float) -> 
 
 def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     """One snapshot of several nodes."""
-    total = {"seconds": dict.fromkeys(PHASES, 0.0), "writes": dict.fromkeys(PHASES, 0)}
+    total: dict[str, Any] = {"seconds": dict.fromkeys(PHASES, 0.0), "writes": dict.fromkeys(PHASES, 0)}
     for key in ("transactions", "failed_transactions", "commands", "records", "partitions"):
         total[key] = sum(s[key] for s in snapshots)
     for s in snapshots:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal, overload
 
 from csaf_events.dtos import MessageType
 
@@ -43,6 +44,11 @@ def optional_ident(name: str, value: object, limits: Limits) -> str | None:
     return None if value is None else ident(name, value, limits)
 
 
+@overload
+def text(name: str, value: object, limits: Limits, *, optional: Literal[False] = False,
+         limit: int | None = None) -> str: ...
+@overload
+def text(name: str, value: object, limits: Limits, *, optional: bool, limit: int | None = None) -> str | None: ...
 def text(name: str, value: object, limits: Limits, *, optional: bool = False, limit: int | None = None) -> str | None:
     """Free text (names, versions, envelopes, payloads) within a size limit."""
     if value is None and optional:
@@ -76,6 +82,10 @@ def binary(name: str, value: object, limits: Limits) -> bytes | None:
     return value
 
 
+@overload
+def timestamp(name: str, value: object, *, optional: Literal[False] = False) -> int: ...
+@overload
+def timestamp(name: str, value: object, *, optional: bool) -> int | None: ...
 def timestamp(name: str, value: object, *, optional: bool = False) -> int | None:
     if value is None and optional:
         return None

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from csaf_events.clock import now_ms
 from csaf_events.commands import Command, Decision, decide
@@ -109,7 +109,9 @@ class PartitionWriter:
                 target = self._committed
                 while self._completed < target and self.closed_reason is None:
                     self._progress.wait(0.5)
-        return decide(command, Decision(self.partition, self._projection, self._node, self._clock()))
+        # a read-only command emits nothing: the projection stands in for a batch it only reads
+        view = cast(ProjectionBatch, self._projection)
+        return decide(command, Decision(self.partition, view, self._node, self._clock()))
 
     def execute(self, command: Command) -> Any:
         """Decide and commit `command`, returning its result (or raising its error)."""

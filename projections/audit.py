@@ -55,15 +55,15 @@ def audit_partition(projection: Projection, log_reader: LogReader, partition: in
         tail_from = cp.next_offset
     expected, caught_up = Changes(), Changes(actual)
     n = behind = 0
-    for e in log_reader.read(partition, 0, end):
-        check_entry(log_reader.topic, e)
+    for entry in log_reader.read(partition, 0, end):
+        check_entry(log_reader.topic, entry)
         n += 1
         try:
-            fold_record(e.key, e.value, partition, expected)
-            if tail_from is not None and e.offset >= tail_from:
-                fold_record(e.key, e.value, partition, caught_up)
+            fold_record(entry.key, entry.value, partition, expected)
+            if tail_from is not None and entry.offset >= tail_from:
+                fold_record(entry.key, entry.value, partition, caught_up)
                 behind += 1
         except Exception as ex:  # noqa: BLE001 - whatever it is, the audit reports it
-            problems.append(f"the log record at offset {e.offset} cannot be folded: {ex}")
+            problems.append(f"the log record at offset {entry.offset} cannot be folded: {ex}")
     folded = expected.live()
     return Audit(partition, n, len(folded), behind, problems + diff(folded, caught_up.live()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import repeat
+from typing import Protocol
 
 import orjson
 
@@ -18,17 +19,25 @@ from projections import keys
 from projections.rocks import ProjectionBatch
 
 
-def fold_key(entity: str, ids: Sequence, value: bytes | None, partition: int, out: ProjectionBatch) -> None:
+class FoldTarget(Protocol):
+    """What a fold writes to: a projection batch, or `Changes` in memory."""
+
+    def put(self, key: bytes, value: bytes) -> None: ...
+    def delete(self, key: bytes) -> None: ...
+    def session_changed(self, session_id: str, value: bytes | None) -> None: ...
+
+
+def fold_key(entity: str, ids: Sequence, value: bytes | None, partition: int, out: FoldTarget) -> None:
     """Apply one record, given its entity kind and ids (a live fold: the event knows them)."""
     _apply([(entity, ids[0], *_entity_keys(entity, ids, partition))], [value], out)
 
 
-def fold_record(key: bytes, value: bytes | None, partition: int, out: ProjectionBatch) -> None:
+def fold_record(key: bytes, value: bytes | None, partition: int, out: FoldTarget) -> None:
     """Apply a raw log record (restore and rebuild: no event object needed)."""
     _apply([_targets(key, partition)], [value], out)
 
 
-def fold_records(keys: Iterable[bytes], values: Iterable[bytes | None], partition: int, out: ProjectionBatch) -> None:
+def fold_records(keys: Iterable[bytes], values: Iterable[bytes | None], partition: int, out: FoldTarget) -> None:
     """`fold_record` for many records, in order (a restore: one loop for them all)."""
     _apply(map(_targets, keys, repeat(partition)), values, out)
 
@@ -61,7 +70,7 @@ def _entity_keys(entity: str, ids: Sequence, partition: int) -> tuple[bytes, byt
 
 
 def _apply(targets: Iterable[tuple[str, str, bytes, bytes | None, bytes | None]], values: Iterable[bytes | None],
-           out: ProjectionBatch) -> None:
+           out: FoldTarget) -> None:
     """Put (or delete, for a tombstone) each record's entity and index entry."""
     put, delete = out.put, out.delete
     for (entity, sid, key, index, index_value), value in zip(targets, values, strict=True):
@@ -72,6 +81,7 @@ def _apply(targets: Iterable[tuple[str, str, bytes, bytes | None, bytes | None]]
         else:
             put(key, value)
             if index is not None:
+                assert index_value is not None, "an index key comes with its value (_entity_keys)"
                 put(index, index_value)
         if entity == SESSION:
             out.session_changed(sid, value)

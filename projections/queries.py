@@ -6,6 +6,7 @@ value is read back), binary fields as bytes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 from csaf_events.events import (
@@ -28,7 +29,7 @@ from projections import keys
 
 class View(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
-    def scan(self, prefix: bytes): ...
+    def scan(self, prefix: bytes) -> Iterable[tuple[bytes, bytes]]: ...
     def last_key(self, prefix: bytes) -> bytes | None: ...
 
 

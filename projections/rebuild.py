@@ -186,6 +186,7 @@ def check_entry(topic: str, entry: LogEntry) -> None:
     try:
         event_class(entry.headers)
         if not known_value(entry.value):
+            assert entry.value is not None, "a tombstone is always known"
             raise UnknownEventError(f"its value starts {entry.value[:16]!r}, a layout this code does not read "
                                     f"(a newer schema version)")
     except UnknownEventError as e:

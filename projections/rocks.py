@@ -8,12 +8,22 @@ crash the projection and its checkpoint always agree.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import orjson
-from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    Cache,
+    ColumnFamily,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteOptions,
+)
 
 from projections import keys
 
@@ -180,22 +190,24 @@ class Projection:
         self._write_options = WriteOptions()
         self._write_options.sync = sync
         self._unlogged = WriteOptions()
-        self._unlogged.disable_wal = True
+        # rocksdict's stub declares disable_wal a method; it is a property, as sync is
+        self._unlogged.disable_wal = True  # type: ignore[method-assign, assignment]
         self.on_sessions_changed: Callable[[dict[str, bytes | None]], None] | None = None
 
     def close(self) -> None:
         self.db.close()
 
-    def column_family(self, name: str):
+    def column_family(self, name: str) -> ColumnFamily:
         return self.db.get_column_family_handle(name)
 
     # reads
     def get(self, key: bytes) -> bytes | None:
         return self.db.get(key)
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def scan(self, prefix: bytes) -> Generator[tuple[bytes, bytes], None, None]:
         """Entries under `prefix` in key order. The iterator is bounded to the prefix, so an
-        empty range costs one seek instead of a walk over the tombstones beyond it."""
+        empty range costs one seek instead of a walk over the tombstones beyond it. A
+        generator: closing it releases the RocksDB iterator."""
         opts = _bounded(prefix)
         it = self.db.iter(opts)
         try:
@@ -210,7 +222,7 @@ class Projection:
     def scan_keys(self, prefix: bytes) -> list[bytes]:
         """The keys under `prefix` in order, without reading their values."""
         opts = _bounded(prefix)  # referenced until the keys are read: the iterator uses its bound
-        found = list(self.db.keys(from_key=prefix, read_opt=opts))
+        found = cast("list[bytes]", list(self.db.keys(from_key=prefix, read_opt=opts)))  # raw mode: bytes keys
         del opts
         return found
 

@@ -14,7 +14,7 @@ reused; reads skip the gaps.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
@@ -166,7 +166,7 @@ class EmbeddedLog:
         finally:
             del it
 
-    def read_chunks(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[Chunk]:
+    def read_chunks(self, partition: int, start: int = 0, end: int | None = None) -> Generator[Chunk, None, None]:
         return chunked(self.read(partition, start, end))
 
     def end_offset(self, partition: int) -> int:
@@ -222,4 +222,4 @@ class EmbeddedLog:
     def close(self) -> None:
         """Release the column family; the database itself belongs to the projection."""
         self._db.close()
-        self._db = self._cf = None  # handles keep the database (and its lock) open
+        del self._db, self._cf  # handles keep the database (and its lock) open

@@ -127,8 +127,8 @@ class KafkaChannel:
             if msg is None:
                 continue
             try:
-                message = orjson.loads(msg.value())
-            except (orjson.JSONDecodeError, TypeError):
+                message = orjson.loads(msg.value() or b"")  # a null value is no JSON either
+            except orjson.JSONDecodeError:
                 log.warning("node channel %s: dropped a message that is not JSON at offset %d", self._topic,
                             msg.offset())
                 continue

@@ -7,7 +7,7 @@ Appends go through the node's transaction lanes (`transaction`), reads through t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from csaf_events.events import Record
@@ -74,7 +74,7 @@ class KafkaLog:
     def read(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[LogEntry]:
         return self.reader.read(partition, start, end)
 
-    def read_chunks(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[Chunk]:
+    def read_chunks(self, partition: int, start: int = 0, end: int | None = None) -> Generator[Chunk, None, None]:
         return self.reader.read_chunks(partition, start, end)
 
     def end_offset(self, partition: int) -> int:

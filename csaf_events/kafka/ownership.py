@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -261,12 +261,14 @@ class Ownership:
             p = msg.partition()
             if p not in self._served:  # taken over later: read again from the committed offset
                 continue
-            h = dict(msg.headers() or ())
+            # the stubs type any message: a consumed one has its offset, a routed command a
+            # value, and a consumer gets headers as (name, bytes) pairs
+            h = cast("dict[str, bytes]", dict(msg.headers() or ()))
             deadline = h.get("deadline")
-            origin = Origin(h.get("reply_to", b"").decode(), h.get("corr", b""), msg.offset(),
+            origin = Origin(h.get("reply_to", b"").decode(), h.get("corr", b""), cast(int, msg.offset()),
                             int(deadline) if deadline else None)
             try:
-                self.on_command(p, msg.value(), origin)
+                self.on_command(p, cast(bytes, msg.value()), origin)
             except Exception:  # one bad command must not stop the node
                 log.exception("node %s: handling a routed command at %s[%d]@%d failed", self._node,
                               self._commands, p, msg.offset())

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Generator, Iterator
+from typing import Any, Protocol, cast
 
 from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -104,9 +104,9 @@ def read_chunks(consumer: Consumer, topic: str, partition: int, start: int, end:
             chunk, stop = msgs, False
             errors = list(map(Message.error, msgs))  # per message in C: this loop is the restore's
             if any(errors):  # an error, or the end of the partition
-                cut = next(i for i, err in enumerate(errors) if err is not None)
-                if errors[cut].code() != KafkaError._PARTITION_EOF:
-                    raise DataAccessError(f"reading {topic}[{partition}]: {errors[cut]}", may_have_written=False)
+                cut, error = next((i, err) for i, err in enumerate(errors) if err is not None)
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise DataAccessError(f"reading {topic}[{partition}]: {error}", may_have_written=False)
                 chunk, stop = msgs[:cut], True
             if end is not None and chunk and chunk[-1].offset() >= end:
                 chunk, stop = [m for m in chunk if m.offset() < end], True
@@ -125,8 +125,19 @@ def read_partition(consumer: Consumer, topic: str, partition: int, start: int, e
         yield from entries(partition, msgs)
 
 
+class _EventMessage(Protocol):
+    """A consumed record of the events topic. The stubs type any message: every accessor
+    optional, headers a dict or a list. A consumed record has its offset, each of the
+    events topic a key, and a consumer gets headers as (name, bytes) pairs."""
+
+    def offset(self) -> int: ...
+    def key(self) -> bytes: ...
+    def value(self) -> bytes | None: ...
+    def headers(self) -> list[tuple[str, bytes]] | None: ...
+
+
 def entries(partition: int, msgs: list[Message]) -> Iterator[LogEntry]:
-    for m in msgs:
+    for m in cast("list[_EventMessage]", msgs):  # one cast for the list, none per record
         yield LogEntry(partition, m.offset(), m.key(), m.value(), tuple(m.headers() or ()))
 
 
@@ -179,9 +190,10 @@ class KafkaReader:
         for msgs in self._messages(partition, start, end):
             yield from entries(partition, msgs)
 
-    def read_chunks(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[Chunk]:
-        for msgs in self._messages(partition, start, end):
-            yield Chunk(msgs[-1].offset() + 1, list(map(Message.key, msgs)), list(map(Message.value, msgs)))
+    def read_chunks(self, partition: int, start: int = 0, end: int | None = None) -> Generator[Chunk, None, None]:
+        for msgs in self._messages(partition, start, end):  # offsets and keys are there (`_EventMessage`)
+            yield Chunk(cast(int, msgs[-1].offset()) + 1, cast("list[bytes]", list(map(Message.key, msgs))),
+                        list(map(Message.value, msgs)))
 
     def _messages(self, partition: int, start: int, end: int | None) -> Iterator[list[Message]]:
         if end is None:

@@ -96,7 +96,7 @@ class KafkaRouter:
                 continue
             corr = dict(msg.headers() or ()).get("corr")
             with self._lock:
-                fut = self._waiting.pop(corr, None)
+                fut = self._waiting.pop(corr, None) if isinstance(corr, bytes) else None
             if fut is not None:
                 fut.set_result(msg.value())
 

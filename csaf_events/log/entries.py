@@ -36,7 +36,7 @@ class Chunk(NamedTuple):
     headers: list[Headers] | None = None
 
 
-def chunked(entries: Iterator[LogEntry], size: int = 5_000) -> Iterator[Chunk]:
+def chunked(entries: Iterator[LogEntry], size: int = 5_000) -> Generator[Chunk, None, None]:
     """`read_chunks` for a log whose `read` is cheap already."""
     keys: list[bytes] = []
     values: list[bytes | None] = []

@@ -30,6 +30,7 @@ import signal
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 from csaf_events.cli import run_main
 from csaf_events.factory import open_store
@@ -86,7 +87,7 @@ def load_factory(spec: str) -> ServerFactory:
     factory = getattr(importlib.import_module(module_name), attribute, None)
     if not callable(factory):
         raise ValueError(f"{spec!r} is not a callable factory(store) -> MatsSocketServer")
-    return factory
+    return cast(ServerFactory, factory)  # what --app says it is: only calling it can tell
 
 
 def run(args: argparse.Namespace) -> int:

@@ -248,6 +248,7 @@ class Connection:
                 self._good_authentication(new_auth, result)
                 return
             authorization = new_auth if new_auth is not None else self.authorization
+            assert authorization is not None, "a principal comes with its authorization (_good_authentication)"
             result = await resolve(auth.reevaluate_authentication(self.auth_context, authorization, self.principal))
         except ProtocolError:
             raise
@@ -299,6 +300,7 @@ class Connection:
         messages and ask for REAUTH (once)."""
         if self.hold_outgoing:
             return False
+        assert self.authorization is not None, "messages go out only on an authenticated connection"
         try:
             result = await resolve(self.server.authenticator.reevaluate_for_outgoing(
                 self.auth_context, self.authorization, self.principal, self.last_authenticated_ms))

@@ -48,7 +48,13 @@ async def handle(conn: Connection, envelope: Envelope, received: int) -> None:
         answer = await _send_or_request(conn, envelope, cmid_key, received)
     answer["cmid"] = envelope["cmid"]
     await conn.send([answer])
-    conn.server.probe("answered", conn.session_id, envelope)
+    conn.server.probe("answered", _session_id(conn), envelope)
+
+
+def _session_id(conn: Connection) -> str:
+    """The connection's session id: envelopes are handled only once HELLO established it."""
+    assert conn.session_id is not None, "handled only on an established session"
+    return conn.session_id
 
 
 def _debug_options(conn: Connection, envelope: Envelope) -> DebugOption:
@@ -60,8 +66,9 @@ def _debug_options(conn: Connection, envelope: Envelope) -> DebugOption:
 
 def _context(conn: Connection, envelope: Envelope, endpoint_id: str, received: int, unit: UnitOfWork,
              **extra: Any) -> IncomingContext:
+    assert conn.user_id is not None and conn.authorization is not None, "authenticated before HELLO"
     return IncomingContext(
-        session_id=conn.session_id, user_id=conn.user_id, principal=conn.principal,
+        session_id=_session_id(conn), user_id=conn.user_id, principal=conn.principal,
         authorization=conn.authorization, endpoint_id=endpoint_id, message_type=T(envelope["t"]),
         trace_id=envelope["tid"], message=envelope.get("msg"), client_message_id=envelope["cmid"],
         received_ms=received, debug_options=_debug_options(conn, envelope), _server=conn.server, unit=unit,
@@ -74,15 +81,16 @@ def _retry(e: CsafError) -> Envelope:
 
 async def _commit(conn: Connection, envelope: Envelope, unit: UnitOfWork, ctx: IncomingContext | None) -> None:
     """Commit the message's unit, then nudge the outboxes it wrote to (raises its error)."""
-    conn.server.probe("handled", conn.session_id, envelope)
+    sid = _session_id(conn)
+    conn.server.probe("handled", sid, envelope)
     await conn.server.io(unit.commit)
-    conn.server.probe("committed", conn.session_id, envelope)
+    conn.server.probe("committed", sid, envelope)
     for session_id, current in ctx.nudges if ctx is not None else ():
         conn.server.nudge(session_id, current)
 
 
 async def _send_or_request(conn: Connection, envelope: Envelope, cmid: str, received: int) -> Envelope:
-    server, store, sid, t = conn.server, conn.server.store, conn.session_id, envelope["t"]
+    server, store, sid, t = conn.server, conn.server.store, _session_id(conn), envelope["t"]
     try:
         unit = store.unit_of_work(sid)
         await server.io(unit.store_message_id_in_inbox, sid, cmid)
@@ -92,7 +100,8 @@ async def _send_or_request(conn: Connection, envelope: Envelope, cmid: str, rece
         log.warning("could not store %s %s of session %s in the inbox; asking for RETRY", t, cmid, sid)
         return _retry(e)
     ctx, received_only = None, unit.savepoint()
-    endpoint = server.endpoints.get(envelope.get("eid")) if isinstance(envelope.get("eid"), str) else None
+    eid = envelope.get("eid")
+    endpoint = server.endpoints.get(eid) if isinstance(eid, str) else None
     if endpoint is None:
         answer: Envelope = {"t": T.NACK, "desc": f"An incoming {t} envelope targeted a non-existing MatsSocketEndpoint"}
     elif t == T.REQUEST and not endpoint.replies:
@@ -129,23 +138,24 @@ async def _stored_answer(conn: Connection, t: str, cmid: str) -> Envelope:
     log.info("double delivery of %s %s on session %s", t, cmid, conn.session_id)
     if stored is None or stored.full_envelope is None:
         return {"t": T.ACK, "desc": f"dupe {t} ACK"}
-    answer = orjson.loads(stored.full_envelope)
+    answer: Envelope = orjson.loads(stored.full_envelope)
     answer["desc"] = f"dupe {t} stored"
     return answer
 
 
 async def _reply(conn: Connection, envelope: Envelope, received: int) -> Envelope:
-    server, t = conn.server, envelope["t"]
+    server, sid, t = conn.server, _session_id(conn), envelope["t"]
     smid = message_id(envelope, "smid")
     try:
-        unit = server.store.unit_of_work(conn.session_id)
-        correlation = await server.io(unit.get_and_delete_request_correlation, conn.session_id, smid)
+        unit = server.store.unit_of_work(sid)
+        correlation = await server.io(unit.get_and_delete_request_correlation, sid, smid)
     except CsafError as e:
         return _retry(e)
     if correlation is None:
         unit.rollback()
         return {"t": T.ACK, "desc": f"dupe {t}"}
-    endpoint = server.endpoints.get(correlation.reply_terminator_id)
+    terminator = correlation.reply_terminator_id
+    endpoint = server.endpoints.get(terminator) if terminator is not None else None
     ctx, taken_only = None, unit.savepoint()
     if endpoint is None:
         log.warning("no terminator %r for the %s of server request %s", correlation.reply_terminator_id, t, smid)

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from csaf_events.channel import InProcessChannel, NodeChannel
 from csaf_events.clock import now_ms
@@ -90,10 +91,9 @@ class MatsSocketServer:
         self.authenticator = authenticator
         self.node_name: str = store.node_name
         # the store's own channel once it has one (cluster mode), else a node alone
-        self.channel = channel or getattr(store, "channel", None)
-        self._own_channel = self.channel is None
-        if self.channel is None:
-            self.channel = InProcessChannel(self.node_name)
+        shared: NodeChannel | None = channel or getattr(store, "channel", None)
+        self._own_channel = shared is None
+        self.channel: NodeChannel = InProcessChannel(self.node_name) if shared is None else shared
         self.path = path
         self.max_sessions_per_user = max_sessions_per_user
         self.max_frame_bytes = max_frame_bytes
@@ -143,7 +143,7 @@ class MatsSocketServer:
         """Listen on `host`:`port` and any `more_ports` (port 0: any free port, see `port`)."""
         self.nodes.start(asyncio.get_running_loop())
         for p in (port, *more_ports):
-            self._ws_servers.append(await serve(self._serve_socket, host, p, subprotocols=[SUBPROTOCOL],
+            self._ws_servers.append(await serve(self._serve_socket, host, p, subprotocols=[Subprotocol(SUBPROTOCOL)],
                                                 process_request=self._process_request,
                                                 process_response=self._process_response,
                                                 max_size=self.max_frame_bytes))
@@ -233,9 +233,11 @@ class MatsSocketServer:
         return self._local.get(session_id)
 
     def register_local(self, conn: Connection) -> None:
+        assert conn.session_id is not None, "registered once HELLO established the session"
         self._local[conn.session_id] = conn
 
     def unregister_local(self, conn: Connection) -> None:
+        assert conn.session_id is not None, "unregistered only if it was established"
         if self._local.get(conn.session_id) is conn:
             del self._local[conn.session_id]
 
@@ -339,8 +341,9 @@ class MatsSocketServer:
                                 envelope.get("tid"), type_, request_timestamp, _json("envelope", envelope),
                                 _json("message", message), None)
         if current is None:
-            own = unit is not None and unit.session_id == session_id
-            return await self.io(unit.is_session_exists if own else self.store.is_session_exists, session_id)
+            exists = (unit.is_session_exists if unit is not None and unit.session_id == session_id
+                      else self.store.is_session_exists)
+            return await self.io(exists, session_id)
         if nudges is None:
             self.nudge(session_id, current)
         else:
