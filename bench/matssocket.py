@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from bench.kafka_admin import delete_namespace
 from bench.lifecycle import machine, source_revision, versions
 from csaf_events.matssocket import IncomingContext, MatsSocketServer
 from csaf_events.matssocket.testapp import DummyAuthenticator
+from csaf_events.scheduling import parse_cpus, pin
 from csaf_events.store import ClusterStoreAndForward
 
 log = logging.getLogger("bench.matssocket")
@@ -102,11 +103,11 @@ def create_server(store: ClusterStoreAndForward) -> MatsSocketServer:
 class NodeProcess:
     """One ``csaf serve`` process running `create_server`; its log in ``<work>/node.log``."""
 
-    def __init__(self, work: Path, bootstrap: str | None, namespace: str) -> None:
+    def __init__(self, work: Path, bootstrap: str | None, namespace: str, serve_args: Sequence[str] = ()) -> None:
         self.log_path = work / "node.log"
         command = [sys.executable, "-m", "csaf_events.cli", "serve", "--app", "bench.matssocket:create_server",
                    "--node-name", "bench-node", "--data-dir", str(work / "data"), "--host", "127.0.0.1",
-                   "--port", "0"]
+                   "--port", "0", *serve_args]
         if bootstrap:
             command += ["--bootstrap", bootstrap, "--namespace", namespace]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
@@ -323,15 +324,16 @@ async def measure(node: NodeProcess, sockets: int, messages: int) -> dict[str, A
     return report
 
 
-def run(backend: str, bootstrap: str | None, sockets: int, messages: int) -> dict[str, Any]:
-    """Start the node, measure, stop it; the report."""
+def run(backend: str, bootstrap: str | None, sockets: int, messages: int,
+        serve_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Start the node (`serve_args`: more options of ``csaf serve``), measure, stop it; the report."""
     if backend == "kafka" and not bootstrap:
         raise ValueError("--backend kafka needs --bootstrap HOST:PORT")
     namespace = f"mbench-{uuid.uuid4().hex[:8]}"
     work = Path(tempfile.mkdtemp(prefix="bench-matssocket-"))
     node = None
     try:
-        node = NodeProcess(work, bootstrap if backend == "kafka" else None, namespace)
+        node = NodeProcess(work, bootstrap if backend == "kafka" else None, namespace, serve_args)
         log.info("node listening on port %d (%s)", node.port, backend)
         figures = asyncio.run(measure(node, sockets, messages))
     finally:
@@ -341,7 +343,8 @@ def run(backend: str, bootstrap: str | None, sockets: int, messages: int) -> dic
             delete_namespace(bootstrap, namespace)
         shutil.rmtree(work, ignore_errors=True)
     return {"backend": backend, "parameters": {"sockets": sockets, "messages": messages,
-                                               "bootstrap": bootstrap if backend == "kafka" else None},
+                                               "bootstrap": bootstrap if backend == "kafka" else None,
+                                               "serve_args": list(serve_args)},
             **figures, "machine": machine(),
             "versions": {**versions(), "websockets": metadata.version("websockets")},
             "revision": source_revision()}
@@ -351,7 +354,9 @@ def table(report: dict[str, Any]) -> str:
     """The report as a text table."""
     c, m, v = report["connect"], report["machine"], report["versions"]
     rows = [f"MatsSocket node, {report['backend']} store, {c['sockets']} sockets connected "
-            f"({c['connect_s']} s, {c['sessions_per_s']} sessions/s)",
+            f"({c['connect_s']} s, {c['sessions_per_s']} sessions/s)"
+            + (f"; node with {' '.join(report['parameters']['serve_args'])}"
+               if report["parameters"].get("serve_args") else ""),
             f"{'round trip':<18} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'calls/s':>8} "
             f"{'node cpu s':>10} {'client cpu s':>12}"]
     for name, key in (("SEND→ACK", "send_ack"), ("REQUEST→RESOLVE", "request_resolve")):
@@ -376,11 +381,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=1000,
                         help="round trips of each kind, and pushes in all (at least one per socket; default 1000)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
+    parser.add_argument("--node-cpus", type=parse_cpus, metavar="LIST",
+                        help="run the node on these CPUs (csaf serve --cpus); this process, the clients, then "
+                             "runs on the others")
+    parser.add_argument("--node-batch-scheduling", action="store_true",
+                        help="the node's threads under SCHED_BATCH (csaf serve --batch-scheduling)")
     args = parser.parse_args(argv)
     if args.sockets < 1 or args.messages < 1:
         parser.error("--sockets and --messages must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    report = run(args.backend, args.bootstrap, args.sockets, args.messages)
+    serve_args = ["--batch-scheduling"] if args.node_batch_scheduling else []
+    if args.node_cpus:
+        serve_args += ["--cpus", ",".join(map(str, sorted(args.node_cpus)))]
+        others = os.sched_getaffinity(0) - args.node_cpus
+        if others:  # the clients off the node's cores
+            pin(frozenset(others))
+    report = run(args.backend, args.bootstrap, args.sockets, args.messages, serve_args)
     print(table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
