@@ -325,8 +325,9 @@ async def measure(node: NodeProcess, sockets: int, messages: int) -> dict[str, A
 
 
 def run(backend: str, bootstrap: str | None, sockets: int, messages: int,
-        serve_args: Sequence[str] = ()) -> dict[str, Any]:
-    """Start the node (`serve_args`: more options of ``csaf serve``), measure, stop it; the report."""
+        serve_args: Sequence[str] = (), client_cpus: frozenset[int] | None = None) -> dict[str, Any]:
+    """Start the node (`serve_args`: more options of ``csaf serve``), measure, stop it; the report.
+    `client_cpus`: where this process (the clients) runs once the node has started."""
     if backend == "kafka" and not bootstrap:
         raise ValueError("--backend kafka needs --bootstrap HOST:PORT")
     namespace = f"mbench-{uuid.uuid4().hex[:8]}"
@@ -335,6 +336,8 @@ def run(backend: str, bootstrap: str | None, sockets: int, messages: int,
     try:
         node = NodeProcess(work, bootstrap if backend == "kafka" else None, namespace, serve_args)
         log.info("node listening on port %d (%s)", node.port, backend)
+        if client_cpus:  # after the node started: it must not inherit the clients' CPUs
+            pin(client_cpus)
         figures = asyncio.run(measure(node, sockets, messages))
     finally:
         if node is not None:
@@ -391,12 +394,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sockets and --messages must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve_args = ["--batch-scheduling"] if args.node_batch_scheduling else []
+    client_cpus = None
     if args.node_cpus:
         serve_args += ["--cpus", ",".join(map(str, sorted(args.node_cpus)))]
-        others = os.sched_getaffinity(0) - args.node_cpus
-        if others:  # the clients off the node's cores
-            pin(frozenset(others))
-    report = run(args.backend, args.bootstrap, args.sockets, args.messages, serve_args)
+        client_cpus = frozenset(os.sched_getaffinity(0) - args.node_cpus) or None  # the clients off its cores
+    report = run(args.backend, args.bootstrap, args.sockets, args.messages, serve_args, client_cpus)
     print(table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
