@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +35,7 @@ import pytest
 import websockets
 from brokers import unique_namespace
 from kafka_fixtures import delete_namespace_topics
+from serve_process import ServeProcess
 from test_matssocket_js import JS_DIR, NodeThread, client_suite, js_client  # noqa: F401 - fixtures
 from websockets.http11 import Request, Response
 
@@ -146,46 +144,12 @@ def test_the_client_s_suite_passes_in_chromium_against_an_embedded_node(browser:
         "no socket accepted after a pre-connection"
 
 
-class ServeProcess:
-    """One ``csaf serve --test-app`` node of a Kafka cluster, serving the JS folder at /mats/."""
-
-    def __init__(self, name: str, tmp: Path, bootstrap: str, namespace: str) -> None:
-        self.name = name
-        self.log = tmp / f"{name}.log"
-        env = {**os.environ, "CSAF_TEST_APP_FILES": str(JS_DIR)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "csaf_events.cli", "serve", "--test-app", "--bootstrap", bootstrap,
-             "--namespace", namespace, "--partitions", "2", "--node-name", name, "--data-dir", str(tmp / name),
-             "--host", "127.0.0.1", "--port", "0"],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"), env=env)
-        self.port = 0
-
-    def wait_listening(self, deadline: float) -> None:
-        while time.monotonic() < deadline and self.process.poll() is None:
-            match = re.search(r"listening on \S+ port\(s\) \[(\d+)", self.log.read_text(errors="replace"))
-            if match:
-                self.port = int(match.group(1))
-                return
-            time.sleep(0.1)
-        self.stop()
-        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
-        pytest.fail(f"node {self.name} did not start (exit {self.process.poll()}):\n{tail}")
-
-    def stop(self) -> None:
-        """SIGTERM (the node closes its sockets and leaves the group), SIGKILL if it hangs."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-
 @pytest.fixture
 def kafka_nodes(kafka_bootstrap: str, tmp_path: Path) -> Iterator[list[ServeProcess]]:
     namespace = unique_namespace("ms-browser")
-    nodes = [ServeProcess(name, tmp_path, kafka_bootstrap, namespace) for name in ("node-a", "node-b")]
+    args = ["--test-app", "--bootstrap", kafka_bootstrap, "--namespace", namespace, "--partitions", "2"]
+    env = {"CSAF_TEST_APP_FILES": str(JS_DIR)}  # the page and the suite, served at /mats/
+    nodes = [ServeProcess(name, tmp_path, args, env).launch() for name in ("node-a", "node-b")]
     try:
         deadline = time.monotonic() + NODE_START
         for node in nodes:

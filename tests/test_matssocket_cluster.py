@@ -17,10 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +26,7 @@ from typing import Any
 import pytest
 from brokers import unique_namespace
 from kafka_fixtures import delete_namespace_topics
+from serve_process import ServeProcess
 from test_matssocket_js import JS_DIR, client_suite, js_client  # noqa: F401 - fixtures
 from test_matssocket_protocol import RawClient, token
 from websockets.exceptions import ConnectionClosed
@@ -83,44 +81,12 @@ class Client(RawClient):
         await self.send({"t": "SEND", "eid": eid, "cmid": cmid, "tid": f"{eid}-{cmid}", "msg": message})
 
 
-class Node:
-    """One ``csaf serve`` process; its log in <data dir>.log."""
-
-    def __init__(self, name: str, tmp: Path, bootstrap: str, namespace: str) -> None:
-        self.name = name
-        self.log = tmp / f"{name}.log"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
-                                                             os.environ.get("PYTHONPATH", "")])}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "csaf_events.cli", "serve", "--app", "test_matssocket_cluster:create_server",
-             "--bootstrap", bootstrap, "--namespace", namespace, "--partitions", "2", "--node-name", name,
-             "--data-dir", str(tmp / name), "--host", "127.0.0.1", "--port", "0"],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"), env=env)
-        self.port = 0
-
-    def wait_listening(self, deadline: float) -> None:
-        while time.monotonic() < deadline and self.process.poll() is None:
-            match = re.search(r"listening on \S+ port\(s\) \[(\d+)", self.log.read_text(errors="replace"))
-            if match:
-                self.port = int(match.group(1))
-                return
-            time.sleep(0.1)
-        self.kill()
-        pytest.fail(f"node {self.name} did not start (exit {self.process.poll()}):\n{self.tail()}")
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-
 @pytest.fixture(scope="module")
-def cluster(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Node]]:
+def cluster(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServeProcess]]:
     namespace, tmp = unique_namespace("ms-cluster"), tmp_path_factory.mktemp("ms-cluster")
-    nodes = {name: Node(name, tmp, kafka_bootstrap, namespace) for name in ("node-a", "node-b")}
+    app = ["--app", "test_matssocket_cluster:create_server", "--bootstrap", kafka_bootstrap,
+           "--namespace", namespace, "--partitions", "2"]
+    nodes = {name: ServeProcess(name, tmp, app).launch() for name in ("node-a", "node-b")}
     try:
         deadline = time.monotonic() + 120
         for node in nodes.values():
@@ -153,7 +119,7 @@ async def _nothing_more(client: Client, t: str) -> None:
     assert [e for e in client.buffer if e["t"] == t] == []
 
 
-def test_a_message_stored_on_a_reaches_the_client_on_b_once(cluster: dict[str, Node]) -> None:
+def test_a_message_stored_on_a_reaches_the_client_on_b_once(cluster: dict[str, ServeProcess]) -> None:
     a, b = cluster["node-a"], cluster["node-b"]
 
     async def scenario() -> None:
@@ -172,7 +138,7 @@ def test_a_message_stored_on_a_reaches_the_client_on_b_once(cluster: dict[str, N
     run(scenario())
 
 
-def test_a_publish_on_either_node_reaches_subscribers_on_both(cluster: dict[str, Node]) -> None:
+def test_a_publish_on_either_node_reaches_subscribers_on_both(cluster: dict[str, ServeProcess]) -> None:
     a, b = cluster["node-a"], cluster["node-b"]
 
     async def scenario() -> None:
@@ -191,7 +157,7 @@ def test_a_publish_on_either_node_reaches_subscribers_on_both(cluster: dict[str,
     run(scenario())
 
 
-def test_close_and_disconnect_reach_the_node_that_holds_the_socket(cluster: dict[str, Node]) -> None:
+def test_close_and_disconnect_reach_the_node_that_holds_the_socket(cluster: dict[str, ServeProcess]) -> None:
     a, b = cluster["node-a"], cluster["node-b"]
 
     async def scenario() -> None:
@@ -220,7 +186,7 @@ def test_close_and_disconnect_reach_the_node_that_holds_the_socket(cluster: dict
     run(scenario())
 
 
-def test_the_js_client_s_own_integration_suite_passes_against_the_two_nodes(cluster: dict[str, Node],
+def test_the_js_client_s_own_integration_suite_passes_against_the_two_nodes(cluster: dict[str, ServeProcess],
                                                                             client_suite: Path) -> None:
     """MatsSocket's mocha suite with both nodes' URLs: each MatsSocket of the suite picks one,
     so sessions live on both nodes and the HTTP side channel publishes on either."""
@@ -235,7 +201,8 @@ def test_the_js_client_s_own_integration_suite_passes_against_the_two_nodes(clus
     assert stats["passes"] >= 80 and stats["pending"] <= 3, stats
 
 
-def test_node_b_killed_mid_stream_the_client_gets_everything_once_in_order_from_a(cluster: dict[str, Node]) -> None:
+def test_node_b_killed_mid_stream_the_client_gets_everything_once_in_order_from_a(
+        cluster: dict[str, ServeProcess]) -> None:
     """Last in the module: it kills B."""
     a, b = cluster["node-a"], cluster["node-b"]
     seen: set[str] = set()

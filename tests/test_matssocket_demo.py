@@ -21,18 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +38,7 @@ import pytest
 from brokers import unique_namespace
 from browser_tabs import Tabs, chromium
 from kafka_fixtures import delete_namespace_topics
+from serve_process import ServeProcess
 from test_matssocket_js import CLIENT_DIR, js_client  # noqa: F401 - fixture
 from websockets.asyncio.client import connect
 
@@ -56,66 +52,12 @@ TAKEOVER = 60  # seconds for the killed node's tab to be back, on the other node
 OTHER_NODE_TRIES = 12  # tabs opened until one lands on the other node (the client picks a URL at random)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class DemoNode:
-    """One ``csaf serve --demo`` process of the cluster; its log in <tmp>/<name>.log."""
-
-    def __init__(self, name: str, tmp: Path, bootstrap: str, namespace: str) -> None:
-        self.name = name
-        self.log = tmp / f"{name}.log"
-        self.metrics_port = _free_port()
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "csaf_events.cli", "--log-level", "INFO", "serve", "--demo",
-                 "--client-dir", str(CLIENT_DIR), "--bootstrap", bootstrap, "--namespace", namespace,
-                 "--partitions", "2", "--node-name", name, "--data-dir", str(tmp / name), "--host", "127.0.0.1",
-                 "--port", "0", "--metrics-port", str(self.metrics_port)],
-                stdout=subprocess.DEVNULL, stderr=log)
-        self.port = 0
-
-    def wait_listening(self, deadline: float) -> None:
-        while time.monotonic() < deadline and self.process.poll() is None:
-            match = re.search(r"MatsSocket node \S+ listening on \S+ port\(s\) \[(\d+)",
-                              self.log.read_text(errors="replace"))
-            if match:
-                self.port = int(match.group(1))
-                return
-            time.sleep(0.1)
-        self.kill()
-        pytest.fail(f"node {self.name} did not start (exit {self.process.poll()}):\n{self.tail()}")
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/matssocket"
-
-    def health(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/health", timeout=2) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as e:  # 503: not ok, with the facts
-            return json.loads(e.read())
-        except OSError:
-            return None
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return f"--- {self.name} log tail ---\n" + "\n".join(text.splitlines()[-lines:])
-
-
 @pytest.fixture
-def demo_nodes(kafka_bootstrap: str, js_client: Path, tmp_path: Path) -> Iterator[list[DemoNode]]:
+def demo_nodes(kafka_bootstrap: str, js_client: Path, tmp_path: Path) -> Iterator[list[ServeProcess]]:
     namespace = unique_namespace("ms-demo")
-    nodes = [DemoNode(name, tmp_path, kafka_bootstrap, namespace) for name in ("node-a", "node-b")]
+    args = ["--demo", "--client-dir", str(CLIENT_DIR), "--bootstrap", kafka_bootstrap, "--namespace", namespace,
+            "--partitions", "2"]
+    nodes = [ServeProcess(name, tmp_path, args).launch() for name in ("node-a", "node-b")]
     try:
         deadline = time.monotonic() + NODE_START
         for node in nodes:
@@ -137,14 +79,14 @@ def demo_nodes(kafka_bootstrap: str, js_client: Path, tmp_path: Path) -> Iterato
 SNAPSHOT = "demo.snapshot()"
 
 
-def _open(tabs: Tabs, node: DemoNode, urls: str, name: str) -> tuple[int, str]:
+def _open(tabs: Tabs, node: ServeProcess, urls: str, name: str) -> tuple[int, str]:
     """A tab of the page from `node`, with every node's URL; (the tab, the node its socket is on)."""
     tab = tabs.open(f"http://127.0.0.1:{node.port}/?urls={quote(urls, safe='')}&name={name}")
     on = tabs.wait(tab, SNAPSHOT, lambda s: s["node"] is not None, 30, "connected to a node")["node"]
     return tab, on
 
 
-def _open_on_another_node(tabs: Tabs, node: DemoNode, urls: str, name: str, not_on: str) -> tuple[int, str]:
+def _open_on_another_node(tabs: Tabs, node: ServeProcess, urls: str, name: str, not_on: str) -> tuple[int, str]:
     """Tabs opened (and left, their sessions closed) until one lands on a node other than `not_on`."""
     for _ in range(OTHER_NODE_TRIES):
         tab, on = _open(tabs, node, urls, name)
@@ -161,7 +103,7 @@ def _acked(s: dict) -> int:
 
 @pytest.mark.kafka
 def test_a_tab_whose_node_is_killed_moves_to_the_other_and_every_line_arrives_once_everywhere(
-        demo_nodes: list[DemoNode], tmp_path: Path) -> None:
+        demo_nodes: list[ServeProcess], tmp_path: Path) -> None:
     by_name = {node.name: node for node in demo_nodes}
     urls = ",".join(node.url for node in demo_nodes)
     tabs = Tabs(chromium(), tmp_path / "browser.log")

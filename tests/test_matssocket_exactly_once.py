@@ -26,15 +26,10 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +38,7 @@ from typing import Any
 import pytest
 from brokers import unique_namespace
 from kafka_fixtures import delete_namespace_topics
+from serve_process import ServeProcess
 from test_matssocket_js import JS_DIR, js_client  # noqa: F401 - fixture
 from test_matssocket_protocol import RawClient, token
 from websockets.exceptions import ConnectionClosed
@@ -91,81 +87,14 @@ def create_crashing_server(store: ClusterStoreAndForward) -> MatsSocketServer:
     return server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServeProcess:
-    """One ``csaf serve`` node process; `start` again after a kill restarts it on the same data
-    dir. Its stderr goes to <tmp>/<name>.log."""
-
-    def __init__(self, name: str, tmp: Path, app: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.log = tmp / f"{name}.log"
-        self.metrics_port = _free_port()
-        self.command = [sys.executable, "-m", "csaf_events.cli", "--log-level", "INFO", "serve", "--app", app,
-                        "--node-name", name, "--data-dir", str(tmp / name), "--host", "127.0.0.1", "--port", "0",
-                        "--metrics-port", str(self.metrics_port), *args]
-        self.env = {**os.environ, **(env or {}),
-                    "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-        self.process: subprocess.Popen | None = None
-        self.port = 0
-
-    def start(self, timeout: float = 120) -> ServeProcess:
-        """Start the process and wait until it listens."""
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=log, env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.process.poll() is None:
-            with open(self.log, "rb") as log:
-                log.seek(offset)
-                match = re.search(rb"MatsSocket node \S+ listening on \S+ port\(s\) \[(\d+)", log.read())
-            if match:
-                self.port = int(match.group(1))
-                return self
-            time.sleep(0.05)
-        self.kill()
-        pytest.fail(f"node {self.name} did not start (exit {self.process.returncode}):\n{self.tail()}")
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/matssocket"
-
-    def health(self) -> dict[str, Any] | None:
-        """The node's ``store.health()`` (None if it does not answer)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/health", timeout=2) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as e:  # 503: not ok, with the facts
-            return json.loads(e.read())
-        except OSError:
-            return None
-
-    def wait_dead(self, timeout: float = 10) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return f"--- {self.name} log tail ---\n" + "\n".join(text.splitlines()[-lines:])
-
-
 # ------------------------------------------------------- the JS client on a cluster --
 
 @pytest.fixture(scope="module")
 def cluster(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServeProcess]]:
     """Two nodes on one broker, in a namespace of their own."""
     namespace, tmp = unique_namespace("ms-exactly-once"), tmp_path_factory.mktemp("ms-exactly-once")
-    nodes = [ServeProcess(name, tmp, "test_matssocket_exactly_once:create_server",
-                         ["--bootstrap", kafka_bootstrap, "--namespace", namespace, "--partitions", "2"])
+    nodes = [ServeProcess(name, tmp, ["--app", "test_matssocket_exactly_once:create_server",
+                                      "--bootstrap", kafka_bootstrap, "--namespace", namespace, "--partitions", "2"])
              for name in ("eo-a", "eo-b")]
     try:
         for node in nodes:
@@ -290,8 +219,8 @@ def test_the_js_client_s_stream_is_handled_exactly_once_across_a_node_kill(
 def crash_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """An embedded node that each test kills through the probe and restarts on the same data dir."""
     tmp = tmp_path_factory.mktemp("ms-crash-points")
-    node = ServeProcess("eo-crash", tmp, "test_matssocket_exactly_once:create_crashing_server", [],
-                       env={CRASH_DIR_ENV: str(tmp)})
+    node = ServeProcess("eo-crash", tmp, ["--app", "test_matssocket_exactly_once:create_crashing_server"],
+                        env={CRASH_DIR_ENV: str(tmp)})
     try:
         yield node.start()
     finally:
