@@ -42,10 +42,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from csaf_events import CsafError, open_store, timings
+from csaf_events import CsafError, open_store, scheduling, timings
 from csaf_events.cli import payload_size, positive_int, run_main
 from csaf_events.cli_ops import number
-from csaf_events.scheduling import batch_scheduling, parse_cpus, pin
 from csaf_events.workload import WorkloadConfig, WorkloadResult, run_workload
 
 #: JSON keys every report has (Kafka reports add `nodes` and `takeover_events_per_s`).
@@ -621,13 +620,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=number(float, lambda n: n >= 0, "0 or more seconds"), metavar="SECONDS",
                    help="seconds of the workload run untimed before the measured run (default: 60 for kafka, "
                         "whose broker JIT-compiles its request path in its first minutes; 0 for embedded)")
-    p.add_argument("--cpus", type=parse_cpus, metavar="LIST",
-                   help="pin this process (the nodes in it and their client threads) to these CPUs, e.g. 0 "
-                        "or 0,1 (default: not pinned). One interpreter's threads on one core do not pass "
-                        "the interpreter lock and their data between cores at every hand-off")
-    p.add_argument("--batch-scheduling", action="store_true",
-                   help="run this process's threads under Linux's SCHED_BATCH (see csaf_events/scheduling.py): "
-                        "a woken thread does not preempt the one holding the interpreter lock")
+    scheduling.add_arguments(p, "this process (the nodes in it and the calling threads)")
     p.add_argument("--mint-session-ids", action="store_true",
                    help="each session's id minted by its home node, in a partition it owns "
                         "(default: ids that ignore ownership)")
@@ -656,10 +649,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     Exit code 1 if store calls failed (the figures then do not describe the workload);
     never because of the figures themselves."""
-    if args.cpus:  # before any thread starts: every thread of the process inherits it
-        pin(args.cpus)
-    if args.batch_scheduling:
-        batch_scheduling()
+    scheduling.apply(args)  # before any thread starts: every thread of the process inherits it
     report = run_benchmark(options_from_args(args))
     report["cpus"] = sorted(args.cpus) if args.cpus else None
     report["batch_scheduling"] = args.batch_scheduling

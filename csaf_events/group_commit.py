@@ -73,7 +73,6 @@ class GroupCommit(Generic[T]):
         self._commit = commit  # must finish every item it is given (set its done)
         self._max_batch = max_batch
         self._runner = runner  # given: it runs every round, no caller leads one
-        self._callers_lead = runner is None
         self._name = name
         self._lock = threading.Lock()
         self._queue: list[T] = []
@@ -88,9 +87,9 @@ class GroupCommit(Generic[T]):
                 self._queue.append(item)
                 return
             self._leading = True  # and nothing is queued: a leader leaves only an empty queue
-            if not self._callers_lead:
+            if self._runner is not None:
                 self._queue.append(item)
-        if self._callers_lead:
+        if self._runner is None:
             self._lead([item])
         else:
             self._hand_off()
@@ -126,7 +125,7 @@ class GroupCommit(Generic[T]):
             if not self._queue:
                 self._leading = False
                 return
-            successor = next((i for i in self._queue if i.waiter), None) if self._callers_lead else None
+            successor = next((i for i in self._queue if i.waiter), None) if self._runner is None else None
         if successor is not None:
             successor.promoted = True
             successor.done.set()

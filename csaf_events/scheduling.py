@@ -43,6 +43,27 @@ def pin(cpus: frozenset[int]) -> None:
     os.sched_setaffinity(0, cpus)
 
 
+def add_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--cpus` and `--batch-scheduling` for `what` ("the node", "this process": all its threads)."""
+    parser.add_argument("--cpus", type=parse_cpus, metavar="LIST",
+                        help=f"run {what} (all its threads) on these CPUs only, e.g. 0 or 0,1 (default: any); "
+                             "one interpreter's threads on one core do not pass the interpreter lock and "
+                             "their data between cores at every hand-off")
+    parser.add_argument("--batch-scheduling", action="store_true",
+                        help=f"run {what}'s threads under Linux's SCHED_BATCH: a woken thread does not preempt "
+                             "the one holding the interpreter lock (less CPU per call; a woken thread may "
+                             "wait for a busy core a little longer)")
+
+
+def apply(args: argparse.Namespace) -> None:
+    """What `add_arguments` parsed, applied to the calling thread and every thread it starts
+    from now on: call it before the store opens."""
+    if args.cpus:
+        pin(args.cpus)
+    if args.batch_scheduling:
+        batch_scheduling()
+
+
 def batch_scheduling() -> None:
     """Put the calling thread, and every thread it starts from now on, under SCHED_BATCH (no
     privilege needed). `OSError` where the system has no such policy."""

@@ -32,11 +32,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
+from csaf_events import scheduling
 from csaf_events.cli import run_main
 from csaf_events.factory import open_store
 from csaf_events.matssocket.server import MatsSocketServer
 from csaf_events.metrics import serve_metrics
-from csaf_events.scheduling import batch_scheduling, parse_cpus, pin
 from csaf_events.store import ClusterStoreAndForward
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="serve this node's Prometheus metrics on /metrics and store.health() on /health "
                              "on this port (default: not served)")
-    parser.add_argument("--cpus", type=parse_cpus, metavar="LIST",
-                        help="run the node (all its threads) on these CPUs only, e.g. 0 (default: any); one "
-                             "core per node keeps the interpreter lock's hand-offs on one core")
-    parser.add_argument("--batch-scheduling", action="store_true",
-                        help="run the node's threads under Linux's SCHED_BATCH: a woken thread does not "
-                             "preempt the one holding the interpreter lock (less CPU per call; a woken "
-                             "thread may wait for a busy core a little longer)")
+    scheduling.add_arguments(parser, "the node")
     app = parser.add_mutually_exclusive_group(required=True)
     app.add_argument("--app", help="module:factory, factory(store) -> MatsSocketServer")
     app.add_argument("--test-app", action="store_true", help="the MatsSocket clients' integration test app")
@@ -103,10 +97,7 @@ def run(args: argparse.Namespace) -> int:
         factory = load_factory(TEST_APP if args.test_app else args.app)
     ports = args.port or (list(TEST_APP_PORTS) if args.test_app else [8080])
     data_dir = args.data_dir or Path("csaf-data") / args.node_name
-    if args.cpus:  # before the store starts its threads: they inherit it
-        pin(args.cpus)
-    if args.batch_scheduling:
-        batch_scheduling()
+    scheduling.apply(args)  # before the store starts its threads: they inherit it
     with open_store(args.node_name, data_dir, args.bootstrap, namespace=args.namespace,
                     partitions=args.partitions) as store:
         server = factory(store)
