@@ -310,7 +310,7 @@ async def connected(port: int, count: int, counter: PushCounter,
         await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
 
 
-async def measure(node: NodeProcess, sockets: int, messages: int) -> dict[str, Any]:
+async def measure(node: NodeProcess, sockets: int, messages: int, pushes: int) -> dict[str, Any]:
     counter = PushCounter()
     report: dict[str, Any] = {"connect": {}}
     async with connected(node.port, sockets, counter, report["connect"]) as socks:
@@ -318,13 +318,13 @@ async def measure(node: NodeProcess, sockets: int, messages: int) -> dict[str, A
         report["send_ack"] = await round_trips(node, socks, "SEND", SEND_ENDPOINT, messages, "ACK")
         log.info("REQUEST→RESOLVE: %d calls", messages)
         report["request_resolve"] = await round_trips(node, socks, "REQUEST", REQUEST_ENDPOINT, messages, "RESOLVE")
-        per_session = max(1, math.ceil(messages / sockets))
+        per_session = max(1, math.ceil(pushes / sockets))
         log.info("push: %d message(s) to each of %d sessions", per_session, sockets)
         report["push"] = await push_throughput(node, socks, counter, per_session)
     return report
 
 
-def run(backend: str, bootstrap: str | None, sockets: int, messages: int,
+def run(backend: str, bootstrap: str | None, sockets: int, messages: int, pushes: int | None = None,
         serve_args: Sequence[str] = (), client_cpus: frozenset[int] | None = None) -> dict[str, Any]:
     """Start the node (`serve_args`: more options of ``csaf serve``), measure, stop it; the report.
     `client_cpus`: where this process (the clients) runs once the node has started."""
@@ -338,14 +338,14 @@ def run(backend: str, bootstrap: str | None, sockets: int, messages: int,
         log.info("node listening on port %d (%s)", node.port, backend)
         if client_cpus:  # after the node started: it must not inherit the clients' CPUs
             pin(client_cpus)
-        figures = asyncio.run(measure(node, sockets, messages))
+        figures = asyncio.run(measure(node, sockets, messages, pushes or messages))
     finally:
         if node is not None:
             node.stop()
         if backend == "kafka" and bootstrap:
             delete_namespace(bootstrap, namespace)
         shutil.rmtree(work, ignore_errors=True)
-    return {"backend": backend, "parameters": {"sockets": sockets, "messages": messages,
+    return {"backend": backend, "parameters": {"sockets": sockets, "messages": messages, "pushes": pushes or messages,
                                                "bootstrap": bootstrap if backend == "kafka" else None,
                                                "serve_args": list(serve_args)},
             **figures, "machine": machine(),
@@ -382,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers, HOST:PORT")
     parser.add_argument("--sockets", type=int, default=1000, help="sockets connected (default 1000)")
     parser.add_argument("--messages", type=int, default=1000,
-                        help="round trips of each kind, and pushes in all (at least one per socket; default 1000)")
+                        help="round trips of each kind, and pushes in all unless --pushes (default 1000)")
+    parser.add_argument("--pushes", type=int, metavar="N",
+                        help="messages pushed in all (at least one per socket; default: --messages)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
     parser.add_argument("--node-cpus", type=parse_cpus, metavar="LIST",
                         help="run the node on these CPUs (csaf serve --cpus); this process, the clients, then "
@@ -390,15 +392,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-batch-scheduling", action="store_true",
                         help="the node's threads under SCHED_BATCH (csaf serve --batch-scheduling)")
     args = parser.parse_args(argv)
-    if args.sockets < 1 or args.messages < 1:
-        parser.error("--sockets and --messages must be at least 1")
+    if args.sockets < 1 or args.messages < 1 or (args.pushes is not None and args.pushes < 1):
+        parser.error("--sockets, --messages and --pushes must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve_args = ["--batch-scheduling"] if args.node_batch_scheduling else []
     client_cpus = None
     if args.node_cpus:
         serve_args += ["--cpus", ",".join(map(str, sorted(args.node_cpus)))]
         client_cpus = frozenset(os.sched_getaffinity(0) - args.node_cpus) or None  # the clients off its cores
-    report = run(args.backend, args.bootstrap, args.sockets, args.messages, serve_args, client_cpus)
+    report = run(args.backend, args.bootstrap, args.sockets, args.messages, args.pushes, serve_args, client_cpus)
     print(table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

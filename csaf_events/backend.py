@@ -14,6 +14,9 @@ class Backend:
     node: Node
     registry: SessionRegistry
     channel: NodeChannel
+    #: Whether a call may wait for I/O or for another node (a transaction, a routed call, an
+    #: fsync) rather than return after its own CPU work (see `ClusterStoreAndForward.calls_wait`).
+    calls_wait: bool = True
 
     def boot(self) -> None:
         raise NotImplementedError

@@ -96,6 +96,15 @@ class ClusterStoreAndForward(SessionCalls):
         return self._backend.node
 
     @property
+    def calls_wait(self) -> bool:
+        """Whether a call may wait for I/O or for another node: a Kafka transaction, a call
+        routed to the owner, an fsync (embedded with ``sync=True``). False where every call
+        returns after its own CPU work (embedded, the default): an asyncio application may
+        then call the store from its event loop, where a hop to a thread and back would cost
+        more than the call (`csaf_events.matssocket` does). Calls that wait belong on threads."""
+        return self._backend.calls_wait
+
+    @property
     def registry(self) -> SessionRegistry:
         return self._backend.registry
 

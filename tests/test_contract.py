@@ -137,6 +137,12 @@ def test_boot_is_idempotent_and_context_manager_works(store_factory):
         again.is_session_exists("s1")
 
 
+def test_calls_wait_where_the_backend_waits_for_a_broker(store_factory):
+    """Kafka calls wait for a transaction (or the owner); an embedded call is one local write."""
+    s = store_factory()
+    assert s.calls_wait is store_factory.cluster
+
+
 # ------------------------------------------------------------------------ sessions ----
 
 def test_register_returns_created_timestamp_now_then_original(store_factory, clock):

@@ -8,7 +8,10 @@ Assertions look at what the client gets and at what the store holds.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import string
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from csaf_events.channel import InProcessHub
 from csaf_events.clock import now_ms
 from csaf_events.matssocket import AuthContext, IncomingContext, InvalidAuthentication, MatsSocketServer
 from csaf_events.matssocket.forwarder import MAX_DELIVERY_ATTEMPTS
+from csaf_events.matssocket.protocol import random_id
 from csaf_events.matssocket.testapp import DummyAuthenticator
 
 RECEIVE_TIMEOUT = 5.0
@@ -745,3 +749,41 @@ def test_liveliness_is_notified_for_live_sessions(store) -> None:
             assert after.session_id == sid and after.liveliness_timestamp > before.liveliness_timestamp
             await c.close()
     run(scenario())
+
+
+# ------------------------------------------------------------ store calls ------
+
+@pytest.mark.parametrize("sync", [False, True], ids=["embedded", "embedded-fsync"])
+def test_store_calls_run_on_the_event_loop_only_where_they_do_not_wait(tmp_path: Path, sync: bool) -> None:
+    """An embedded store's call is its own CPU work: the node makes it on its event loop (a
+    thread hop costs more). One that fsyncs waits for the disk: it runs on the store threads."""
+    s = open_store(node_name="node-a", data_dir=tmp_path / "node-a", sync=sync)
+    s.boot()
+    try:
+        assert s.calls_wait is sync
+
+        async def scenario() -> None:
+            async with node(s) as (server, _):
+                def where() -> str:
+                    return threading.current_thread().name
+                ran_on = await server.io(where)
+                assert (ran_on == threading.current_thread().name) is not sync, ran_on
+                c = await RawClient.connect(server.port)
+                await c.hello()
+                await c.send({"t": "SEND", "eid": "count", "cmid": 1, "tid": "t1", "msg": {}})
+                assert await c.expect("ACK") == {"t": "ACK", "cmid": 1}
+                assert s.get_message_from_inbox(c.sid, "1") is not None
+                await c.close()
+        run(scenario())
+    finally:
+        s.close()
+
+
+def test_random_ids_are_letters_and_digits_each_as_likely() -> None:
+    ids = [random_id() for _ in range(4000)] + [random_id(40) for _ in range(100)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 16 for i in ids[:4000]) and all(len(i) == 40 for i in ids[4000:])
+    counts = collections.Counter("".join(ids[:4000]))
+    assert set(counts) == set(string.ascii_letters + string.digits)
+    expected = 4000 * 16 / 62  # about 1,032 of each; a folded alphabet would give its first 8 a quarter more
+    assert all(abs(n - expected) < expected * 0.2 for n in counts.values()), counts.most_common(3)

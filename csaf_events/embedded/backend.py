@@ -33,6 +33,7 @@ class EmbeddedBackend(Backend):
         self._partitions = partitions
         self._clock = clock
         self._sync = sync
+        self.calls_wait = sync  # an append is one RocksDB write, fsynced only with `sync`
         self._compaction = compaction
         self._compaction_interval = compaction_interval
         self._stop = threading.Event()

@@ -3,8 +3,10 @@
 The server accepts WebSocket connections speaking the ``matssocket`` subprotocol, keeps
 one `Connection` per socket and one `OutboxForwarder` per live session, runs the store's
 periodic jobs (`csaf_events.maintenance.Maintenance`) and talks to the other nodes of the
-cluster through a `NodeChannel`. Store calls block, so they run in a thread pool of their
-own (`store_threads`), never on the event loop.
+cluster through a `NodeChannel`. Store calls that may wait (Kafka: a transaction, a routed
+call) run in a thread pool of their own (`store_threads`), never on the event loop; those of
+a store whose calls return after their own CPU work (embedded) run on the event loop, where
+a hop to a thread and back would cost more than the call (`store.calls_wait`).
 
 User code plugs in through endpoints (`endpoint`, `terminator`), an `Authenticator`, the
 server-initiated `send`, `request`, `publish` and `close_session`, and on the HTTP side an
@@ -108,6 +110,7 @@ class MatsSocketServer:
         self.probe: Probe = probe or (lambda point, session_id, envelope: None)
         self.metrics = matssocket_metrics(store)  # csaf_matssocket_* on the store's registry
         self._executor = ThreadPoolExecutor(store_threads, thread_name_prefix=f"csaf-store-{self.node_name}")
+        self._inline = not store.calls_wait  # store calls on the event loop (see the module docstring)
         self._maintenance = (Maintenance(store, self.live_session_ids, **maintenance)
                              if maintenance is not None else None)
         self._local: dict[str, Connection] = {}
@@ -211,7 +214,10 @@ class MatsSocketServer:
 
     # ------------------------------------------------------------------ helpers --
     async def io(self, fn: Callable[..., R], *args: Any) -> R:
-        """Run a blocking store call in the store thread pool."""
+        """A store call: on the event loop where the store's calls do not wait, else in the
+        store thread pool."""
+        if self._inline:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
