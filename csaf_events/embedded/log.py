@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import orjson
 from rocksdict import ReadOptions, WriteBatch
@@ -24,11 +24,9 @@ from csaf_events.errors import CsafError, DataAccessError
 from csaf_events.events import Record, header
 from csaf_events.log.entries import Chunk, LogEntry, chunked
 from csaf_events.log.port import OnCommitted, OnDone
+from csaf_events.pending import Pending
 from csaf_events.topics import TopicSpec
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
-
-if TYPE_CHECKING:
-    from csaf_events.writer import Pending
 
 LOG_CF = "log"
 _GENERATION_KEY = b"\xff\xffgeneration"

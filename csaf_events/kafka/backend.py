@@ -27,10 +27,10 @@ from csaf_events.kafka.ownership import Origin
 from csaf_events.kafka.registry_tail import RegistryTailer
 from csaf_events.kafka.routing import KafkaRouter
 from csaf_events.node import Node
+from csaf_events.pending import Pending
 from csaf_events.registry import SessionRegistry
 from csaf_events.timings import Timings
 from csaf_events.topics import Topics
-from csaf_events.writer import Pending
 from projections.files import open_or_set_aside, projection_dir
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ Appends go through the node's transaction lanes (`transaction`), reads through t
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from csaf_events.events import Record
 from csaf_events.group_commit import Runner
@@ -17,13 +17,11 @@ from csaf_events.kafka.reader import KafkaReader
 from csaf_events.kafka.transaction import NodeTransaction
 from csaf_events.log.entries import Chunk, LogEntry
 from csaf_events.log.port import OnCommitted, OnDone
+from csaf_events.pending import Pending
 from csaf_events.timings import Timings
 from csaf_events.topics import Topics
 from projections.rebuild import catch_up
 from projections.rocks import Projection, ProjectionBatch
-
-if TYPE_CHECKING:
-    from csaf_events.writer import Pending
 
 
 class KafkaLog:

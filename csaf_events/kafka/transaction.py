@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
@@ -48,12 +48,10 @@ from csaf_events.group_commit import Signal
 from csaf_events.kafka.ownership import Ownership
 from csaf_events.kafka.watchdog import Watchdog
 from csaf_events.log.port import OnCommitted, OnDone
+from csaf_events.pending import Pending
 from csaf_events.timings import Timings
 from csaf_events.topics import Topics
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
-
-if TYPE_CHECKING:
-    from csaf_events.writer import Pending
 
 log = logging.getLogger(__name__)
 

@@ -9,16 +9,13 @@ consumer group). Command handling is written once against this port.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from csaf_events.events import Record
 from csaf_events.group_commit import Runner
 from csaf_events.log.entries import LogReader
+from csaf_events.pending import Pending
 from projections.rocks import ProjectionBatch
-
-if TYPE_CHECKING:
-    from csaf_events.writer import Pending
-
 
 OnDone = Callable[[BaseException | None], None]
 OnCommitted = Callable[[], None]
