@@ -66,6 +66,5 @@ def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | No
     store = ClusterStoreAndForward(node_name, topics.events.partitions, backend, limits)
     if metrics is not None:
         from csaf_events.metrics import StoreMetrics
-        store.metrics = StoreMetrics(store, metrics)
-        store.metrics.instrument()
+        store.metrics = StoreMetrics(store, metrics)  # observes the store's public calls
     return store

@@ -24,6 +24,7 @@ from csaf_events.errors import CsafError, DataAccessError
 from csaf_events.events import Record, header
 from csaf_events.log.entries import Chunk, LogEntry, chunked
 from csaf_events.log.port import OnCommitted, OnDone
+from csaf_events.log.status import LogStatus
 from csaf_events.pending import Pending
 from csaf_events.topics import TopicSpec
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
@@ -212,6 +213,10 @@ class EmbeddedLog:
 
     def owned(self) -> list[int]:
         return list(range(self.partitions))
+
+    def status(self) -> LogStatus:
+        """Every partition, always: one node owns them all, no takeovers, no transactions to fence."""
+        return LogStatus(assigned=self.owned(), takeovers=[], fenced=False)
 
     def set_ownership_listener(self, on_assigned: Callable[[list[int]], None],
                                on_revoked: Callable[[list[int]], None]) -> None:

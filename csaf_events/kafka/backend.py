@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-from csaf_events.backend import Backend
+from csaf_events.backend import Backend, RoutedCalls
 from csaf_events.codec import decode_command, encode_outcome
 from csaf_events.errors import CsafError, unreachable
 from csaf_events.kafka import topics as kafka_topics
@@ -55,6 +55,21 @@ class KafkaBackend(Backend):
         self._routed_reads = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"csaf-routed-read-{node_name}")
         self._closers: list[Callable[[], None]] = [lambda: self._routed.shutdown(wait=True),
                                                    lambda: self._routed_reads.shutdown(wait=True)]
+
+    kind = "kafka"
+
+    @property
+    def projection_path(self) -> Path:
+        return self._path
+
+    def registry_lag(self, timeout: float) -> tuple[int | None, str | None]:
+        tailer: RegistryTailer | None = getattr(self, "tailer", None)  # set by boot
+        if tailer is None:
+            return None, "no registry tail"
+        return tailer.lag(timeout)
+
+    def routed_calls(self) -> RoutedCalls:
+        return RoutedCalls(self.router.in_flight(), self.router.timed_out)
 
     def boot(self) -> None:
         try:

@@ -27,12 +27,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS
+from csaf_events.log.status import Takeover
 from csaf_events.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -55,18 +55,6 @@ class Origin(NamedTuple):
     correlation_id: bytes
     offset: int
     deadline_ms: int | None  # wall clock; the caller gives up then
-
-
-@dataclass(frozen=True)
-class Takeover:
-    """What the last takeover of a partition cost (for operators: logs, health, metrics)."""
-
-    partition: int
-    settle_seconds: float  # waiting for the committed offset (the previous owner's open transaction)
-    events: int  # events restored from the log
-    restore_seconds: float
-    attempts: int
-    finished_at: float  # time.time()
 
 
 class Ownership:

@@ -14,6 +14,7 @@ from typing import Protocol
 from csaf_events.events import Record
 from csaf_events.group_commit import Runner
 from csaf_events.log.entries import LogReader
+from csaf_events.log.status import LogStatus
 from csaf_events.pending import Pending
 from projections.rocks import ProjectionBatch
 
@@ -57,6 +58,11 @@ class EventLog(LogReader, Protocol):
 
     def owned(self) -> list[int]:
         """The partitions this node decides now (appends are accepted for them)."""
+
+    def status(self) -> LogStatus:
+        """What operators see of this node's share of the log: the partitions assigned to it
+        (served or still being taken over), the last takeover of each, whether its
+        transactions are refused as a fenced one's, its last errors (`csaf_events.health`)."""
 
     def set_ownership_listener(self, on_assigned: Callable[[list[int]], None],
                                on_revoked: Callable[[list[int]], None]) -> None:
