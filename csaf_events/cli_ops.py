@@ -8,7 +8,10 @@ command offsets, the events topic's end per partition and the session registry's
 (`csaf_events.cluster_status`). ``metrics`` serves the same facts as Prometheus metrics on
 ``/metrics`` (``csaf_cluster_*``, read at each scrape) and ``/health`` (200 when every
 partition has an owner), without joining the cluster. A node's own metrics come from the
-node (`csaf_events.metrics.serve_metrics`, ``csaf serve``). See docs/operations.md.
+node (`csaf_events.metrics.serve_metrics`, ``csaf serve``). See docs/operations.md. Each
+subcommand imports what only it needs (Kafka's admin API, prometheus-client), so that ``csaf
+--help`` stays fast; none of those imports dodges an import circle (`tests/test_layers.py`
+counts them).
 """
 
 from __future__ import annotations
