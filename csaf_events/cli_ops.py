@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import sys
 import threading
@@ -26,11 +25,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+from csaf_events.validation import NAME
 
 
 def namespace(text: str) -> str:
-    if not _NAME.match(text):
+    if not NAME.match(text):
         raise argparse.ArgumentTypeError(f"must be 1-100 letters, digits, '.', '_' or '-', got {text!r}")
     return text
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,9 +16,7 @@ from csaf_events.kafka.transaction import DEFAULT_LANES
 from csaf_events.metrics import StoreMetrics
 from csaf_events.store import ClusterStoreAndForward
 from csaf_events.topics import load_topics
-from csaf_events.validation import Limits
-
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+from csaf_events.validation import NAME, Limits
 
 
 def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | None = None, *,
@@ -37,9 +34,9 @@ def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | No
     `metrics` is the Prometheus registry the store reports to (default the process-wide one;
     None: no metrics, the calls are not wrapped at all); see `csaf_events.metrics`.
     """
-    if not isinstance(node_name, str) or not _NAME.match(node_name):
+    if not isinstance(node_name, str) or not NAME.match(node_name):
         raise ValueError(f"node_name must be 1-100 characters of letters, digits, '.', '_' or '-', got {node_name!r}")
-    if not isinstance(namespace, str) or not _NAME.match(namespace):
+    if not isinstance(namespace, str) or not NAME.match(namespace):
         raise ValueError(f"namespace must be 1-100 characters of letters, digits, '.', '_' or '-', got {namespace!r}")
     if not isinstance(data_dir, (str, Path)) or not str(data_dir):
         raise TypeError(f"data_dir must be a path, got {data_dir!r}")
