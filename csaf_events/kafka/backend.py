@@ -30,7 +30,7 @@ from csaf_events.node import Node
 from csaf_events.pending import Pending
 from csaf_events.registry import SessionRegistry
 from csaf_events.timings import Timings
-from csaf_events.topics import Topics
+from csaf_events.topics import Topics, client_id
 from projections.files import open_or_set_aside, projection_dir
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class KafkaBackend(Backend):
         self._clock = clock
         self._timeout = request_timeout
         self._lanes = transaction_lanes
-        self._config = {"bootstrap.servers": bootstrap, "client.id": f"csaf-{node_name}", **kafka_config}
+        self._config = {"bootstrap.servers": bootstrap, "client.id": client_id(node_name), **kafka_config}
         self.registry = SessionRegistry()
         # Routed writes are submitted in the order consumed, on one thread (not the polling
         # one: the submitting thread may lead the group commit and its transaction). Routed

@@ -63,7 +63,7 @@ class Ownership:
         self._node = node_name
         self._config = client_config
         self._commands = topics.commands.name
-        self._group_id = f"{topics.namespace}.owners"
+        self._group_id = topics.owners_group
         self._timeout = timeout
         self._restore = restore
         # One lock for every change of what is owned; the callbacks to the node (writers)
