@@ -43,7 +43,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from csaf_events.codec import encode_outcome
 from csaf_events.errors import DataAccessError, NotOwnerError, ProducerFencedError, TransactionAbortedError
-from csaf_events.events import SESSION, Record
+from csaf_events.events import SESSION, Record, key_prefix
 from csaf_events.group_commit import Signal
 from csaf_events.kafka.ownership import Ownership
 from csaf_events.kafka.watchdog import Watchdog
@@ -55,7 +55,7 @@ from projections.rocks import Checkpoint, Projection, ProjectionBatch
 
 log = logging.getLogger(__name__)
 
-_SESSION_KEY_PREFIX = b'["' + SESSION.encode() + b'",'
+_SESSION_KEY_PREFIX = key_prefix(SESSION)
 
 #: Transactional producers per node unless `open_store(transaction_lanes=)` says otherwise.
 #: One: on a broker short of cores each transaction's fixed cost counts (2 cores: 901
