@@ -370,7 +370,7 @@ class NodeTransaction:
         assert producer is not None
         events_topic, sessions_topic = self._topics.events.name, self._topics.sessions.name
         commands_topic = self._topics.commands.name
-        offsets = {p: self._ownership.command_offsets.get(p, 0) for p in {r.partition for r in reqs}}
+        offsets = {p: self._ownership.command_offset(p) for p in {r.partition for r in reqs}}
         for req in reqs:
             if req.routed:
                 offsets[req.partition] = max(offsets[req.partition], max(p.origin.offset for p in req.routed) + 1)
@@ -425,9 +425,7 @@ class NodeTransaction:
         for phase, seconds in (("produce", produced - began), ("send_offsets", offsets_sent - produced),
                                ("flush", flushed - offsets_sent), ("commit", committed - flushed)):
             self._timings.add(phase, seconds, commands)
-        for p, o in offsets.items():
-            if self._ownership.serves(p):
-                self._ownership.command_offsets[p] = o
+        self._ownership.commands_committed(offsets)
 
     def _failure(self, slot: _Slot, e: KafkaException, reqs: list[Append]) -> BaseException:
         """Settle a failed transaction and say what the callers must be told."""
