@@ -227,7 +227,7 @@ class StoreMetrics:
             def call(fn: Callable[..., Any], holder: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
                 t0 = clock()
                 try:
-                    where = store.node.writer(partition_for(args[0] if args else kw["session_id"], partitions)) is None
+                    where = not store.node.serves(partition_for(args[0] if args else kw["session_id"], partitions))
                 except Exception:  # noqa: BLE001 - not booted, or a bad argument the call itself reports
                     where = True
                 try:

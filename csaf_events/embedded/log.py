@@ -214,6 +214,9 @@ class EmbeddedLog:
     def owned(self) -> list[int]:
         return list(range(self.partitions))
 
+    def serves(self, partition: int) -> bool:
+        return 0 <= partition < self.partitions
+
     def status(self) -> LogStatus:
         """Every partition, always: one node owns them all, no takeovers, no transactions to fence."""
         return LogStatus(assigned=self.owned(), takeovers=[], fenced=False)

@@ -102,6 +102,9 @@ class KafkaLog:
     def owned(self) -> list[int]:
         return self.ownership.owned()
 
+    def serves(self, partition: int) -> bool:
+        return self.ownership.serves(partition)
+
     def close(self) -> None:
         self.ownership.close()
         self.reader.close()

@@ -57,7 +57,11 @@ class EventLog(LogReader, Protocol):
         round, and each caller waits once, for its answer."""
 
     def owned(self) -> list[int]:
-        """The partitions this node decides now (appends are accepted for them)."""
+        """The partitions this node decides now (appends are accepted for them): the log holds
+        that fact, the node's writers follow it (`set_ownership_listener`)."""
+
+    def serves(self, partition: int) -> bool:
+        """Whether `partition` is one of `owned()` (cheap: asked on every call)."""
 
     def status(self) -> LogStatus:
         """What operators see of this node's share of the log: the partitions assigned to it
