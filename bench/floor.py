@@ -304,11 +304,11 @@ def run_kafka_floor(bootstrap: str, namespace: str, partitions: int, *, ops: int
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient
 
-    from csaf_events.events import SESSION
+    from csaf_events.events import SESSION, key_prefix
     from csaf_events.kafka import topics as kafka_topics
     from csaf_events.topics import load_topics
 
-    session_prefix = b'["' + SESSION.encode() + b'",'
+    session_prefix = key_prefix(SESSION)
     ours = load_topics(None, namespace).with_partitions(partitions)
     by_partition, markers = read_log(bootstrap, ours.events.name, partitions, timeout)
     records = [e for entries in by_partition for e in entries]

@@ -25,7 +25,6 @@ measures; it never fails because a number moved.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -42,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.warmup import warm_up
 from csaf_events import CsafError, open_store, scheduling, timings
 from csaf_events.cli import payload_size, positive_int, run_main
 from csaf_events.cli_ops import number
@@ -80,19 +80,6 @@ class BenchOptions:
     @property
     def warmup_seconds(self) -> float:
         return WARMUP_S.get(self.backend, 0.0) if self.warmup_s is None else self.warmup_s
-
-
-def warm_up(stores: Sequence, options: BenchOptions) -> dict[str, Any] | None:
-    """Run the workload untimed (its own session ids) so that what is measured next is the
-    steady state: the broker's JIT-compiled request path, warm caches, started threads."""
-    seconds = options.warmup_seconds
-    if seconds <= 0:
-        return None
-    print(f"warming up for {seconds:g} s (untimed; --warmup 0 skips it)", file=sys.stderr)
-    config = dataclasses.replace(options.workload(), sessions=1_000_000_000, duration=seconds)
-    result = run_workload(stores, config)
-    return {"seconds": seconds, "sessions": result.sessions, "elapsed_s": round(result.elapsed_s, 3),
-            "lifecycles_per_s": round(result.lifecycles_per_s, 1), "errors": sum(result.errors.values())}
 
 
 #: Seconds of the workload run untimed before the measured run, per backend. A broker just
@@ -223,7 +210,7 @@ def measure(stores: Sequence, options: BenchOptions) -> tuple[WorkloadResult, di
     from bench.kafka_admin import CpuMeter, local_broker_pids
     from bench.thread_cpu import ThreadCpu, per_call
 
-    warmup = warm_up(stores, options)
+    warmup = warm_up(stores, options.warmup_seconds, options.workload())
     bar = _progress_bar(options.sessions, options.progress, f"{options.backend} x{len(stores)}")
     rss_before = current_rss_bytes()
     cpu = CpuMeter(local_broker_pids(options.bootstrap) if options.backend == "kafka" and options.bootstrap else [])
@@ -416,7 +403,8 @@ def run_kafka(options: BenchOptions) -> dict[str, Any]:
     try:
         if options.processes:
             from bench.processes import run_node_processes
-            result, report = run_node_processes(options, work, namespace, partitions)
+            result, cpu_use, breakdown, extras = run_node_processes(options, work, namespace, partitions)
+            report = {**report_of(result, options, cpu_use, breakdown), **extras}
         else:
             result, report = _run_in_this_process(options, work, namespace, partitions)
         disk = dir_bytes(work / namespace)

@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.warmup import warm_up
 from csaf_events import open_store, timings
 from csaf_events.workload import WorkloadResult, run_workload
 
@@ -41,8 +42,7 @@ def _node(index: int, options: Any, work: Path, namespace: str, partitions: int,
                            namespace=namespace, partitions=partitions, transaction_lanes=options.transaction_lanes,
                            kafka_config=dict(options.kafka_config))
         store.boot()
-        from bench.lifecycle import warm_up
-        warm_up([store], options)
+        warm_up([store], options.warmup_seconds, options.workload())
         while not go.wait(0.25):
             out.put(("owned", index, store.node.owned()))
         cpu, before = _cpu_s(), store.node.timings.snapshot()
@@ -75,10 +75,11 @@ def _merge(results: list[WorkloadResult]) -> WorkloadResult:
         latency_ns=dict(latency))
 
 
-def run_node_processes(options: Any, work: Path, namespace: str,
-                       partitions: int) -> tuple[WorkloadResult, dict[str, Any]]:
+def run_node_processes(options: Any, work: Path, namespace: str, partitions: int
+                       ) -> tuple[WorkloadResult, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The merged result, the CPU used, the write breakdown, and what the report adds for
+    node processes (the lifecycle benchmark makes the report of them)."""
     from bench.kafka_admin import CpuMeter, local_broker_pids
-    from bench.lifecycle import report_of
 
     ctx = multiprocessing.get_context("spawn")
     go, out, all_there = ctx.Event(), ctx.Queue(), ctx.Barrier(options.nodes)
@@ -129,7 +130,6 @@ def run_node_processes(options: Any, work: Path, namespace: str,
                                      for i in sorted(done) if done[i][0].elapsed_s > 0}
     breakdown = timings.breakdown(timings.merge([done[i][1] for i in done]),
                                   timings.merge([done[i][2] for i in done]), merged.elapsed_s)
-    report = report_of(merged, options, cpu_use, breakdown)
-    report["ownership_settle_s"] = settle_s
-    report["per_node_lifecycles_per_s"] = {f"node-{i}": round(done[i][0].lifecycles_per_s, 1) for i in sorted(done)}
-    return merged, report
+    extras = {"ownership_settle_s": settle_s,
+              "per_node_lifecycles_per_s": {f"node-{i}": round(done[i][0].lifecycles_per_s, 1) for i in sorted(done)}}
+    return merged, cpu_use, breakdown, extras

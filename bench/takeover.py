@@ -29,7 +29,7 @@ from confluent_kafka import Producer
 
 from csaf_events import events as ev
 from csaf_events import open_store
-from csaf_events.events import Record
+from csaf_events.events import SESSION, Record, key_prefix
 from csaf_events.partitioning import partition_for
 from csaf_events.topics import load_topics
 from csaf_events.workload import make_payloads
@@ -103,6 +103,7 @@ def fill_partition(bootstrap: str, events_topic: str, sessions_topic: str, parti
             except BufferError:
                 producer.poll(0.05)
 
+    session_prefix = key_prefix(SESSION)
     t0 = time.monotonic()
     written = sessions = bytes_ = 0
     complete: dict[str, bool] = {}  # the first whole sessions: id -> closed
@@ -115,7 +116,7 @@ def fill_partition(bootstrap: str, events_topic: str, sessions_topic: str, parti
             complete[sid] = n % 2 == 0
         for r in records:
             produce(events_topic, r)
-            if r.key.startswith(b'["s",'):
+            if r.key.startswith(session_prefix):
                 produce(sessions_topic, r)
             bytes_ += len(r.key) + len(r.value or b"")
         written += len(records)

@@ -78,6 +78,8 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # imported here, not to dodge an import circle: ``csaf --help`` and the other subcommands
+    # do not load the store and the workload
     from tqdm import tqdm
 
     from csaf_events.factory import open_store

@@ -8,14 +8,16 @@ command offsets, the events topic's end per partition and the session registry's
 (`csaf_events.cluster_status`). ``metrics`` serves the same facts as Prometheus metrics on
 ``/metrics`` (``csaf_cluster_*``, read at each scrape) and ``/health`` (200 when every
 partition has an owner), without joining the cluster. A node's own metrics come from the
-node (`csaf_events.metrics.serve_metrics`, ``csaf serve``). See docs/operations.md.
+node (`csaf_events.metrics.serve_metrics`, ``csaf serve``). See docs/operations.md. Each
+subcommand imports what only it needs (Kafka's admin API, prometheus-client), so that ``csaf
+--help`` stays fast; none of those imports dodges an import circle (`tests/test_layers.py`
+counts them).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import sys
 import threading
@@ -23,11 +25,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+from csaf_events.validation import NAME
 
 
 def namespace(text: str) -> str:
-    if not _NAME.match(text):
+    if not NAME.match(text):
         raise argparse.ArgumentTypeError(f"must be 1-100 letters, digits, '.', '_' or '-', got {text!r}")
     return text
 

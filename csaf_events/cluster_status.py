@@ -26,9 +26,7 @@ from confluent_kafka.admin import AdminClient
 
 from csaf_events.errors import CsafError
 from csaf_events.kafka.end_offsets import end_offsets
-from csaf_events.topics import load_topics
-
-CLIENT_PREFIX = "csaf-"  # KafkaBackend's client.id is csaf-<node>
+from csaf_events.topics import load_topics, node_of_client
 
 
 def _partitions(admin: AdminClient, topic: str, timeout: float) -> int:
@@ -49,7 +47,7 @@ def cluster_status(bootstrap: str, namespace: str = "csaf", *, timeout: float = 
     admin = AdminClient({"bootstrap.servers": bootstrap, "client.id": "csaf-status", "log_level": 2,
                          "socket.timeout.ms": int(timeout * 1000)})
     commands, events, sessions = topics.commands.name, topics.events.name, topics.sessions.name
-    group = f"{namespace}.owners"
+    group = topics.owners_group
     n = _partitions(admin, events, timeout)
     try:
         desc = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
@@ -64,7 +62,7 @@ def cluster_status(bootstrap: str, namespace: str = "csaf", *, timeout: float = 
                                timeout)
     nodes, owner = [], {}
     for m in sorted(desc.members, key=lambda m: m.client_id):
-        name = m.client_id[len(CLIENT_PREFIX):] if m.client_id.startswith(CLIENT_PREFIX) else m.client_id
+        name = node_of_client(m.client_id)
         owned = sorted(tp.partition for tp in (m.assignment.topic_partitions if m.assignment else [])
                        if tp.topic == commands)
         nodes.append({"node": name, "client_id": m.client_id, "host": m.host, "member_id": m.member_id,

@@ -17,6 +17,9 @@ _DTOS = {c.__name__: c for c in (dtos.CurrentNode, dtos.SessionDto, dtos.StoredI
 _ERRORS = {c.__name__: c for c in (errors.CsafError, errors.DataAccessError, errors.WrongUserError,
                                     errors.MessageIdAlreadyExistsError, errors.NotOwnerError,
                                     errors.ConflictError, errors.UnitOfWorkError)}
+#: Errors that travel as the class they derive from (what every node of a cluster decodes).
+_WIRE_NAMES: dict[type, str] = {errors.ProducerFencedError: "DataAccessError",
+                                errors.TransactionAbortedError: "NotOwnerError"}
 
 
 def _plain(obj: Any) -> Any:
@@ -60,7 +63,9 @@ def decode_command(raw: bytes) -> commands.Command:
 
 def encode_outcome(result: Any, error: BaseException | None) -> bytes:
     if error is not None:
-        name = type(error).__name__ if type(error).__name__ in _ERRORS else "DataAccessError"
+        name = _WIRE_NAMES.get(type(error), type(error).__name__)
+        if name not in _ERRORS:
+            name = "DataAccessError"
         return orjson.dumps({"error": name, "message": str(error),
                              "may_have_written": getattr(error, "may_have_written", True)})
     return orjson.dumps({"result": _plain(result)})

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 from csaf_events import events as ev
@@ -348,9 +349,8 @@ def _store_outbox(c: StoreOutbox, d: Decision) -> CurrentNode | None:
         raise MessageIdAlreadyExistsError(
             f"server message id {c.server_message_id!r} is already in the outbox of session {c.session_id!r}")
     seq = queries.next_outbox_seq(d.view, d.partition, c.session_id)
-    d.emit(ev.OutboxStored(
-        c.session_id, seq, c.server_message_id, c.trace_id, str(c.type), c.client_message_id,
-        c.request_timestamp, d.now, None, 0, False, c.envelope, c.message_text, c.message_binary))
+    d.emit(ev.OutboxStored(**{f: getattr(c, f) for f in _STORED_FIELDS}, type=str(c.type), seq=seq,
+                           stored_timestamp=d.now, attempt_timestamp=None, delivery_count=0, dead_lettered=False))
     return _current_node(s)
 
 
@@ -558,7 +558,14 @@ def _get_outbox(c: GetOutbox, d: Decision) -> list[StoredOutMessage]:
 
 
 def _stored_out(m: ev.OutboxState) -> StoredOutMessage:
-    return StoredOutMessage(
-        m.session_id, m.server_message_id, m.trace_id, MessageType(m.type), m.client_message_id,
-        m.request_timestamp, m.stored_timestamp, m.attempt_timestamp, m.delivery_count, m.envelope,
-        m.message_text, m.message_binary)
+    values = list(_out_values(m))
+    values[_OUT_TYPE] = MessageType(values[_OUT_TYPE])
+    return StoredOutMessage(*values)
+
+
+# The outbox message's fields are declared once per role (the event `OutboxState`, the command
+# `StoreOutbox`, the DTO `StoredOutMessage`, each by name) and copied from one to the other by
+# name, here; tests/test_contract.py checks that the command's and the DTO's are the event's.
+_STORED_FIELDS = tuple(f.name for f in fields(StoreOutbox) if f.name != "type")
+_out_values = attrgetter(*(f.name for f in fields(StoredOutMessage)))
+_OUT_TYPE = [f.name for f in fields(StoredOutMessage)].index("type")

@@ -46,6 +46,22 @@ class NotOwnerError(CsafError):
     partition is owned now."""
 
 
+class ProducerFencedError(DataAccessError):
+    """A transaction was refused because this node's transactional producer was fenced:
+    another process opened this node's transactional id, or the transaction timed out while
+    the node stalled. Nothing was written. Not retried for the caller: another incarnation
+    of this node may be running."""
+
+    def __init__(self, message: str, *, may_have_written: bool = False) -> None:
+        super().__init__(message, may_have_written=may_have_written)
+
+
+class TransactionAbortedError(NotOwnerError):
+    """A transaction was aborted, nothing written: the owners group has moved on from this
+    member (a stale generation), or the broker asked for the abort. Retried where the
+    partition is owned now."""
+
+
 class ConflictError(DataAccessError):
     """A unit of work was not committed because what one of its calls returned (or found) has
     changed since it was made: another writer got there first. Nothing was written; run the

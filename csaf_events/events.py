@@ -395,6 +395,12 @@ def stamped_record(event: Event, stamp: Headers, ids: tuple | None = None) -> Re
     return Record(event.key(ids), encode_value(event), _TYPE_HEADERS[type(event)] + stamp)
 
 
+def key_prefix(entity: str) -> bytes:
+    """What every record key of `entity` starts with (a key is ``[entity, *ids]`` as JSON,
+    `Event.key`): ``["s",`` for a session row."""
+    return orjson.dumps([entity])[:-1] + b","
+
+
 def header(headers: Headers | list[tuple[str, bytes]] | None, name: str) -> str | None:
     """The value of header `name` as text, None when the record has none."""
     for k, v in headers or ():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,11 +9,14 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from csaf_events.backend import Backend
 from csaf_events.clock import now_ms
+from csaf_events.embedded.backend import EmbeddedBackend
+from csaf_events.embedded.log import CompactionPolicy
+from csaf_events.kafka.backend import KafkaBackend
+from csaf_events.kafka.transaction import DEFAULT_LANES
+from csaf_events.metrics import StoreMetrics
 from csaf_events.store import ClusterStoreAndForward
 from csaf_events.topics import load_topics
-from csaf_events.validation import Limits
-
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+from csaf_events.validation import NAME, Limits
 
 
 def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | None = None, *,
@@ -32,9 +34,9 @@ def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | No
     `metrics` is the Prometheus registry the store reports to (default the process-wide one;
     None: no metrics, the calls are not wrapped at all); see `csaf_events.metrics`.
     """
-    if not isinstance(node_name, str) or not _NAME.match(node_name):
+    if not isinstance(node_name, str) or not NAME.match(node_name):
         raise ValueError(f"node_name must be 1-100 characters of letters, digits, '.', '_' or '-', got {node_name!r}")
-    if not isinstance(namespace, str) or not _NAME.match(namespace):
+    if not isinstance(namespace, str) or not NAME.match(namespace):
         raise ValueError(f"namespace must be 1-100 characters of letters, digits, '.', '_' or '-', got {namespace!r}")
     if not isinstance(data_dir, (str, Path)) or not str(data_dir):
         raise TypeError(f"data_dir must be a path, got {data_dir!r}")
@@ -48,15 +50,11 @@ def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | No
     limits = limits or Limits()
     backend: Backend
     if bootstrap_servers is None:
-        from csaf_events.embedded.backend import EmbeddedBackend
-        from csaf_events.embedded.log import CompactionPolicy
         backend = EmbeddedBackend(node_name, Path(data_dir), topics.events.partitions, clock, sync,
                                   compaction=CompactionPolicy.of(topics.events))
     else:
         if not isinstance(bootstrap_servers, str) or not bootstrap_servers.strip():
             raise ValueError(f"bootstrap_servers must be 'host:port[,host:port...]', got {bootstrap_servers!r}")
-        from csaf_events.kafka.backend import KafkaBackend
-        from csaf_events.kafka.transaction import DEFAULT_LANES
         lanes = DEFAULT_LANES if transaction_lanes is None else transaction_lanes
         if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= 64:
             raise ValueError(f"transaction_lanes must be an int from 1 to 64, got {transaction_lanes!r}")
@@ -65,7 +63,5 @@ def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | No
                                transaction_lanes=lanes)
     store = ClusterStoreAndForward(node_name, topics.events.partitions, backend, limits)
     if metrics is not None:
-        from csaf_events.metrics import StoreMetrics
-        store.metrics = StoreMetrics(store, metrics)
-        store.metrics.instrument()
+        store.metrics = StoreMetrics(store, metrics)  # observes the store's public calls
     return store

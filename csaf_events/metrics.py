@@ -1,8 +1,9 @@
 """Prometheus metrics of a store (``prometheus-client``; every name starts with ``csaf_``).
 
-What is measured per call is measured in one place: `StoreMetrics.instrument` wraps the
-public methods of one store instance (only when the store has a registry, so a store
-opened with ``metrics=None`` runs the unwrapped methods). Each call adds one observation
+What is measured per call is measured in one place: `StoreMetrics.observe`, which the
+store's public methods call (they are marked `csaf_events.observe.observed`) when the store
+has metrics (a store opened with ``metrics=None`` runs each call with one check more, and
+nothing else). Each call adds one observation
 to ``csaf_call_duration_seconds{node,method}`` and one to
 ``csaf_calls_total{node,method,outcome}``, where the outcome is ``local`` (this node owns
 the session's partition and decided it), ``routed`` (another node's), or the class name of
@@ -13,9 +14,10 @@ touch (the registry reads always are), else ``routed``.
 
 Everything else is read at scrape time by one collector per registry, from the facts the
 store keeps anyway (no code on the write path): the node's `Timings` (seconds per write
-phase, transactions and their sizes), the partitions owned and assigned, the last takeover
-of each partition, the registry tail's lag, the routed calls in flight and timed out, the
-projection's size on disk, and `health()`. Every series carries a ``node`` label, so
+phase, transactions and their sizes), and `store.health()`: the partitions owned and
+assigned, the last takeover of each partition, the registry tail's lag, the routed calls in
+flight and timed out, the projection's size on disk (the log's `status()` besides, for the
+takeovers counted). Every series carries a ``node`` label, so
 several stores on one registry (a test process, a bench) never collide; a store leaves the
 registry when it closes.
 
@@ -27,10 +29,8 @@ See docs/operations.md for what each metric means to an operator.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import os
 import socketserver
 import threading
 import time
@@ -196,14 +196,16 @@ class StoreMetrics:
         self._attached = False
         self._takeovers_seen: dict[int, float] = {}  # partition -> finished_at of the last takeover counted
         self._takeover_totals = [0, 0, 0.0]  # takeovers, events restored, seconds
+        self._observers = {m: self._observer(m) for m in METHODS}
 
     # ------------------------------------------------------------- per call --
-    def instrument(self) -> None:
-        """Wrap the store's public methods (on this instance only) to count and time calls."""
-        for name in METHODS:
-            setattr(self.store, name, self._wrap(name, getattr(self.store, name)))
+    def observe(self, method: str, fn: Callable[..., Any], holder: Any, args: tuple[Any, ...],
+                kw: dict[str, Any]) -> Any:
+        """Count and time one public call of the store (`csaf_events.observe.CallObserver`)."""
+        return self._observers[method](fn, holder, args, kw)
 
-    def _wrap(self, method: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def _observer(self, method: str) -> Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]:
+        """What counts and times the calls of `method`: ``(fn, store, args, kw) -> result``."""
         store = self.store
         slots_of, errors, lock = self._calls[method].slots, self._errors, self._lock
         bounds = LATENCY_BUCKETS[:-1]
@@ -222,16 +224,14 @@ class StoreMetrics:
                     errors[key] = errors.get(key, 0) + 1
 
         if method in SESSION_METHODS:  # the hot path: kept flat, it runs on every call
-            @functools.wraps(fn)
-            def call(*args: Any, **kw: Any) -> Any:
+            def call(fn: Callable[..., Any], holder: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
                 t0 = clock()
                 try:
-                    where = store._backend.node.writer(
-                        partition_for(args[0] if args else kw["session_id"], partitions)) is None
+                    where = not store.node.serves(partition_for(args[0] if args else kw["session_id"], partitions))
                 except Exception:  # noqa: BLE001 - not booted, or a bad argument the call itself reports
                     where = True
                 try:
-                    result = fn(*args, **kw)
+                    result = fn(holder, *args, **kw)
                 except BaseException as e:
                     record(clock() - t0, where, e)
                     raise
@@ -246,15 +246,14 @@ class StoreMetrics:
         def routed() -> int:
             if method in REGISTRY_METHODS:
                 return 0
-            node = getattr(store._backend, "node", None)
+            node = getattr(store, "node", None)  # None: not booted
             return int(node is None or len(node.owned()) != partitions)
 
-        @functools.wraps(fn)
-        def cluster_call(*args: Any, **kw: Any) -> Any:
+        def cluster_call(fn: Callable[..., Any], holder: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
             t0 = clock()
             where = routed()
             try:
-                result = fn(*args, **kw)
+                result = fn(holder, *args, **kw)
             except BaseException as e:
                 record(clock() - t0, where, e)
                 raise
@@ -313,11 +312,9 @@ class StoreMetrics:
     # ---------------------------------------------------------- scrape time --
     def families(self) -> Iterator[tuple[str, str, str, list[tuple[tuple[str, ...], float]]]]:
         """(kind, name, help, [(extra label values, value)]) of this store, read now."""
-        from csaf_events.health import facts
-
         node = self.store.node
         snap = node.timings.snapshot()
-        f = facts(self.store, registry_lag=True)
+        f = self.store.health()
         yield ("counter", "csaf_write_phase_seconds", "Seconds spent in each phase of a write, summed over "
                "the writes (mean per write = rate of this / rate of csaf_write_phase_writes)",
                [((phase,), s) for phase, s in snap["seconds"].items()])
@@ -373,10 +370,10 @@ class StoreMetrics:
 
 
     def _count_takeovers(self) -> list:
-        ownership = getattr(self.store.node.log, "ownership", None)
-        if ownership is not None:
+        takeovers = self.store.node.log.status().takeovers
+        if takeovers:
             with self._lock:  # scrapes may run at once
-                for t in list(ownership.takeovers.values()):
+                for t in takeovers:
                     if self._takeovers_seen.get(t.partition) != t.finished_at:
                         self._takeovers_seen[t.partition] = t.finished_at
                         self._takeover_totals[0] += 1
@@ -500,23 +497,6 @@ class MetricsServer:
 
 def serve_metrics(store: ClusterStoreAndForward, port: int, host: str = "0.0.0.0") -> MetricsServer:
     """Serve the store's registry on ``/metrics`` and ``store.health()`` on ``/health``."""
-    registry = store.metrics.registry if store.metrics is not None else REGISTRY
+    registry = store.metrics.registry if isinstance(store.metrics, StoreMetrics) else REGISTRY
     return MetricsServer(wsgi_app(registry, store.health), port, host)
 
-
-def dir_bytes(path: str | os.PathLike[str]) -> int:
-    """Bytes of the files under `path` (0 when it is gone)."""
-    total = 0
-    try:
-        entries = list(os.scandir(path))
-    except OSError:
-        return 0
-    for e in entries:
-        try:
-            if e.is_dir(follow_symlinks=False):
-                total += dir_bytes(e.path)
-            else:
-                total += e.stat(follow_symlinks=False).st_size
-        except OSError:
-            continue
-    return total

@@ -41,6 +41,8 @@ class Node:
         self.request_timeout = request_timeout
         self.clock = clock  # the time decisions are stamped with
         self.timings = timings or Timings()
+        # The writers of the partitions the log serves, made and closed on its callbacks: which
+        # partitions are served is the log's to say (`owned`, `serves`), not this dict's.
         self._writers: dict[int, PartitionWriter] = {}
         self._lock = threading.Lock()
         self._fanout = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"csaf-fanout-{node_name}")
@@ -63,6 +65,10 @@ class Node:
     def owned(self) -> list[int]:
         """The partitions decided here now: the log's ownership is the one holder of that."""
         return self.log.owned()
+
+    def serves(self, partition: int) -> bool:
+        """Whether `partition` is decided here now (the log says)."""
+        return self.log.serves(partition)
 
     def writer(self, partition: int) -> PartitionWriter | None:
         return self._writers.get(partition)

@@ -10,6 +10,7 @@ from typing import Any, cast
 from csaf_events import commands as cmd
 from csaf_events import validation as v
 from csaf_events.dtos import CurrentNode, MessageType, RequestCorrelation, StoredInMessage, StoredOutMessage
+from csaf_events.observe import CallObserver, observed
 from csaf_events.validation import Limits
 
 
@@ -18,6 +19,7 @@ class SessionCalls:
 
     node_name: str
     limits: Limits
+    metrics: CallObserver | None = None  # observes each call marked @observed (the store's metrics)
 
     def _run(self, session_id: str, command: cmd.Command) -> Any:
         """The command's result (each command has its own type: the callers cast it)."""
@@ -27,6 +29,7 @@ class SessionCalls:
         return v.ident("session_id", session_id, self.limits)
 
     # ------------------------------------------------------------------- sessions --
+    @observed
     def register_session_at_this_node(self, session_id: str, user_id: str, connection_id: str,
                                       client_lib_and_versions: str, app_name: str, app_version: str) -> int:
         """Make this node the session's only home; returns its created timestamp."""
@@ -40,30 +43,36 @@ class SessionCalls:
             v.text("app_version", app_version, self.limits, limit=self.limits.max_id_length))
         return cast(int, self._run(sid, c))
 
+    @observed
     def get_current_registered_node_for_session(self, session_id: str) -> CurrentNode | None:
         sid = self._sid(session_id)
         return cast("CurrentNode | None", self._run(sid, cmd.GetCurrentNode(sid)))
 
+    @observed
     def is_session_exists(self, session_id: str) -> bool:
         sid = self._sid(session_id)
         return cast(bool, self._run(sid, cmd.SessionExists(sid)))
 
+    @observed
     def deregister_session_from_this_node(self, session_id: str, connection_id: str) -> None:
         """Clear the session's home only if it is this node with this connection id."""
         sid = self._sid(session_id)
         self._run(sid, cmd.Deregister(sid, self.node_name, v.ident("connection_id", connection_id, self.limits)))
 
+    @observed
     def close_session(self, session_id: str) -> None:
         """Delete the session and everything stored for it."""
         sid = self._sid(session_id)
         self._run(sid, cmd.Close(sid))
 
     # ---------------------------------------------------------------------- inbox --
+    @observed
     def store_message_id_in_inbox(self, session_id: str, client_message_id: str) -> None:
         """Raises `MessageIdAlreadyExistsError` if the id is already stored for the session."""
         sid = self._sid(session_id)
         self._run(sid, cmd.StoreInbox(sid, v.ident("client_message_id", client_message_id, self.limits)))
 
+    @observed
     def update_message_in_inbox(self, session_id: str, client_message_id: str, message_json: str | None,
                                 message_binary: bytes | None) -> None:
         sid = self._sid(session_id)
@@ -72,11 +81,13 @@ class SessionCalls:
             v.text("message_json", message_json, self.limits, optional=True),
             v.binary("message_binary", message_binary, self.limits)))
 
+    @observed
     def get_message_from_inbox(self, session_id: str, client_message_id: str) -> StoredInMessage | None:
         sid = self._sid(session_id)
         return cast("StoredInMessage | None",
                     self._run(sid, cmd.GetInbox(sid, v.ident("client_message_id", client_message_id, self.limits))))
 
+    @observed
     def delete_message_ids_from_inbox(self, session_id: str, client_message_ids: Iterable[str]) -> None:
         sid = self._sid(session_id)
         ids = v.ids("client_message_ids", client_message_ids, self.limits)
@@ -84,6 +95,7 @@ class SessionCalls:
             self._run(sid, cmd.DeleteInbox(sid, ids))
 
     # --------------------------------------------------------------------- outbox --
+    @observed
     def store_message_in_outbox(self, session_id: str, server_message_id: str, client_message_id: str | None,
                                 trace_id: str | None, type: MessageType | str,  # noqa: A002 - the interface's name
                                 request_timestamp: int | None,
@@ -103,22 +115,27 @@ class SessionCalls:
             v.binary("message_binary", message_binary, self.limits))
         return cast("CurrentNode | None", self._run(sid, c))
 
+    @observed
     def get_messages_from_outbox(self, session_id: str, max_number_of_messages: int) -> list[StoredOutMessage]:
         """Up to max messages in the order stored, skipping attempted and dead-lettered ones."""
         sid = self._sid(session_id)
         return cast("list[StoredOutMessage]",
                     self._run(sid, cmd.GetOutbox(sid, v.count("max_number_of_messages", max_number_of_messages))))
 
+    @observed
     def outbox_messages_attempted_delivery(self, session_id: str, server_message_ids: Iterable[str]) -> None:
         self._outbox_ids(session_id, server_message_ids, cmd.Attempted)
 
+    @observed
     def outbox_messages_unmark_attempted_delivery(self, session_id: str) -> None:
         sid = self._sid(session_id)
         self._run(sid, cmd.Unmark(sid))
 
+    @observed
     def outbox_messages_complete(self, session_id: str, server_message_ids: Iterable[str]) -> None:
         self._outbox_ids(session_id, server_message_ids, cmd.Complete)
 
+    @observed
     def outbox_messages_dead_letter_queue(self, session_id: str, server_message_ids: Iterable[str]) -> None:
         """Dead-lettered messages are never fetched again, not even after an unmark."""
         self._outbox_ids(session_id, server_message_ids, cmd.DeadLetter)
@@ -131,6 +148,7 @@ class SessionCalls:
             self._run(sid, command(sid, ids))
 
     # --------------------------------------------------------------- correlations --
+    @observed
     def store_request_correlation(self, session_id: str, server_message_id: str, request_timestamp: int,
                                   reply_terminator_id: str | None, correlation_string: str | None,
                                   correlation_binary: bytes | None) -> None:
@@ -142,6 +160,7 @@ class SessionCalls:
             v.text("correlation_string", correlation_string, self.limits, optional=True),
             v.binary("correlation_binary", correlation_binary, self.limits)))
 
+    @observed
     def get_and_delete_request_correlation(self, session_id: str, server_message_id: str) -> RequestCorrelation | None:
         """Returns the correlation once; any later or concurrent call gets None."""
         sid = self._sid(session_id)

@@ -11,10 +11,10 @@ import logging
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from csaf_events import commands as cmd
-from csaf_events import health, history
+from csaf_events import health, history, logs
 from csaf_events import validation as v
 from csaf_events.backend import Backend
 from csaf_events.channel import NodeChannel
@@ -22,15 +22,13 @@ from csaf_events.dtos import SessionDto
 from csaf_events.errors import CsafError, unreachable
 from csaf_events.history import HistoryEntry
 from csaf_events.node import Node
+from csaf_events.observe import StoreObserver, observed
 from csaf_events.partitioning import partition_for
 from csaf_events.registry import SessionRegistry
 from csaf_events.relays import RelaySweeper
 from csaf_events.session_calls import SessionCalls
 from csaf_events.unit_of_work import UnitOfWork, check_not_nested
 from csaf_events.validation import Limits
-
-if TYPE_CHECKING:
-    from csaf_events.metrics import StoreMetrics
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ class ClusterStoreAndForward(SessionCalls):
         self._booted = False
         self._closed = False
         self._relays: RelaySweeper | None = None
-        self.metrics: StoreMetrics | None = None  # set by open_store(metrics=registry): csaf_events.metrics
+        self.metrics: StoreObserver | None = None  # set by open_store(metrics=registry): csaf_events.metrics
 
     # ------------------------------------------------------------------ lifecycle --
     def boot(self) -> None:
@@ -66,7 +64,7 @@ class ClusterStoreAndForward(SessionCalls):
             self._booted = True
             self._relays = RelaySweeper(self.node_name, self.node.owned, self.node.execute, self._run, self.node.clock)
             self._relays.start()
-            health.watch(self)
+            logs.track(self)  # the log lines of its threads name it
             if self.metrics is not None:
                 self.metrics.attach()
 
@@ -82,7 +80,7 @@ class ClusterStoreAndForward(SessionCalls):
     def health(self) -> dict[str, Any]:
         """Booted, partitions owned and assigned, fenced or not, registry lag, last transaction
         error, takeovers, ...: see `csaf_events.health` (``ok`` says whether all is well)."""
-        return health.facts(self)
+        return health.facts(self._backend, self.node_name, self.partitions, self._booted, self._closed)
 
     def __enter__(self) -> ClusterStoreAndForward:
         self.boot()
@@ -170,6 +168,7 @@ class ClusterStoreAndForward(SessionCalls):
         return sid
 
     # ------------------------------------------------------------------- sessions --
+    @observed
     def get_sessions(self, only_active: bool, user_id: str | None = None, app_name: str | None = None,
                      app_version_at_or_above: str | None = None) -> list[SessionDto]:
         """Cluster-wide, from this node's session registry; the filters combine.
@@ -180,6 +179,7 @@ class ClusterStoreAndForward(SessionCalls):
         self._backend.sync_registry()
         return sorted(self._backend.registry.select(*args), key=lambda s: (s.created_timestamp, s.session_id))
 
+    @observed
     def get_sessions_count(self, only_active: bool, user_id: str | None = None, app_name: str | None = None,
                            app_version_at_or_above: str | None = None) -> int:
         self._check_open()
@@ -194,11 +194,13 @@ class ClusterStoreAndForward(SessionCalls):
                 v.text("app_name", app_name, self.limits, optional=True),
                 v.text("app_version_at_or_above", version, self.limits, optional=True))
 
+    @observed
     def notify_session_liveliness(self, session_ids: Iterable[str]) -> None:
         self._check_open()
         groups = self._by_partition(v.ids("session_ids", session_ids, self.limits))
         self._backend.node.execute_all([(p, cmd.NotifyLiveliness("", p, tuple(sids))) for p, sids in groups.items()])
 
+    @observed
     def timeout_sessions(self, not_live_since_timestamp: int) -> list[str]:
         """Remove sessions not live since the timestamp, with their data; returns their ids.
 
@@ -213,6 +215,7 @@ class ClusterStoreAndForward(SessionCalls):
         out = [sid for r in results for sid in r]
         return out
 
+    @observed
     def scavenge_session_remnants(self) -> int:
         """Remove inbox/outbox/correlation entries of sessions that no longer exist."""
         self._check_open()

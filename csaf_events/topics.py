@@ -1,4 +1,5 @@
-"""Topic declarations from `topics.yaml`, namespaced."""
+"""Topic declarations from `topics.yaml`, namespaced, and the other names a cluster's nodes
+share on Kafka: the owners group, a node's client id."""
 
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ import yaml
 from csaf_events.errors import CsafError
 
 ROLES = ("events", "commands", "sessions", "replies", "nodes")
+
+#: A node's Kafka clients say ``client.id = csaf-<node>``: so the owners group's members name
+#: their node (`csaf_events.cluster_status`).
+CLIENT_PREFIX = "csaf-"
+
+
+def client_id(node_name: str) -> str:
+    return CLIENT_PREFIX + node_name
+
+
+def node_of_client(client: str) -> str:
+    """The node a client id names (the id itself when it is not a node's)."""
+    return client.removeprefix(CLIENT_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,11 @@ class Topics:
     def node_topic(self, node_name: str) -> TopicSpec:
         """The node's channel topic (`csaf_events.kafka.channel`): <namespace>.nodes.<node>."""
         return replace(self.nodes, name=f"{self.nodes.name}.{node_name}")
+
+    @property
+    def owners_group(self) -> str:
+        """The consumer group on the commands topic whose members own the partitions."""
+        return f"{self.namespace}.owners"
 
     def cluster_topics(self) -> list[TopicSpec]:
         return [self.events, self.commands, self.sessions]

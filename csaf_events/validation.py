@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, overload
 
 from csaf_events.dtos import MessageType
+
+#: The rule for a node name and a namespace (they become parts of topic names, consumer
+#: groups and transactional ids): `open_store` and the CLI check it.
+NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 
 @dataclass(frozen=True)

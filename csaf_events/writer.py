@@ -29,35 +29,13 @@ from typing import Any, cast
 from csaf_events.clock import now_ms
 from csaf_events.commands import Command, Decision, decide
 from csaf_events.errors import DataAccessError, NotOwnerError
-from csaf_events.group_commit import GroupCommit, Signal
+from csaf_events.group_commit import GroupCommit
 from csaf_events.log.port import EventLog
+from csaf_events.pending import Pending
 from csaf_events.timings import Timings
 from projections.rocks import Projection, ProjectionBatch
 
 log = logging.getLogger(__name__)
-
-
-class Pending:
-    """A command waiting for its group commit."""
-
-    __slots__ = ("command", "deadline_ms", "done", "error", "origin", "promoted", "queued_at", "result", "waiter")
-
-    def __init__(self, command: Command, origin: Any = None, waiter: bool = False,
-                 deadline_ms: int | None = None) -> None:
-        self.command = command
-        self.origin = origin  # where a routed command came from (the log adapter replies there)
-        self.deadline_ms = deadline_ms  # wall clock: its caller gives up then, so it is not decided after
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.done = Signal()
-        self.waiter = waiter  # a thread waits for it (and so can be asked to lead)
-        self.promoted = False  # woken to lead the next group, not finished
-        self.queued_at = 0.0
-
-    def outcome(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 class _Ticket:

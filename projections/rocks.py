@@ -7,7 +7,6 @@ crash the projection and its checkpoint always agree.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import NamedTuple, cast
@@ -27,25 +26,13 @@ from rocksdict import (
 
 from projections import keys
 
-_SHARED_CACHE: Cache | None = None
-_CACHE_LOCK = threading.Lock()
 
-
-def _shared_cache(size: int) -> Cache:
-    """One block cache for the whole process, not one per database."""
-    global _SHARED_CACHE
-    with _CACHE_LOCK:
-        if _SHARED_CACHE is None:
-            _SHARED_CACHE = Cache(size)
-        return _SHARED_CACHE
-
-
-def _options(cache_bytes: int) -> Options:
+def _options(cache: Cache) -> Options:
     opt = Options(raw_mode=True)
     opt.create_if_missing(True)
     opt.create_missing_column_families(True)
     table = BlockBasedOptions()
-    table.set_block_cache(_shared_cache(cache_bytes))
+    table.set_block_cache(cache)
     table.set_bloom_filter(10, False)
     opt.set_block_based_table_factory(table)
     return opt
@@ -174,7 +161,10 @@ class ProjectionBatch:
 
 
 class Projection:
-    """A node's RocksDB read model; thread-safe for concurrent reads and writes."""
+    """A node's RocksDB read model; thread-safe for concurrent reads and writes.
+
+    Its block cache (`cache_bytes`) is its own, shared by its column families and let go by
+    `close`: a node's, not the process's."""
 
     def __init__(self, path: str | Path, *, extra_column_families: tuple[str, ...] = (),
                  sync: bool = False, cache_bytes: int = 64 << 20, secondary: str | Path | None = None) -> None:
@@ -183,10 +173,10 @@ class Projection:
         self.path = Path(path)
         if secondary is None:
             self.path.mkdir(parents=True, exist_ok=True)
-        opt = _options(cache_bytes)
+        self._cache: Cache | None = Cache(cache_bytes)
         access = AccessType.read_write() if secondary is None else AccessType.secondary(str(secondary))
-        self.db = Rdict(str(self.path), options=opt, access_type=access,
-                        column_families={cf: _options(cache_bytes) for cf in extra_column_families})
+        self.db = Rdict(str(self.path), options=_options(self._cache), access_type=access,
+                        column_families={cf: _options(self._cache) for cf in extra_column_families})
         self._write_options = WriteOptions()
         self._write_options.sync = sync
         self._unlogged = WriteOptions()
@@ -196,6 +186,7 @@ class Projection:
 
     def close(self) -> None:
         self.db.close()
+        self._cache = None
 
     def column_family(self, name: str) -> ColumnFamily:
         return self.db.get_column_family_handle(name)
@@ -266,4 +257,4 @@ class Projection:
 def repair_database(path: str | Path) -> None:
     """RocksDB's repair: rebuilds the database's metadata from the files it finds; data in
     files that are themselves damaged is lost."""
-    Rdict.repair(str(path), _options(64 << 20))
+    Rdict.repair(str(path), _options(Cache(64 << 20)))

@@ -1134,3 +1134,17 @@ def test_everything_survives_close_and_reopen(store_factory, clock):
     # re-register after restart keeps the original created timestamp
     assert register(again, "s1", "u1", "c5") == t0
     assert again.timeout_sessions(t0 + 1) == ["s2"]
+
+
+def test_the_outbox_messages_fields_are_the_events() -> None:
+    """The command that stores an outbox message and the DTO that returns one are filled from
+    the event by field name (`csaf_events.commands`): each of their fields is one of the event's."""
+    from dataclasses import fields
+
+    from csaf_events.commands import StoreOutbox
+    from csaf_events.dtos import StoredOutMessage
+    from csaf_events.events import OutboxState
+
+    event = {f.name for f in fields(OutboxState)}
+    assert {f.name for f in fields(StoreOutbox)} <= event
+    assert {f.name for f in fields(StoredOutMessage)} <= event

@@ -2,7 +2,8 @@
 source: the catalog and the log's plain types are leaves, the projections build on them
 alone, the log adapters never reach up into the application, and the library never imports
 its tools. Imports under `if TYPE_CHECKING:` are annotations, not dependencies, and are left
-out."""
+out of those rules; the import graph checked for circles has every import, those and the ones
+inside functions included."""
 
 from __future__ import annotations
 
@@ -16,12 +17,18 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Modules that import nothing of this project.
 LEAVES = ["csaf_events/events.py", "csaf_events/errors.py", "csaf_events/dtos.py", "csaf_events/clock.py",
           "csaf_events/partitioning.py", "csaf_events/log/entries.py", "csaf_events/group_commit.py",
-          "csaf_events/tally.py"]
+          "csaf_events/tally.py", "csaf_events/log/status.py", "csaf_events/observe.py"]
 #: What the projections may import of `csaf_events`.
 PROJECTIONS_MAY_IMPORT = {"csaf_events.events", "csaf_events.log.entries", "csaf_events.errors"}
 #: The application: what the log adapters (`embedded/`, `kafka/`) must never import.
 APPLICATION = ("csaf_events.store", "csaf_events.factory", "csaf_events.cli", "csaf_events.metrics",
                "csaf_events.health", "csaf_events.matssocket", "csaf_events.maintenance", "csaf_events.workload")
+#: issue 19: matssocket's circle, being removed. The imports of these modules are left out of
+#: the circle check (connection -> server -> connection, and cli -> csaf_events.cli -> cli).
+MATSSOCKET_CIRCLE = frozenset({
+    "csaf_events.matssocket.connection", "csaf_events.matssocket.endpoints", "csaf_events.matssocket.forwarder",
+    "csaf_events.matssocket.incoming", "csaf_events.matssocket.nodes", "csaf_events.matssocket.server",
+    "csaf_events.matssocket.topics", "csaf_events.matssocket.cli"})
 
 
 def _imports(path: Path) -> set[str]:
@@ -81,3 +88,76 @@ def test_the_library_never_imports_its_tools_or_edits_the_import_path(path: Path
     tools = {m for m in _imports(path) if m.split(".")[0] in ("bench", "tests")}
     assert tools == set()
     assert "sys.path" not in path.read_text()
+
+
+# ------------------------------------------------------------------ no import circles --
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports: at module level, inside functions, and under
+    `if TYPE_CHECKING:` alike; `from pkg import name` counts as importing `pkg.name` when that
+    is a module, else `pkg`."""
+    paths = {_module_name(p): p for folder in ("csaf_events", "projections", "bench") for p in _modules(folder)}
+
+    def module_of(name: str) -> str | None:
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str | None] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parts, *([base] if base else [])])
+                found.update(module_of(f"{base}.{a.name}") if f"{base}.{a.name}" in paths else module_of(base)
+                             for a in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(module_of(a.name) for a in node.names)
+        graph[name] = {m for m in found if m is not None and m != name}
+    return graph
+
+
+def _a_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of `graph` (its modules in order, the first again at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                return [*path[path.index(n):], n]
+            if n not in state and (circle := visit(n)) is not None:
+                return circle
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (circle := visit(m)) is not None:
+            return circle
+    return None
+
+
+def test_no_import_circle_in_the_library_or_the_benchmark() -> None:
+    graph = {m: set() if m in MATSSOCKET_CIRCLE else imports for m, imports in _import_graph().items()}
+    circle = _a_circle(graph)
+    assert circle is None, "import circle: " + " -> ".join(circle or [])
+
+
+def test_the_circle_check_finds_a_circle() -> None:
+    assert _a_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _a_circle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+    graph = _import_graph()
+    assert "csaf_events.log.port" in graph["csaf_events.writer"]  # a module-level import
+    assert "csaf_events.kafka.backend" in graph["csaf_events.factory"]  # one inside a function
+    assert "csaf_events.store" in graph["csaf_events.metrics"]  # one under TYPE_CHECKING

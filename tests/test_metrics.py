@@ -14,6 +14,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -335,14 +336,40 @@ def test_a_record_that_names_no_node_is_the_only_open_stores(tmp_path: Path) -> 
         assert (r.node, r.session) == ("lonely", "sid-9")
 
 
-def test_fenced_says_which_transaction_errors_fence_a_node(monkeypatch: pytest.MonkeyPatch) -> None:
-    from csaf_events import health
-    assert health.is_producer_fenced("DataAccessError: partitions [1]: the transaction was fenced, nothing was "
-                                     "written: KafkaError{code=PRODUCER_FENCED}")
-    assert health.is_group_moved("NotOwnerError: partitions [1]: transaction aborted, nothing was written: "
-                                 "KafkaError{code=ILLEGAL_GENERATION}")
-    assert not health.is_fencing("DataAccessError: partitions [1]: commit outcome unknown: timed out")
-    assert not health.is_fencing(None)
+def test_fenced_says_which_transaction_errors_fence_a_node(tmp_path: Path) -> None:
+    """Fencing is a typed fact of the Kafka log (`EventLog.status().fenced`), from the class of
+    the last failed transaction's error, not from its text."""
+    from types import SimpleNamespace
+
+    from csaf_events.errors import DataAccessError, ProducerFencedError, TransactionAbortedError
+    from csaf_events.kafka.log import GROUP_MOVED_FENCE_S, KafkaLog
+    from csaf_events.timings import Timings
+
+    def status(failure: BaseException | None, ok: bool | None = False, ago: float = 0.0) -> Any:
+        log = object.__new__(KafkaLog)
+        log._timings = Timings()
+        log._timings.last_transaction_ok, log._timings.last_transaction_at = ok, time.monotonic() - ago
+        log.transactions = [SimpleNamespace(last_failure=failure)]
+        log.ownership = SimpleNamespace(assigned=lambda: [1], takeovers={}, last_poll_error=None)
+        return log.status()
+
+    fenced = ProducerFencedError("partitions [1]: the transaction was fenced, nothing was written")
+    assert status(fenced).fenced and not fenced.may_have_written
+    assert status(fenced).last_transaction_error.startswith("ProducerFencedError: partitions [1]")
+    assert not status(fenced, ok=True).fenced  # a transaction committed since
+    aborted = TransactionAbortedError("partitions [1]: transaction aborted, nothing was written")
+    assert status(aborted).fenced and not status(aborted, ago=GROUP_MOVED_FENCE_S + 1).fenced
+    assert not status(DataAccessError("partitions [1]: commit outcome unknown: timed out")).fenced
+    assert not status(None, ok=None).fenced
+    # on the wire to a routed caller they are what they were before they had classes of their own
+    from csaf_events.codec import decode_outcome, encode_outcome
+    from csaf_events.errors import NotOwnerError
+    with pytest.raises(NotOwnerError) as e:
+        decode_outcome(encode_outcome(None, aborted))
+    assert type(e.value) is NotOwnerError
+    with pytest.raises(DataAccessError) as e2:
+        decode_outcome(encode_outcome(None, fenced))
+    assert type(e2.value) is DataAccessError and not e2.value.may_have_written
 
 
 def test_csaf_serve_metrics_port_and_json_logs(tmp_path: Path) -> None:

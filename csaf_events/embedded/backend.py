@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from csaf_events.backend import Backend
+from csaf_events.backend import Backend, RoutedCalls
 from csaf_events.channel import InProcessChannel
 from csaf_events.embedded.log import LOG_CF, CompactionPolicy, EmbeddedLog
 from csaf_events.events import SESSION
@@ -39,6 +39,21 @@ class EmbeddedBackend(Backend):
         self._stop = threading.Event()
         self._compactor: threading.Thread | None = None
         self.registry = SessionRegistry()
+
+    kind = "embedded"
+
+    @property
+    def projection_path(self) -> Path:
+        return self._path
+
+    def registry_lag(self, timeout: float) -> tuple[int | None, str | None]:
+        return 0, None  # the registry is updated in the same write as the projection
+
+    def routed_calls(self) -> RoutedCalls:
+        return RoutedCalls(0, 0)  # one node serves every partition
+
+    def sync_registry(self) -> None:
+        """Nothing to wait for: the registry is updated in the same write as the projection."""
 
     def boot(self) -> None:
         self.projection = open_or_repair(self._path, extra_column_families=(LOG_CF,), sync=self._sync)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import orjson
 from rocksdict import ReadOptions, WriteBatch
@@ -24,11 +24,10 @@ from csaf_events.errors import CsafError, DataAccessError
 from csaf_events.events import Record, header
 from csaf_events.log.entries import Chunk, LogEntry, chunked
 from csaf_events.log.port import OnCommitted, OnDone
+from csaf_events.log.status import LogStatus
+from csaf_events.pending import Pending
 from csaf_events.topics import TopicSpec
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
-
-if TYPE_CHECKING:
-    from csaf_events.writer import Pending
 
 LOG_CF = "log"
 _GENERATION_KEY = b"\xff\xffgeneration"
@@ -214,6 +213,13 @@ class EmbeddedLog:
 
     def owned(self) -> list[int]:
         return list(range(self.partitions))
+
+    def serves(self, partition: int) -> bool:
+        return 0 <= partition < self.partitions
+
+    def status(self) -> LogStatus:
+        """Every partition, always: one node owns them all, no takeovers, no transactions to fence."""
+        return LogStatus(assigned=self.owned(), takeovers=[], fenced=False)
 
     def set_ownership_listener(self, on_assigned: Callable[[list[int]], None],
                                on_revoked: Callable[[list[int]], None]) -> None:

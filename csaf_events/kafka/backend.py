@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-from csaf_events.backend import Backend
+from csaf_events.backend import Backend, RoutedCalls
 from csaf_events.codec import decode_command, encode_outcome
 from csaf_events.errors import CsafError, unreachable
 from csaf_events.kafka import topics as kafka_topics
@@ -27,10 +27,10 @@ from csaf_events.kafka.ownership import Origin
 from csaf_events.kafka.registry_tail import RegistryTailer
 from csaf_events.kafka.routing import KafkaRouter
 from csaf_events.node import Node
+from csaf_events.pending import Pending
 from csaf_events.registry import SessionRegistry
 from csaf_events.timings import Timings
-from csaf_events.topics import Topics
-from csaf_events.writer import Pending
+from csaf_events.topics import Topics, client_id
 from projections.files import open_or_set_aside, projection_dir
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class KafkaBackend(Backend):
         self._clock = clock
         self._timeout = request_timeout
         self._lanes = transaction_lanes
-        self._config = {"bootstrap.servers": bootstrap, "client.id": f"csaf-{node_name}", **kafka_config}
+        self._config = {"bootstrap.servers": bootstrap, "client.id": client_id(node_name), **kafka_config}
         self.registry = SessionRegistry()
         # Routed writes are submitted in the order consumed, on one thread (not the polling
         # one: the submitting thread may lead the group commit and its transaction). Routed
@@ -55,6 +55,21 @@ class KafkaBackend(Backend):
         self._routed_reads = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"csaf-routed-read-{node_name}")
         self._closers: list[Callable[[], None]] = [lambda: self._routed.shutdown(wait=True),
                                                    lambda: self._routed_reads.shutdown(wait=True)]
+
+    kind = "kafka"
+
+    @property
+    def projection_path(self) -> Path:
+        return self._path
+
+    def registry_lag(self, timeout: float) -> tuple[int | None, str | None]:
+        tailer: RegistryTailer | None = getattr(self, "tailer", None)  # set by boot
+        if tailer is None:
+            return None, "no registry tail"
+        return tailer.lag(timeout)
+
+    def routed_calls(self) -> RoutedCalls:
+        return RoutedCalls(self.router.in_flight(), self.router.timed_out)
 
     def boot(self) -> None:
         try:

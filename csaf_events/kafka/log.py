@@ -7,9 +7,11 @@ Appends go through the node's transaction lanes (`transaction`), reads through t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from csaf_events.errors import ProducerFencedError, TransactionAbortedError
 from csaf_events.events import Record
 from csaf_events.group_commit import Runner
 from csaf_events.kafka.ownership import Ownership
@@ -17,13 +19,16 @@ from csaf_events.kafka.reader import KafkaReader
 from csaf_events.kafka.transaction import NodeTransaction
 from csaf_events.log.entries import Chunk, LogEntry
 from csaf_events.log.port import OnCommitted, OnDone
+from csaf_events.log.status import LogStatus
+from csaf_events.pending import Pending
 from csaf_events.timings import Timings
 from csaf_events.topics import Topics
 from projections.rebuild import catch_up
 from projections.rocks import Projection, ProjectionBatch
 
-if TYPE_CHECKING:
-    from csaf_events.writer import Pending
+#: Seconds a transaction aborted (the owners group moved on from this member) counts as
+#: fenced: a rebalance settles within seconds, a node still refused after that keeps failing anew.
+GROUP_MOVED_FENCE_S = 60.0
 
 
 class KafkaLog:
@@ -31,6 +36,7 @@ class KafkaLog:
                  generation: str, timeout: float, timings: Timings, reply: Callable[[str, bytes, bytes], None],
                  lanes: int = 1) -> None:
         self.partitions = topics.events.partitions
+        self._timings = timings
         self._projection = projection
         self._generation = generation
         self._verified: set[int] = set()  # partitions whose projection was checked by this process
@@ -67,9 +73,19 @@ class KafkaLog:
         """The lane that commits `partition` (always the same one: its appends stay in order)."""
         return self.transactions[partition % len(self.transactions)]
 
-    @property
-    def last_transaction_error(self) -> str | None:
-        return next((t.last_error for t in self.transactions if t.last_error is not None), None)
+    def status(self) -> LogStatus:
+        """The partitions assigned, the last takeover of each, fenced or not, the last errors."""
+        ownership = self.ownership
+        failure = next((t.last_failure for t in self.transactions if t.last_failure is not None), None)
+        fenced = self._timings.last_transaction_ok is False and (
+            isinstance(failure, ProducerFencedError)
+            or (isinstance(failure, TransactionAbortedError)
+                and time.monotonic() - self._timings.last_transaction_at < GROUP_MOVED_FENCE_S))
+        return LogStatus(assigned=ownership.assigned(),
+                         takeovers=sorted(ownership.takeovers.values(), key=lambda t: t.partition),
+                         fenced=fenced,
+                         last_transaction_error=None if failure is None else f"{type(failure).__name__}: {failure}",
+                         last_poll_error=ownership.last_poll_error)
 
     def read(self, partition: int, start: int = 0, end: int | None = None) -> Iterator[LogEntry]:
         return self.reader.read(partition, start, end)
@@ -85,6 +101,9 @@ class KafkaLog:
 
     def owned(self) -> list[int]:
         return self.ownership.owned()
+
+    def serves(self, partition: int) -> bool:
+        return self.ownership.serves(partition)
 
     def close(self) -> None:
         self.ownership.close()

@@ -27,12 +27,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS
+from csaf_events.log.status import Takeover
 from csaf_events.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -57,25 +57,13 @@ class Origin(NamedTuple):
     deadline_ms: int | None  # wall clock; the caller gives up then
 
 
-@dataclass(frozen=True)
-class Takeover:
-    """What the last takeover of a partition cost (for operators: logs, health, metrics)."""
-
-    partition: int
-    settle_seconds: float  # waiting for the committed offset (the previous owner's open transaction)
-    events: int  # events restored from the log
-    restore_seconds: float
-    attempts: int
-    finished_at: float  # time.time()
-
-
 class Ownership:
     def __init__(self, node_name: str, client_config: dict[str, Any], topics: Topics, timeout: float,
                  restore: Callable[[int], int]) -> None:
         self._node = node_name
         self._config = client_config
         self._commands = topics.commands.name
-        self._group_id = f"{topics.namespace}.owners"
+        self._group_id = topics.owners_group
         self._timeout = timeout
         self._restore = restore
         # One lock for every change of what is owned; the callbacks to the node (writers)
@@ -89,7 +77,7 @@ class Ownership:
         self._epoch = 0
         self._commands_to_resume: dict[int, int] = {}  # served partition -> command offset to seek to
         self._commands_to_pause: set[int] = set()
-        self.command_offsets: dict[int, int] = {}  # served partition -> next command offset to commit
+        self._command_offsets: dict[int, int] = {}  # served partition -> next command offset to commit
         self.group_metadata: Any = None
         self._metadata_due = 0.0  # monotonic time of the next read of the group metadata
         self.takeovers: dict[int, Takeover] = {}
@@ -114,6 +102,18 @@ class Ownership:
     def assigned(self) -> list[int]:
         """The partitions the group gave this node, served or still being taken over."""
         return sorted(self._assigned)
+
+    def command_offset(self, partition: int) -> int:
+        """The next command offset of a served partition to commit (0 when not served)."""
+        return self._command_offsets.get(partition, 0)
+
+    def commands_committed(self, offsets: dict[int, int]) -> None:
+        """A transaction committed these next command offsets: kept for the partitions still
+        served (under the lock, so a revoke or a retake meanwhile is not overwritten)."""
+        with self._lock:
+            for p, offset in offsets.items():
+                if p in self._served:
+                    self._command_offsets[p] = offset
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait for the first assignment and the takeover of everything assigned then."""
@@ -199,7 +199,7 @@ class Ownership:
                 self._assigned.pop(p, None)
                 self._due.pop(p, None)
                 self._served.discard(p)
-                self.command_offsets.pop(p, None)
+                self._command_offsets.pop(p, None)
                 self._commands_to_resume.pop(p, None)
             if served:
                 self._on_revoked(served)
@@ -218,7 +218,7 @@ class Ownership:
             now = time.monotonic()
             for p in ps:
                 self._served.discard(p)
-                self.command_offsets.pop(p, None)
+                self._command_offsets.pop(p, None)
                 self._commands_to_resume.pop(p, None)
                 self._epoch += 1
                 self._assigned[p] = self._epoch
@@ -340,7 +340,7 @@ class Ownership:
                     return
                 attempts = self._due.pop(p, (0, 0, 0))[2] + 1
                 self._served.add(p)
-                self.command_offsets[p] = offset
+                self._command_offsets[p] = offset
                 self._commands_to_resume[p] = offset
                 self.takeovers[p] = Takeover(p, settled, events, took, attempts, time.time())
                 self._on_served([p])

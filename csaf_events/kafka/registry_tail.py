@@ -125,6 +125,16 @@ class RegistryTailer:
                 if not self._cond.wait(max(0.0, deadline - time.monotonic())):
                     raise DataAccessError("the session registry did not catch up in time", may_have_written=False)
 
+    def lag(self, timeout: float) -> tuple[int | None, str | None]:
+        """Committed records of the sessions topic not in the registry yet, or None and why
+        the topic's end could not be read within `timeout`."""
+        try:
+            ends = self.end_offsets(self._topic, range(self._partitions), IsolationLevel.READ_COMMITTED, timeout)
+        except Exception as e:  # noqa: BLE001 - reported, not raised: health must answer
+            return None, f"{type(e).__name__}: {e}"
+        pos = list(self._pos)
+        return sum(max(0, end - pos[p]) for p, end in ends.items() if end >= 0), None
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)

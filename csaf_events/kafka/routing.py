@@ -42,6 +42,7 @@ class KafkaRouter:
         self._commands = commands_topic
         self._reply_topic = reply_topic
         self._waiting: dict[bytes, Future] = {}
+        self.timed_out = 0  # routed calls whose owner did not answer in time (csaf_routed_calls_timed_out_total)
         self._lock = threading.Lock()
         self._producer = Producer({**client_config, "linger.ms": 0, "acks": "all", "enable.idempotence": True})
         self._replies = Consumer({**client_config, "group.id": f"{reply_topic}.reader",
@@ -74,7 +75,7 @@ class KafkaRouter:
             try:
                 raw = fut.result(timeout + REPLY_GRACE)
             except FutureTimeout:
-                self.timed_out = getattr(self, "timed_out", 0) + 1  # csaf_routed_calls_timed_out_total
+                self.timed_out += 1
                 raise DataAccessError(
                     f"the owner of partition {partition} did not answer {type(command).__name__} within "
                     f"{timeout:.1f}s; the outcome is unknown (it is not executed after that)",
@@ -83,6 +84,10 @@ class KafkaRouter:
             with self._lock:
                 self._waiting.pop(corr, None)
         return decode_outcome(raw)
+
+    def in_flight(self) -> int:
+        """Routed calls waiting for their owner's answer now."""
+        return len(self._waiting)
 
     def reply(self, reply_topic: str, correlation_id: bytes, outcome: bytes) -> None:
         """Answer a routed command: a read at once, a write once its transaction committed."""

@@ -37,27 +37,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from csaf_events.codec import encode_outcome
-from csaf_events.errors import DataAccessError, NotOwnerError
-from csaf_events.events import SESSION, Record
+from csaf_events.errors import DataAccessError, NotOwnerError, ProducerFencedError, TransactionAbortedError
+from csaf_events.events import SESSION, Record, key_prefix
 from csaf_events.group_commit import Signal
 from csaf_events.kafka.ownership import Ownership
 from csaf_events.kafka.watchdog import Watchdog
 from csaf_events.log.port import OnCommitted, OnDone
+from csaf_events.pending import Pending
 from csaf_events.timings import Timings
 from csaf_events.topics import Topics
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
 
-if TYPE_CHECKING:
-    from csaf_events.writer import Pending
-
 log = logging.getLogger(__name__)
 
-_SESSION_KEY_PREFIX = b'["' + SESSION.encode() + b'",'
+_SESSION_KEY_PREFIX = key_prefix(SESSION)
 
 #: Transactional producers per node unless `open_store(transaction_lanes=)` says otherwise.
 #: One: on a broker short of cores each transaction's fixed cost counts (2 cores: 901
@@ -122,6 +120,18 @@ _GROUP_MOVED = {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, Kaf
                 KafkaError.REBALANCE_IN_PROGRESS}
 
 
+#: The producer's own errors that say it was fenced: another process opened its transactional
+#: id, or its transaction timed out while this node stalled.
+_PRODUCER_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+
+
+def _nothing_written(message: str, cause: BaseException) -> DataAccessError:
+    """A failure before anything was written, as `ProducerFencedError` when `cause` says the
+    producer was fenced."""
+    fenced = isinstance(cause, KafkaException) and cause.args[0].code() in _PRODUCER_FENCED
+    return (ProducerFencedError if fenced else DataAccessError)(message, may_have_written=False)
+
+
 class _Left(BaseException):
     """Raised on a committer thread whose call was given up on by the watchdog: the thread
     leaves at once, touching nothing (its transaction was failed, another thread goes on)."""
@@ -178,7 +188,7 @@ class NodeTransaction:
         self._rounds: list[Callable[[], None]] = []  # partitions' group-commit rounds to lead (`lead`)
         self._queued = threading.Condition()
         self._closed = False
-        self.last_error: str | None = None
+        self.last_failure: BaseException | None = None  # what the last failed transaction's callers got
         self._thread_name = f"csaf-commit-{node_name}-{lane}"
         self._watchdog = Watchdog(f"csaf-watch-{node_name}-{lane}", self._stuck)
         self._committer = self._start_committer()
@@ -324,8 +334,8 @@ class NodeTransaction:
             try:
                 slot.reopen()
             except Exception as e:  # noqa: BLE001 - the next round tries again
-                error = DataAccessError(f"node {self._node!r} cannot open a transactional producer, nothing was "
-                                        f"written: {type(e).__name__}: {e}", may_have_written=False)
+                error = _nothing_written(f"node {self._node!r} cannot open a transactional producer, nothing was "
+                                         f"written: {type(e).__name__}: {e}", e)
         if error is None:
             try:
                 self._transact(slot, live)
@@ -350,7 +360,7 @@ class NodeTransaction:
     def _fail(self, reqs: list[Append], error: BaseException) -> None:
         """A transaction failed: its partitions are retaken and its callers get `error`."""
         self._count(reqs, False)
-        self.last_error = f"{type(error).__name__}: {error}"
+        self.last_failure = error
         self._ownership.retake(sorted({r.partition for r in reqs}), f"transaction failed: {error}")
         for req in reqs:
             req.on_done(error)
@@ -360,7 +370,7 @@ class NodeTransaction:
         assert producer is not None
         events_topic, sessions_topic = self._topics.events.name, self._topics.sessions.name
         commands_topic = self._topics.commands.name
-        offsets = {p: self._ownership.command_offsets.get(p, 0) for p in {r.partition for r in reqs}}
+        offsets = {p: self._ownership.command_offset(p) for p in {r.partition for r in reqs}}
         for req in reqs:
             if req.routed:
                 offsets[req.partition] = max(offsets[req.partition], max(p.origin.offset for p in req.routed) + 1)
@@ -372,8 +382,8 @@ class NodeTransaction:
             producer.begin_transaction()
         except KafkaException as e:  # a producer left in a bad state: replaced before its next round
             slot.producer = None
-            raise DataAccessError(f"node {self._node!r} could not begin a transaction, nothing was written: {e}",
-                                  may_have_written=False) from e
+            raise _nothing_written(f"node {self._node!r} could not begin a transaction, nothing was written: {e}",
+                                   e) from e
         try:
             # Only the last record of each partition reports its delivery: it gives the
             # partition's checkpoint, and with an idempotent producer the records of a
@@ -415,9 +425,7 @@ class NodeTransaction:
         for phase, seconds in (("produce", produced - began), ("send_offsets", offsets_sent - produced),
                                ("flush", flushed - offsets_sent), ("commit", committed - flushed)):
             self._timings.add(phase, seconds, commands)
-        for p, o in offsets.items():
-            if self._ownership.serves(p):
-                self._ownership.command_offsets[p] = o
+        self._ownership.commands_committed(offsets)
 
     def _failure(self, slot: _Slot, e: KafkaException, reqs: list[Append]) -> BaseException:
         """Settle a failed transaction and say what the callers must be told."""
@@ -435,9 +443,9 @@ class NodeTransaction:
                     self._ownership.refresh_group_metadata()
                     log.warning("node %s: the owners group moved on; transaction for partitions %s aborted",
                                 self._node, partitions)
-                return NotOwnerError(f"partitions {partitions}: transaction aborted, nothing was written: {err}")
-        if err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                                          KafkaError.INVALID_PRODUCER_EPOCH):
+                return TransactionAbortedError(f"partitions {partitions}: transaction aborted, nothing was "
+                                               f"written: {err}")
+        if err.fatal() or err.code() in _PRODUCER_FENCED:
             # The producer is dead: its transaction timed out while this node was stalled, or
             # another process opened this node's transactional id. Nothing was committed. A
             # fresh producer lets the node go on; the group generation (not the producer
@@ -447,11 +455,11 @@ class NodeTransaction:
             try:
                 slot.reopen()
             except KafkaException as e2:  # its next transaction tries again
-                return DataAccessError(f"node {self._node!r} cannot open a new transactional producer, nothing "
-                                       f"was written: {e2}", may_have_written=False)
+                return _nothing_written(f"node {self._node!r} cannot open a new transactional producer, nothing "
+                                        f"was written: {e2}", e2)
             # Not retried for the caller: another incarnation of this node may be running.
-            return DataAccessError(f"partitions {partitions}: the transaction was fenced, nothing was written: "
-                                   f"{err}", may_have_written=False)
+            return ProducerFencedError(f"partitions {partitions}: the transaction was fenced, nothing was written: "
+                                       f"{err}")
         # Outcome unknown: settle the producer; the partitions are retaken, so the projections
         # come back in line with whatever the log now says.
         try:

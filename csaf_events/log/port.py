@@ -9,16 +9,14 @@ consumer group). Command handling is written once against this port.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from csaf_events.events import Record
 from csaf_events.group_commit import Runner
 from csaf_events.log.entries import LogReader
+from csaf_events.log.status import LogStatus
+from csaf_events.pending import Pending
 from projections.rocks import ProjectionBatch
-
-if TYPE_CHECKING:
-    from csaf_events.writer import Pending
-
 
 OnDone = Callable[[BaseException | None], None]
 OnCommitted = Callable[[], None]
@@ -59,7 +57,16 @@ class EventLog(LogReader, Protocol):
         round, and each caller waits once, for its answer."""
 
     def owned(self) -> list[int]:
-        """The partitions this node decides now (appends are accepted for them)."""
+        """The partitions this node decides now (appends are accepted for them): the log holds
+        that fact, the node's writers follow it (`set_ownership_listener`)."""
+
+    def serves(self, partition: int) -> bool:
+        """Whether `partition` is one of `owned()` (cheap: asked on every call)."""
+
+    def status(self) -> LogStatus:
+        """What operators see of this node's share of the log: the partitions assigned to it
+        (served or still being taken over), the last takeover of each, whether its
+        transactions are refused as a fenced one's, its last errors (`csaf_events.health`)."""
 
     def set_ownership_listener(self, on_assigned: Callable[[list[int]], None],
                                on_revoked: Callable[[list[int]], None]) -> None:
