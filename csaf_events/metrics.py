@@ -196,6 +196,7 @@ class StoreMetrics:
         self._attached = False
         self._takeovers_seen: dict[int, float] = {}  # partition -> finished_at of the last takeover counted
         self._takeover_totals = [0, 0, 0.0]  # takeovers, events restored, seconds
+        self._recorders: dict[str, Callable[[float, int, BaseException | None], None]] = {}  # by _observer
         self._observers = {m: self._observer(m) for m in METHODS}
 
     # ------------------------------------------------------------- per call --
@@ -203,6 +204,10 @@ class StoreMetrics:
                 kw: dict[str, Any]) -> Any:
         """Count and time one public call of the store (`csaf_events.observe.CallObserver`)."""
         return self._observers[method](fn, holder, args, kw)
+
+    def record(self, method: str, seconds: float, routed: bool, error: BaseException | None) -> None:
+        """Count one call that ended, made without `observe` (`csaf_events.observe.CallObserver`)."""
+        self._recorders[method](seconds, int(routed), error)
 
     def _observer(self, method: str) -> Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]:
         """What counts and times the calls of `method`: ``(fn, store, args, kw) -> result``."""
@@ -222,6 +227,7 @@ class StoreMetrics:
                 key = (method, type(error).__name__)
                 with lock:
                     errors[key] = errors.get(key, 0) + 1
+        self._recorders[method] = record
 
         if method in SESSION_METHODS:  # the hot path: kept flat, it runs on every call
             def call(fn: Callable[..., Any], holder: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:

@@ -18,11 +18,18 @@ from typing import Any, Protocol
 from csaf_events.commands import Command
 from csaf_events.errors import CsafError, DataAccessError, NotOwnerError
 from csaf_events.log.port import EventLog
+from csaf_events.pending import Pending
 from csaf_events.timings import Timings
 from csaf_events.writer import PartitionWriter
 from projections.rocks import Projection
 
 log = logging.getLogger(__name__)
+
+
+def unexpected(command: Command, partition: int, error: Exception) -> DataAccessError:
+    """What a caller gets for an error that is no `CsafError` (a client library's, or a bug)."""
+    return DataAccessError(f"{type(command).__name__} on partition {partition} failed, outcome unknown: "
+                           f"{type(error).__name__}: {error}", may_have_written=not command.READ_ONLY)
 
 
 class Router(Protocol):
@@ -73,6 +80,19 @@ class Node:
     def writer(self, partition: int) -> PartitionWriter | None:
         return self._writers.get(partition)
 
+    def queue(self, partition: int, pending: Pending) -> bool:
+        """Queue a write for `partition` here without waiting for it, where this node decides
+        the partition and its log runs the rounds on a thread of its own (Kafka): `pending`
+        is answered (its ``on_done`` called, on the log's thread) once what it wrote is
+        committed, or with its error (`NotOwnerError`: not executed, see `execute`). False,
+        and nothing queued, where the partition is decided elsewhere or callers lead their
+        own rounds (embedded): `execute` then."""
+        w = self._writers.get(partition)
+        if w is None or not w.rounds_run_by_log or pending.command.READ_ONLY:
+            return False
+        w.submit(pending)
+        return True
+
     def execute(self, partition: int, command: Command) -> Any:
         """Decide `command` on the owner of `partition`, wherever it is."""
         deadline = time.monotonic() + self.request_timeout
@@ -95,9 +115,7 @@ class Node:
             except CsafError:
                 raise
             except Exception as e:  # a client library's error: the caller gets a CsafError
-                raise DataAccessError(f"{type(command).__name__} on partition {partition} failed, outcome "
-                                      f"unknown: {type(e).__name__}: {e}",
-                                      may_have_written=not command.READ_ONLY) from e
+                raise unexpected(command, partition, e) from e
 
     def execute_all(self, calls: list[tuple[int, Command]]) -> list[Any]:
         """Decide commands on several partitions at once (cluster-wide calls); results in order."""

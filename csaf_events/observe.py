@@ -16,6 +16,10 @@ class CallObserver(Protocol):
         """Run ``fn(holder, *args, **kw)`` (the public call `method`) and return its result,
         or raise its error, observing it."""
 
+    def record(self, method: str, seconds: float, routed: bool, error: BaseException | None) -> None:
+        """One call of `method` that ended, made without `observe`: one that did not hold a
+        thread while it waited (`csaf_events.async_store`)."""
+
 
 class StoreObserver(CallObserver, Protocol):
     """What a store tells its metrics besides its calls."""

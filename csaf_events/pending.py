@@ -4,6 +4,7 @@ and its adapters can name it without importing the writer that imports the port.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from csaf_events.commands import Command
@@ -13,7 +14,8 @@ from csaf_events.group_commit import Signal
 class Pending:
     """A command waiting for its group commit."""
 
-    __slots__ = ("command", "deadline_ms", "done", "error", "origin", "promoted", "queued_at", "result", "waiter")
+    __slots__ = ("command", "deadline_ms", "done", "error", "on_done", "origin", "promoted", "queued_at", "result",
+                 "waiter")
 
     def __init__(self, command: Command, origin: Any = None, waiter: bool = False,
                  deadline_ms: int | None = None) -> None:
@@ -26,6 +28,9 @@ class Pending:
         self.waiter = waiter  # a thread waits for it (and so can be asked to lead)
         self.promoted = False  # woken to lead the next group, not finished
         self.queued_at = 0.0
+        #: called once it is finished (after `done` is set), on the thread that finished it: for a
+        #: caller that does not wait on a thread (`csaf_events.async_store`)
+        self.on_done: Callable[[Pending], None] | None = None
 
     def outcome(self) -> Any:
         if self.error is not None:

@@ -24,6 +24,7 @@ from csaf_events.history import HistoryEntry
 from csaf_events.node import Node
 from csaf_events.observe import StoreObserver, observed
 from csaf_events.partitioning import partition_for
+from csaf_events.pending import Pending
 from csaf_events.registry import SessionRegistry
 from csaf_events.relays import RelaySweeper
 from csaf_events.session_calls import SessionCalls
@@ -118,6 +119,18 @@ class ClusterStoreAndForward(SessionCalls):
     def _run(self, session_id: str, command: cmd.Command) -> Any:
         self._check_open()
         return self._backend.node.execute(partition_for(session_id, self.partitions), command)
+
+    def queue(self, session_id: str, pending: Pending) -> bool:
+        """Queue a checked write for the session without waiting for it, where this node
+        decides its partition and the log commits on a thread of its own (`Node.queue`; for
+        `csaf_events.async_store`): `pending.on_done` is called once it is answered. False,
+        and nothing queued, where the store's own method must run it."""
+        self._check_open()
+        return self._backend.node.queue(self.partition_of(session_id), pending)
+
+    def partition_of(self, session_id: str) -> int:
+        """The partition of the session: ``murmur2(session_id) % partitions``."""
+        return partition_for(session_id, self.partitions)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -63,8 +63,12 @@ class PartitionWriter:
         self._clock = clock
         self._timings = timings or Timings()
         self._lock = threading.Lock()
+        runner = log.round_runner(partition)
+        #: whether the log runs this partition's rounds on a thread of its own (Kafka), so that a
+        #: command can be queued without a caller to lead its round (`Node.queue`)
+        self.rounds_run_by_log = runner is not None
         self._group_commit: GroupCommit[Pending] = GroupCommit(
-            self._commit, max_batch, name=f"csaf-commit-{partition}", runner=log.round_runner(partition))
+            self._commit, max_batch, name=f"csaf-commit-{partition}", runner=runner)
         self._in_flight: deque[_Ticket] = deque()  # decided, not answered yet, in decision order
         self._chain = 0  # moves on when an append fails: what was decided on its state is void
         self._issued = 0  # appends handed to the log so far
@@ -211,3 +215,5 @@ class PartitionWriter:
     @staticmethod
     def _finish(p: Pending) -> None:
         p.done.set()
+        if p.on_done is not None:
+            p.on_done(p)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
@@ -44,6 +44,7 @@ from csaf_events.matssocket.protocol import (
     parse_frame,
     random_id,
 )
+from csaf_events.session_calls import SessionCalls
 
 if TYPE_CHECKING:
     from csaf_events.matssocket.server import MatsSocketServer
@@ -174,14 +175,14 @@ class Connection:
                 ack2s.extend(message_ids(envelope, "cmid"))
             elif t != T.PONG:
                 rest.append(envelope)
-        if acks and await self._store_quietly("complete outbox messages", self.server.store.outbox_messages_complete,
+        if acks and await self._store_quietly("complete outbox messages", SessionCalls.outbox_messages_complete,
                                               acks):
             # only once completed: a client that got ACK2 forgets the ids, and would take a redelivery as new
             if self.forwarder is not None:
                 self.forwarder.completed(acks)
             answers.append({"t": T.ACK2, "smid": acks[0]} if len(acks) == 1 else {"t": T.ACK2, "ids": acks})
         if ack2s:
-            await self._store_quietly("delete inbox ids", self.server.store.delete_message_ids_from_inbox, ack2s)
+            await self._store_quietly("delete inbox ids", SessionCalls.delete_message_ids_from_inbox, ack2s)
         if answers:
             await self.send(answers)
         if not rest and not self.held and new_auth is None:
@@ -224,11 +225,13 @@ class Connection:
             if isinstance(rd, int) and not isinstance(rd, bool):
                 self.server_debug = DebugOption(rd & 0xFF) & self.allowed_debug
 
-    async def _store_quietly(self, what: str, fn: Any, ids: list[str]) -> bool:
+    async def _store_quietly(self, what: str, method: Callable[[SessionCalls, str, list[str]], None],
+                             ids: list[str]) -> bool:
         """ACK-side store calls: a failure is logged (the client or the scavenger settles it
         later); whether the call succeeded."""
+        assert self.session_id is not None, "ACKs are taken once the session is established"
         try:
-            await self.server.io(fn, self.session_id, ids)
+            await self.server.store_calls.call(method, self.session_id, ids)
             return True
         except CsafError:
             log.warning("could not %s for session %s; continuing", what, self.session_id, exc_info=True)
@@ -347,9 +350,10 @@ class Connection:
                     raise ProtocolError(f"Too many sessions for resolved userId: [{count}].",
                                         CloseCode.VIOLATED_POLICY)
                 sid = await server.io(store.new_session_id)
-            await server.io(store.register_session_at_this_node, sid, self.user_id, self.connection_id,
-                            hello["clv"], hello["an"], hello["av"])
-            await server.io(store.outbox_messages_unmark_attempted_delivery, sid)
+            assert sid is not None and self.user_id is not None, "a session id, and a user authenticated"
+            await server.store_calls.call(SessionCalls.register_session_at_this_node, sid, self.user_id,
+                                          self.connection_id, hello["clv"], hello["an"], hello["av"])
+            await server.store_calls.call(SessionCalls.outbox_messages_unmark_attempted_delivery, sid)
         except WrongUserError:
             raise ProtocolError("UserId of existing SessionId does not match currently logged in user.",
                                 CloseCode.VIOLATED_POLICY) from None
@@ -425,11 +429,13 @@ class Connection:
         if not was_established:
             return
         sid = self.session_id
+        assert sid is not None, "an established connection has its session"
         try:
             if state is State.CLOSED:
-                await self.server.io(self.server.store.close_session, sid)
+                await self.server.store_calls.call(SessionCalls.close_session, sid)
             else:
-                await self.server.io(self.server.store.deregister_session_from_this_node, sid, self.connection_id)
+                await self.server.store_calls.call(SessionCalls.deregister_session_from_this_node, sid,
+                                                   self.connection_id)
         except CsafError:
             log.warning("could not %s session %s in the store", state.value, sid, exc_info=True)
         finally:  # after the store call: a session leaves this node's table once the store has settled it

@@ -24,6 +24,7 @@ from csaf_events.clock import now_ms
 from csaf_events.dtos import MessageType, StoredOutMessage
 from csaf_events.errors import CsafError
 from csaf_events.matssocket.protocol import Envelope
+from csaf_events.session_calls import SessionCalls
 
 if TYPE_CHECKING:
     from csaf_events.matssocket.connection import Connection
@@ -81,6 +82,7 @@ class OutboxForwarder:
     async def _forward_batch(self) -> bool:
         """Send one batch; True if there may be more to send now."""
         conn, server, sid = self.conn, self.conn.server, self.conn.session_id
+        assert sid is not None, "a forwarder runs for an established session"
         self._completed_since_fetch = set()  # what was completed before this fetch, it does not return
         messages: list[StoredOutMessage] = await server.io(server.store.get_messages_from_outbox, sid, BATCH)
         if not messages or not await conn.authorized_for_outgoing():
@@ -89,7 +91,7 @@ class OutboxForwarder:
         if dead:
             log.warning("session %s: dead-lettering %d message(s) after %d attempts: %s", sid, len(dead),
                         MAX_DELIVERY_ATTEMPTS, dead)
-            await server.io(server.store.outbox_messages_dead_letter_queue, sid, dead)
+            await server.store_calls.call(SessionCalls.outbox_messages_dead_letter_queue, sid, dead)
             server.metrics.dead_letters.inc(len(dead))
             return True
         more = len(messages) == BATCH
@@ -99,7 +101,7 @@ class OutboxForwarder:
         ids = [m.server_message_id for m in messages]
         # marked before the send: an ACK racing the mark cannot leave a completed message marked,
         # and a crash between mark and send is undone by the reconnect's unmark
-        await server.io(server.store.outbox_messages_attempted_delivery, sid, ids)
+        await server.store_calls.call(SessionCalls.outbox_messages_attempted_delivery, sid, ids)
         messages = [m for m in messages if m.server_message_id not in self._completed_since_fetch]
         if messages and not await conn.send([self._envelope(m) for m in messages]):  # (no await since the filter)
             return False
@@ -110,7 +112,8 @@ class OutboxForwarder:
 
     def _envelope(self, message: StoredOutMessage) -> Envelope:
         envelope: Envelope = orjson.loads(message.envelope)
-        envelope["msg"] = orjson.loads(message.message_text) if message.message_text is not None else None
+        # the payload goes out as the JSON text it was stored as: never parsed, never encoded again
+        envelope["msg"] = orjson.Fragment(message.message_text) if message.message_text is not None else None
         server = self.conn.server
         if message.type in (MessageType.RESOLVE, MessageType.REJECT):
             debug = envelope.get("debug")

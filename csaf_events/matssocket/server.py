@@ -3,10 +3,10 @@
 The server accepts WebSocket connections speaking the ``matssocket`` subprotocol, keeps
 one `Connection` per socket and one `OutboxForwarder` per live session, runs the store's
 periodic jobs (`csaf_events.maintenance.Maintenance`) and talks to the other nodes of the
-cluster through a `NodeChannel`. Store calls that may wait (Kafka: a transaction, a routed
-call) run in a thread pool of their own (`store_threads`), never on the event loop; those of
-a store whose calls return after their own CPU work (embedded) run on the event loop, where
-a hop to a thread and back would cost more than the call (`store.calls_wait`).
+cluster through a `NodeChannel`. It reaches the store through `AsyncStore`
+(`store_calls`): never waiting on the event loop, with no thread per call where none is needed
+(an embedded store's calls run on the loop; Kafka writes for partitions this node decides are
+queued on their writers; the rest runs on `store_threads` threads).
 
 User code plugs in through endpoints (`endpoint`, `terminator`), an `Authenticator`, the
 server-initiated `send`, `request`, `publish` and `close_session`, and on the HTTP side an
@@ -16,11 +16,9 @@ server-initiated `send`, `request`, `publish` and `close_session`, and on the HT
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -30,6 +28,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from csaf_events.async_store import AsyncStore
 from csaf_events.channel import InProcessChannel, NodeChannel
 from csaf_events.clock import now_ms
 from csaf_events.dtos import MessageType as T
@@ -41,6 +40,7 @@ from csaf_events.matssocket.nodes import NodeMessages
 from csaf_events.matssocket.protocol import SUBPROTOCOL, CloseCode, DebugOption, Envelope, random_id
 from csaf_events.matssocket.topics import Topics
 from csaf_events.metrics import matssocket_metrics
+from csaf_events.session_calls import SessionCalls
 from csaf_events.store import ClusterStoreAndForward
 from csaf_events.unit_of_work import UnitOfWork
 
@@ -109,8 +109,7 @@ class MatsSocketServer:
         self.handshake_check = handshake_check
         self.probe: Probe = probe or (lambda point, session_id, envelope: None)
         self.metrics = matssocket_metrics(store)  # csaf_matssocket_* on the store's registry
-        self._executor = ThreadPoolExecutor(store_threads, thread_name_prefix=f"csaf-store-{self.node_name}")
-        self._inline = not store.calls_wait  # store calls on the event loop (see the module docstring)
+        self.store_calls = AsyncStore(store, store_threads)
         self._maintenance = (Maintenance(store, self.live_session_ids, **maintenance)
                              if maintenance is not None else None)
         self._local: dict[str, Connection] = {}
@@ -180,7 +179,7 @@ class MatsSocketServer:
             task.cancel()
         if self._maintenance is not None:
             await asyncio.to_thread(self._maintenance.stop)
-        self._executor.shutdown(wait=True)
+        self.store_calls.close()
         if self._own_channel:
             self.channel.close()
 
@@ -214,11 +213,8 @@ class MatsSocketServer:
 
     # ------------------------------------------------------------------ helpers --
     async def io(self, fn: Callable[..., R], *args: Any) -> R:
-        """A store call: on the event loop where the store's calls do not wait, else in the
-        store thread pool."""
-        if self._inline:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+        """A blocking call of the store or of a unit of work (`AsyncStore.run`)."""
+        return await self.store_calls.run(fn, *args)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run `coro` as a task the server keeps (and cancels at stop); failures are logged."""
@@ -300,13 +296,15 @@ class MatsSocketServer:
                          correlation_binary: bytes | None) -> bool:
         """`request`, its correlation and outbox message written in `unit` (None: at once)."""
         smid = random_id()
-        target: ClusterStoreAndForward | UnitOfWork = self.store if unit is None else unit
-        await self.io(target.store_request_correlation, session_id, smid, now_ms(), reply_to,
-                      correlation_string, correlation_binary)
+        args = (session_id, smid, now_ms(), reply_to, correlation_string, correlation_binary)
+        if unit is None:
+            await self.store_calls.call(SessionCalls.store_request_correlation, *args)
+        else:
+            await self.io(unit.store_request_correlation, *args)
         stored = await self.outbox_in(unit, nudges, session_id, T.REQUEST,
                                       {"eid": client_endpoint_id, "tid": trace_id}, message, smid=smid)
-        if not stored and target is not unit:
-            await self.io(target.get_and_delete_request_correlation, session_id, smid)
+        if not stored and unit is None:
+            await self.store_calls.call(SessionCalls.get_and_delete_request_correlation, session_id, smid)
         return stored
 
     async def publish(self, topic: str, trace_id: str, message: Any) -> None:
@@ -328,7 +326,7 @@ class MatsSocketServer:
             await conn.close_session(CloseCode.CLOSE_SESSION, f"Server Side: {reason}")
             return
         current = await self.io(self.store.get_current_registered_node_for_session, session_id)
-        await self.io(self.store.close_session, session_id)
+        await self.store_calls.call(SessionCalls.close_session, session_id)
         if current is not None:
             self.nodes.close(current.node_name, session_id, reason)
 
@@ -342,10 +340,12 @@ class MatsSocketServer:
         envelope = {"t": type_, **fields, "smid": smid}
         if type_ in (T.SEND, T.REQUEST):
             envelope["debug"] = {"smcts": now_ms(), "smcnn": self.node_name}
-        target: ClusterStoreAndForward | UnitOfWork = self.store if unit is None else unit
-        current = await self.io(target.store_message_in_outbox, session_id, smid, client_message_id,
-                                envelope.get("tid"), type_, request_timestamp, _json("envelope", envelope),
-                                _json("message", message), None)
+        args = (session_id, smid, client_message_id, envelope.get("tid"), type_, request_timestamp,
+                _json("envelope", envelope), _json("message", message), None)
+        if unit is None:
+            current = await self.store_calls.call(SessionCalls.store_message_in_outbox, *args)
+        else:
+            current = await self.io(unit.store_message_in_outbox, *args)
         if current is None:
             exists = (unit.is_session_exists if unit is not None and unit.session_id == session_id
                       else self.store.is_session_exists)

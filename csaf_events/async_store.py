@@ -1,0 +1,129 @@
+"""`AsyncStore`: the store's calls for an application on asyncio, without a thread per call
+where the call needs none.
+
+A store call either returns after its own CPU work (embedded: one RocksDB write) or waits
+for something (Kafka: the transaction that commits it; a routed call: the owner's answer).
+A hop to a thread and back costs more than a call of the first kind, and a call of the second
+kind must not hold the event loop while it waits. So:
+
+- where the store's calls do not wait (``store.calls_wait`` False), a call runs on the loop;
+- a write for a partition this node decides, where the log runs the rounds on a thread of
+  its own (Kafka), is queued on the partition's writer and the loop goes on: a thread pool
+  would bound the writes in flight, and so the commands a transaction carries, to its size.
+  The caller is woken once the write is committed (as a thread would be), the answers of one
+  transaction with one wake of the loop;
+- anything else (a read, which may wait for a commit to be applied; a call routed to another
+  node; a unit of work's calls) runs on a thread of the face's own pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+
+from csaf_events import commands as cmd
+from csaf_events.errors import CsafError, NotOwnerError
+from csaf_events.node import unexpected
+from csaf_events.pending import Pending
+from csaf_events.session_calls import SessionCalls
+from csaf_events.store import ClusterStoreAndForward
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_DECIDED = object()  # what a call returns where it returns its command's result
+
+
+class _Taker(SessionCalls):
+    """Checks a call's arguments and takes its command instead of running it."""
+
+    def __init__(self, store: ClusterStoreAndForward) -> None:
+        self.node_name = store.node_name
+        self.limits = store.limits
+        self.taken: tuple[str, cmd.Command] | None = None
+
+    def _run(self, session_id: str, command: cmd.Command) -> Any:
+        self.taken = (session_id, command)
+        return _DECIDED
+
+
+class AsyncStore:
+    """`store`'s calls as coroutines (see the module docstring); `threads` for the calls
+    that wait on a thread. Made on any thread; its coroutines run on one event loop."""
+
+    def __init__(self, store: ClusterStoreAndForward, threads: int = 16) -> None:
+        self.store = store
+        self._inline = not store.calls_wait
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"csaf-store-{store.node_name}")
+        self._taker = _Taker(store)
+        # answered writes, from the log's threads to the loop; one wake of the loop while any wait
+        self._answered: deque[asyncio.Future[None]] = deque()
+        self._wake_sent = False
+
+    async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Any blocking call of the store (or of a unit of work): on the loop where the store's
+        calls do not wait, else on a thread of the pool."""
+        if self._inline:
+            return fn(*args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def call(self, method: Callable[Concatenate[SessionCalls, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """One of the store's per-session calls, named by its method:
+        ``await face.call(SessionCalls.outbox_messages_complete, session_id, ids)``. Its
+        result, or its error, as the store's method gives them (and counted in its metrics)."""
+        store = self.store
+        if self._inline:
+            return method(store, *args, **kwargs)
+        taker = self._taker
+        taker.taken = None
+        returned = method(taker, *args, **kwargs)  # bad arguments raise here, before anything is queued
+        if taker.taken is None:  # nothing to decide (no ids given)
+            return returned
+        session_id, command = taker.taken
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[None] = loop.create_future()
+        pending = Pending(command)
+        pending.on_done = lambda _: self._answer(loop, answered)
+        started = time.perf_counter()
+        if not store.queue(session_id, pending):  # decided elsewhere, or a read: on a thread
+            return await self.run(method, store, *args, **kwargs)
+        await answered
+        error = pending.error
+        if isinstance(error, NotOwnerError):  # not executed: the partition moved; the store finds it
+            return await self.run(method, store, *args, **kwargs)
+        if error is not None and not isinstance(error, CsafError):
+            error = unexpected(command, store.partition_of(session_id), error)
+        if store.metrics is not None:
+            store.metrics.record(method.__name__, time.perf_counter() - started, False, error)
+        if error is not None:
+            raise error
+        return cast(R, pending.result) if returned is _DECIDED else returned
+
+    def close(self) -> None:
+        """Wait for the calls running on threads, and end the pool."""
+        self._executor.shutdown(wait=True)
+
+    def _answer(self, loop: asyncio.AbstractEventLoop, answered: asyncio.Future[None]) -> None:
+        """A queued write is answered (on the log's thread): wake its caller. Whoever finds
+        no wake sent sends one; the loop clears the flag before it takes the answers, so an
+        answer added after that take finds the flag clear and sends another."""
+        self._answered.append(answered)
+        if not self._wake_sent:
+            self._wake_sent = True
+            try:
+                loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop is closed: its callers are gone
+                self._wake_sent = False
+
+    def _wake(self) -> None:
+        self._wake_sent = False
+        answered = self._answered
+        while answered:
+            future = answered.popleft()
+            if not future.done():  # (cancelled: its caller is gone)
+                future.set_result(None)
