@@ -94,6 +94,16 @@ class GroupCommit(Generic[T]):
         else:
             self._hand_off()
 
+    def add_all(self, items: list[T]) -> None:
+        """Queue items that no thread waits for, together: the runner (or the hand-off
+        thread) leads their round, the calling thread goes on."""
+        with self._lock:
+            self._queue.extend(items)
+            if self._leading:
+                return
+            self._leading = True
+        self._hand_off()
+
     def wait(self, item: T) -> None:
         """Wait until `item` is finished, leading rounds whenever asked to."""
         while True:

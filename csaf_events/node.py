@@ -80,17 +80,15 @@ class Node:
     def writer(self, partition: int) -> PartitionWriter | None:
         return self._writers.get(partition)
 
-    def queue(self, partition: int, pending: Pending) -> bool:
-        """Queue a write for `partition` here without waiting for it, where this node decides
-        the partition and its log runs the rounds on a thread of its own (Kafka): `pending`
-        is answered (its ``on_done`` called, on the log's thread) once what it wrote is
-        committed, or with its error (`NotOwnerError`: not executed, see `execute`). False,
-        and nothing queued, where the partition is decided elsewhere or callers lead their
-        own rounds (embedded): `execute` then."""
+    def queue_group(self, partition: int, group: list[Pending]) -> bool:
+        """Queue writes for `partition` together where this node decides it and its log runs
+        the rounds on a thread of its own (Kafka), no thread waiting for them: each is
+        answered through its ``on_done`` once committed (`PartitionWriter.queue_all`).
+        False, and nothing queued, elsewhere: `execute` then."""
         w = self._writers.get(partition)
-        if w is None or not w.rounds_run_by_log or pending.command.READ_ONLY:
+        if w is None or not w.rounds_run_by_log:
             return False
-        w.submit(pending)
+        w.queue_all(group)
         return True
 
     def execute(self, partition: int, command: Command) -> Any:

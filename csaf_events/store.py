@@ -120,13 +120,13 @@ class ClusterStoreAndForward(SessionCalls):
         self._check_open()
         return self._backend.node.execute(partition_for(session_id, self.partitions), command)
 
-    def queue(self, session_id: str, pending: Pending) -> bool:
-        """Queue a checked write for the session without waiting for it, where this node
-        decides its partition and the log commits on a thread of its own (`Node.queue`; for
-        `csaf_events.async_store`): `pending.on_done` is called once it is answered. False,
-        and nothing queued, where the store's own method must run it."""
+    def queue_group(self, partition: int, group: list[Pending]) -> bool:
+        """Queue checked writes for `partition` together, no thread waiting for them, where
+        this node decides the partition and commits on a thread of the log's (Kafka; for
+        `csaf_events.async_store`): each is answered through its ``on_done`` once committed.
+        False, and nothing queued, elsewhere: the store's own methods run such calls."""
         self._check_open()
-        return self._backend.node.queue(self.partition_of(session_id), pending)
+        return self._backend.node.queue_group(partition, group)
 
     def partition_of(self, session_id: str) -> int:
         """The partition of the session: ``murmur2(session_id) % partitions``."""

@@ -65,7 +65,7 @@ class PartitionWriter:
         self._lock = threading.Lock()
         runner = log.round_runner(partition)
         #: whether the log runs this partition's rounds on a thread of its own (Kafka), so that a
-        #: command can be queued without a caller to lead its round (`Node.queue`)
+        #: command can be queued without a caller to lead its round (`queue_all`)
         self.rounds_run_by_log = runner is not None
         self._group_commit: GroupCommit[Pending] = GroupCommit(
             self._commit, max_batch, name=f"csaf-commit-{partition}", runner=runner)
@@ -101,6 +101,21 @@ class PartitionWriter:
         self.submit(pending)
         self._group_commit.wait(pending)
         return pending.outcome()
+
+    def queue_all(self, group: list[Pending]) -> None:
+        """Queue `group` together, no thread waiting for it: a caller that gathers its
+        commands itself, answered through each one's ``on_done`` once it is committed
+        (`csaf_events.async_store`). Where the callers lead the rounds (embedded), the
+        group's hand-off thread leads this one."""
+        if self.closed_reason is not None:
+            for p in group:
+                p.error = NotOwnerError(self.closed_reason)
+                self._finish(p)
+            return
+        now = time.perf_counter()
+        for p in group:
+            p.queued_at = now
+        self._group_commit.add_all(group)
 
     def submit(self, pending: Pending) -> None:
         """Queue a command; the calling thread leads the group commit if nobody does."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -112,3 +113,28 @@ def test_timings_add_up_across_threads() -> None:
     assert (snap["transactions"], snap["failed_transactions"], snap["commands"], snap["records"],
             snap["partitions"]) == (4, 1, 12, 16, 4)
     assert timings.last_transaction_ok is not None
+
+
+@pytest.mark.parametrize("with_runner", [True, False], ids=["runner", "hand-off-thread"])
+def test_items_added_together_are_one_round_and_the_adder_goes_on(with_runner: bool) -> None:
+    """`add_all`: what a caller that gathers its own commands (the asyncio face) queues is led
+    by the runner, or else by the group's hand-off thread, in one round, and never by it."""
+    adder = threading.current_thread()
+    rounds: list[tuple[list[int], threading.Thread]] = []
+
+    def commit(items: list[_Item]) -> None:
+        rounds.append(([i.n for i in items], threading.current_thread()))
+        for i in items:
+            i.done.set()
+
+    def runner(round_: Callable[[], None]) -> None:
+        threading.Thread(target=round_, name="test-runner").start()
+
+    gc: GroupCommit[_Item] = GroupCommit(commit, name="test-add-all", runner=runner if with_runner else None)
+    items = [_Item(n, waiter=False) for n in range(4)]
+    gc.add_all(items)
+    for i in items:
+        i.done.wait()
+    assert [r[0] for r in rounds] == [[0, 1, 2, 3]]
+    assert rounds[0][1] is not adder
+    assert rounds[0][1].name == ("test-runner" if with_runner else "test-add-all")
