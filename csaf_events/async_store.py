@@ -14,7 +14,8 @@ writes in flight, and so what a transaction carries, to its size. So:
   handed to the node once per loop iteration, one group per partition: where this node
   decides the partition, the group joins the next transaction together, and each caller is
   answered once what it wrote is committed, the answers of one transaction with one wake of
-  the loop. Reads, which may wait for a commit to be applied, run on a thread;
+  the loop. A read runs on the loop where it need not wait (this node decides the partition
+  and has applied every commit it knows of), else on a thread;
 - whatever the node does not decide here (a partition of another node), and every blocking
   call given to `run` (a unit of work's), goes through the store's own methods on a thread
   of the face's pool.
@@ -91,13 +92,13 @@ class AsyncStore:
         if taker.taken is None:  # nothing to decide (no ids given)
             return returned
         session_id, command = taker.taken
+        partition = store.partition_of(session_id)
         if command.READ_ONLY:
-            return await self.run(method, store, *args, **kwargs)
+            return await self._read(method, partition, command, returned, *args, **kwargs)
         loop = asyncio.get_running_loop()
         answered: asyncio.Future[None] = loop.create_future()
         pending = Pending(command)
         pending.on_done = lambda _: self._answer(loop, answered)
-        partition = store.partition_of(session_id)
         group = self._gathered.get(partition)
         if group is None:
             group = self._gathered[partition] = []
@@ -117,6 +118,26 @@ class AsyncStore:
         if error is not None:
             raise error
         return cast(R, pending.result) if returned is _DECIDED else returned
+
+    async def _read(self, method: Callable[Concatenate[SessionCalls, P], R], partition: int, command: cmd.Command,
+                    returned: Any, *args: P.args, **kwargs: P.kwargs) -> R:
+        """A read: on the loop where it need not wait, else on a thread."""
+        store = self.store
+        started = time.perf_counter()
+        error: CsafError | None = None
+        try:
+            answered, result = store.read_at_once(partition, command)
+        except CsafError as e:
+            answered, error = True, e
+        except Exception as e:  # noqa: BLE001 - a bug or a client library's error: its caller gets a CsafError
+            answered, error = True, unexpected(command, partition, e)
+        if not answered:
+            return await self.run(method, store, *args, **kwargs)
+        if store.metrics is not None:
+            store.metrics.record(method.__name__, time.perf_counter() - started, False, error)
+        if error is not None:
+            raise error
+        return cast(R, result) if returned is _DECIDED else returned
 
     def _flush(self) -> None:
         """Hand the writes gathered in this loop iteration to the node, a group per partition."""

@@ -91,6 +91,15 @@ class Node:
         w.queue_all(group)
         return True
 
+    def read_at_once(self, partition: int, command: Command) -> tuple[bool, Any]:
+        """A read-only command answered here without waiting, where this node decides the
+        partition and has applied every commit it knows of (`PartitionWriter.read_at_once`):
+        (True, its result); else (False, None): `execute` then."""
+        w = self._writers.get(partition)
+        if w is None:
+            return False, None
+        return w.read_at_once(command)
+
     def execute(self, partition: int, command: Command) -> Any:
         """Decide `command` on the owner of `partition`, wherever it is."""
         deadline = time.monotonic() + self.request_timeout

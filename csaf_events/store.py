@@ -128,6 +128,13 @@ class ClusterStoreAndForward(SessionCalls):
         self._check_open()
         return self._backend.node.queue_group(partition, group)
 
+    def read_at_once(self, partition: int, command: cmd.Command) -> tuple[bool, Any]:
+        """A checked read-only command answered without waiting, where this node can
+        (`Node.read_at_once`; for `csaf_events.async_store`): (True, its result); else
+        (False, None), and the store's own method runs the call."""
+        self._check_open()
+        return self._backend.node.read_at_once(partition, command)
+
     def partition_of(self, session_id: str) -> int:
         """The partition of the session: ``murmur2(session_id) % partitions``."""
         return partition_for(session_id, self.partitions)

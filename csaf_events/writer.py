@@ -91,6 +91,16 @@ class PartitionWriter:
                 target = self._committed
                 while self._completed < target and self.closed_reason is None:
                     self._progress.wait(0.5)
+        return self._read(command)
+
+    def read_at_once(self, command: Command) -> tuple[bool, Any]:
+        """`read` where it would not wait (every append known committed is applied): (True,
+        its result); else (False, None), for a caller that must not wait (an event loop)."""
+        if self._completed < self._committed:
+            return False, None
+        return True, self._read(command)
+
+    def _read(self, command: Command) -> Any:
         # a read-only command emits nothing: the projection stands in for a batch it only reads
         view = cast(ProjectionBatch, self._projection)
         return decide(command, Decision(self.partition, view, self._node, self._clock()))

@@ -100,8 +100,8 @@ def test_calls_are_counted_in_the_store_s_metrics(store_factory) -> None:
 def test_kafka_writes_are_queued_on_their_writers_hundreds_in_flight_on_one_thread(store_factory,
                                                                                     monkeypatch) -> None:
     """One thread in the pool, 300 writes at once: none runs on it (nor through `Node.execute`),
-    all are committed, and each caller gets its own answer. (Embedded calls run on the event
-    loop: the tests above.)"""
+    all are committed, and each caller gets its own answer; then a read, on the loop too.
+    (Embedded calls run on the event loop: the tests above.)"""
     store = store_factory()
     for i in range(30):
         store.register_session_at_this_node(f"s{i}", "u1", f"c{i}", "lib,v1", "app", "1.0")
@@ -114,14 +114,17 @@ def test_kafka_writes_are_queued_on_their_writers_hundreds_in_flight_on_one_thre
     monkeypatch.setattr(store.node, "execute", execute)
     face = AsyncStore(store, threads=1)
 
-    async def scenario() -> list[Any]:
-        return await asyncio.gather(*(face.call(S.store_message_in_outbox, *_outbox_args(f"s{i % 30}", f"m{i}"))
-                                      for i in range(300)))
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        answers = await asyncio.gather(*(face.call(S.store_message_in_outbox, *_outbox_args(f"s{i % 30}", f"m{i}"))
+                                         for i in range(300)))
+        # every commit answered is applied: a read is answered on the loop too
+        return answers, await face.call(S.get_messages_from_outbox, "s0", 20)
     try:
-        answers = _run(scenario())
+        answers, read = _run(scenario())
     finally:
         face.close()
     assert executed == []
+    assert [m.server_message_id for m in read] == [f"m{j}" for j in range(0, 300, 30)]
     assert all(a is not None and a.node_name == store.node_name for a in answers)
     for i in range(30):
         stored = store.get_messages_from_outbox(f"s{i}", 20)
