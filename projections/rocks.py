@@ -218,10 +218,21 @@ class Projection:
         return found
 
     def last_key(self, prefix: bytes) -> bytes | None:
-        """The greatest key under `prefix`. A forward scan of the keys: a reverse seek would
-        walk back over every tombstone before the prefix."""
-        found = self.scan_keys(prefix)
-        return found[-1] if found else None
+        """The greatest key under `prefix`, in two seeks whatever the number of keys under it
+        (an outbox with a backlog). A seek forward says whether there is one: a seek back from
+        an empty prefix would walk over every tombstone before it (the iterator's lower bound
+        does not stop it). Then a seek back from the prefix's end finds it."""
+        opts = _bounded(prefix)  # referenced until the iterator is gone: it reads its bound
+        it = self.db.iter(opts)
+        try:
+            it.seek(prefix)
+            if not it.valid():
+                return None
+            it.seek_to_last()  # the last key before the bound: under the prefix, as one is there
+            return cast(bytes, it.key())
+        finally:
+            del it
+            del opts
 
     # writes
     def batch(self, track: bool = True) -> ProjectionBatch:

@@ -49,3 +49,37 @@ def test_an_untracked_batch_is_not_merged(tmp_path: Path) -> None:
         assert projection.get(b"a") is None
     finally:
         projection.close()
+
+
+def test_the_last_key_under_a_prefix_among_keys_and_tombstones(tmp_path: Path) -> None:
+    """`last_key` (an outbox's next seq): the greatest live key under the prefix, None where
+    there is none, also between prefixes full of tombstones and with a backlog under it."""
+    projection = Projection(tmp_path / "p")
+    try:
+        def key(prefix: bytes, n: int) -> bytes:
+            return prefix + n.to_bytes(8, "big")
+        before, mine, after = b"P1/sesr/", b"P1/sess/", b"P1/sest/"
+        for prefix in (before, after):
+            for n in range(2000):
+                projection.db[key(prefix, n)] = b"v"
+            for n in range(1990):
+                del projection.db[key(prefix, n)]
+        assert projection.last_key(mine) is None
+        for n in range(500):
+            projection.db[key(mine, n)] = b"v"
+        assert projection.last_key(mine) == key(mine, 499)
+        for n in range(400, 500):  # the newest gone: a tombstone after the last live key
+            del projection.db[key(mine, n)]
+        assert projection.last_key(mine) == key(mine, 399)
+        for n in range(400):
+            del projection.db[key(mine, n)]
+        assert projection.last_key(mine) is None
+        assert projection.last_key(before) == key(before, 1999)
+        assert projection.last_key(b"P2/") is None  # past every key
+        batch = ProjectionBatch(projection)  # a batch's own keys count, its deletes too
+        batch.put(key(mine, 7), b"v")
+        assert batch.last_key(mine) == key(mine, 7)
+        batch.delete(key(before, 1999))
+        assert batch.last_key(before) == key(before, 1998)
+    finally:
+        projection.close()
