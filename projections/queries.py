@@ -6,7 +6,7 @@ value is read back), binary fields as bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from csaf_events.events import (
@@ -60,9 +60,10 @@ def outbox_message(view: View, p: int, sid: str, smid: str) -> OutboxState | Non
     return None if raw is None else decode(OutboxState, raw)
 
 
-def outbox_messages(view: View, p: int, sid: str) -> list[OutboxState]:
-    """The session's whole outbox in the order stored."""
-    return [decode(OutboxState, v) for _, v in view.scan(keys.session_prefix(p, OUTBOX, sid))]
+def outbox_messages(view: View, p: int, sid: str) -> Iterator[OutboxState]:
+    """The session's outbox in the order stored, each message decoded as it is reached: a
+    fetch of the first few unattempted ones does not decode the backlog behind them."""
+    return (decode(OutboxState, v) for _, v in view.scan(keys.session_prefix(p, OUTBOX, sid)))
 
 
 def next_outbox_seq(view: View, p: int, sid: str) -> int:
@@ -83,7 +84,7 @@ def children(view: View, p: int, sid: str) -> tuple[list[InboxState], list[Outbo
     after it is gone."""
     return (
         [decode(InboxState, v) for _, v in view.scan(keys.session_prefix(p, INBOX, sid))],
-        outbox_messages(view, p, sid),
+        list(outbox_messages(view, p, sid)),
         [decode(CorrelationStored, v) for _, v in view.scan(keys.session_prefix(p, CORRELATION, sid))],
         relay_marks(view, p, sid),
     )

@@ -498,7 +498,7 @@ def test_compaction_never_resurrects_a_deleted_entity_when_the_clock_steps_back(
             apply_chunks(rebuilt, p, store.node.log.read_chunks(p), store.node.log.generation(p))
             assert queries.session(rebuilt, p, "s1") is None, "the closed session came back from the log"
             assert queries.inbox(rebuilt, p, "s1", "m1") is None, "its inbox entry came back"
-            assert queries.outbox_messages(rebuilt, p, "s1") == [], "its outbox message came back"
+            assert list(queries.outbox_messages(rebuilt, p, "s1")) == [], "its outbox message came back"
             assert diff(snapshot(rebuilt, p), live) == []
         finally:
             rebuilt.close()
