@@ -99,10 +99,13 @@ def encode(envelopes: list[Envelope]) -> str:
 def message_id(envelope: Envelope, field: str) -> str:
     """A client- or server-side message id as the store keys it: a JSON string or integer,
     as text. A missing or other value is a `ProtocolError`."""
-    value = envelope.get(field)
+    return _id_text(envelope.get(field), field, envelope)
+
+
+def _id_text(value: Any, field: str, envelope: Envelope) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         raise ProtocolError(f"Missing or invalid '{field}' on {envelope.get('t')}")
-    text = str(value)
+    text = value if isinstance(value, str) else str(value)
     if len(text) > MAX_ID_LENGTH or not text.isprintable():
         raise ProtocolError(f"'{field}' on {envelope.get('t')} is not printable text of at most {MAX_ID_LENGTH}"
                             " characters")
@@ -120,7 +123,7 @@ def message_ids(envelope: Envelope, single: str) -> list[str]:
     ids = envelope["ids"]
     if not isinstance(ids, list) or not ids or len(ids) > MAX_IDS:
         raise ProtocolError(f"Received {envelope.get('t')} with an empty, invalid or oversize 'ids'")
-    return [message_id({"t": envelope.get("t"), "id": i}, "id") for i in ids]
+    return [_id_text(i, "id", envelope) for i in ids]
 
 
 _ALPHABET = string.ascii_letters + string.digits
