@@ -265,7 +265,9 @@ class MatsSocketServer:
 
     def with_server_debug(self, envelope: Envelope, options: DebugOption) -> Envelope:
         """A server-initiated envelope (SEND, REQUEST, PUB) with the debug fields the receiving
-        session asked for (none if it asked for none)."""
+        session asked for (none if it asked for none). `envelope` is left as it is."""
+        if not options and "debug" not in envelope:
+            return envelope
         created = envelope.get("debug") or {}
         envelope = {k: v for k, v in envelope.items() if k != "debug"}
         if options:
