@@ -43,8 +43,9 @@ from typing import Any
 
 from bench.warmup import warm_up
 from csaf_events import CsafError, open_store, scheduling, timings
-from csaf_events.cli import payload_size, positive_int, run_main
+from csaf_events.cli import payload_size, positive_int
 from csaf_events.cli_ops import number
+from csaf_events.cli_run import run_main
 from csaf_events.workload import WorkloadConfig, WorkloadResult, run_workload
 
 #: JSON keys every report has (Kafka reports add `nodes` and `takeover_events_per_s`).

@@ -27,10 +27,9 @@ from pathlib import Path
 
 from csaf_events import cli_log, cli_ops, logs
 from csaf_events.cli_ops import number, positive_float
+from csaf_events.cli_run import PROG, run_main
 from csaf_events.errors import CsafError
 from csaf_events.logs import LEVELS as LOG_LEVELS
-
-PROG = "csaf"
 
 
 @dataclass(frozen=True)
@@ -183,18 +182,6 @@ def build_parser(subcommands: Sequence[Subcommand | SubcommandGroup] = SUBCOMMAN
         c.add_arguments(p)
         p.set_defaults(run=c.run, passes_on=c.passes_on)
     return parser
-
-
-def run_main(fn: Callable[[], int], prog: str = PROG) -> int:
-    """Run `fn`, turning library errors into one line on stderr and exit code 1."""
-    try:
-        return fn()
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except (CsafError, ValueError, TypeError, OSError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
