@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import cast
 
 from csaf_events import scheduling
-from csaf_events.cli import run_main
+from csaf_events.cli_run import run_main
 from csaf_events.factory import open_store
 from csaf_events.matssocket.server import MatsSocketServer
 from csaf_events.metrics import serve_metrics
