@@ -24,14 +24,6 @@ PROJECTIONS_MAY_IMPORT = {"csaf_events.events", "csaf_events.log.entries", "csaf
 APPLICATION = ("csaf_events.store", "csaf_events.factory", "csaf_events.cli", "csaf_events.metrics",
                "csaf_events.health", "csaf_events.matssocket", "csaf_events.maintenance", "csaf_events.workload",
                "csaf_events.async_store")
-#: issue 19: matssocket's circle, being removed. The imports of these modules are left out of
-#: the circle check (connection -> server -> connection).
-MATSSOCKET_CIRCLE = frozenset({
-    "csaf_events.matssocket.connection", "csaf_events.matssocket.endpoints", "csaf_events.matssocket.forwarder",
-    "csaf_events.matssocket.incoming", "csaf_events.matssocket.nodes", "csaf_events.matssocket.server",
-    "csaf_events.matssocket.topics"})
-
-
 def _imports(path: Path) -> set[str]:
     """The project modules `path` imports at run time."""
     tree = ast.parse(path.read_text(), str(path))
@@ -150,8 +142,7 @@ def _a_circle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_circle_in_the_library_or_the_benchmark() -> None:
-    graph = {m: set() if m in MATSSOCKET_CIRCLE else imports for m, imports in _import_graph().items()}
-    circle = _a_circle(graph)
+    circle = _a_circle(_import_graph())
     assert circle is None, "import circle: " + " -> ".join(circle or [])
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -33,6 +33,7 @@ from csaf_events.matssocket.auth import (
     resolve,
 )
 from csaf_events.matssocket.forwarder import OutboxForwarder
+from csaf_events.matssocket.ports import Node
 from csaf_events.matssocket.protocol import (
     SESSION_ENDING_CLIENT_CODES,
     CloseCode,
@@ -45,9 +46,6 @@ from csaf_events.matssocket.protocol import (
     random_id,
 )
 from csaf_events.session_calls import SessionCalls
-
-if TYPE_CHECKING:
-    from csaf_events.matssocket.server import MatsSocketServer
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +74,7 @@ def _headers(ws: ServerConnection) -> dict[str, str]:
 class Connection:
     """The protocol state of one socket; `run()` serves it until it closes."""
 
-    def __init__(self, server: MatsSocketServer, ws: ServerConnection) -> None:
+    def __init__(self, server: Node, ws: ServerConnection) -> None:
         self.server = server
         self.ws = ws
         self.connection_id = random_id(12)

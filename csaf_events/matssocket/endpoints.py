@@ -34,7 +34,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from csaf_events.clock import now_ms
 from csaf_events.dtos import MessageType
@@ -42,8 +42,11 @@ from csaf_events.errors import UnitOfWorkError
 from csaf_events.matssocket.protocol import DebugOption
 
 if TYPE_CHECKING:
-    from csaf_events.matssocket.server import MatsSocketServer, Nudges
     from csaf_events.unit_of_work import UnitOfWork
+
+#: Sessions whose outbox a unit of work wrote to, and the node the store named for each:
+#: nudged once the unit has committed.
+Nudges = list[tuple[str, Any]]
 
 
 class Resolution(enum.Enum):
@@ -68,6 +71,21 @@ class Endpoint:
     replies: bool
 
 
+class Replies(Protocol):
+    """What an incoming message's context needs of its node (`MatsSocketServer`)."""
+
+    async def outbox_in(self, unit: UnitOfWork | None, nudges: Nudges | None, session_id: str, type_: MessageType,
+                        fields: dict[str, Any], message: Any, *, smid: str | None = None,
+                        client_message_id: str | None = None, request_timestamp: int | None = None) -> bool: ...
+
+    async def request_in(self, unit: UnitOfWork | None, nudges: Nudges | None, session_id: str, trace_id: str,
+                         client_endpoint_id: str, message: Any, reply_to: str, correlation_string: str | None,
+                         correlation_binary: bytes | None) -> bool: ...
+
+    async def store_later_reply(self, later: LaterReply, type_: MessageType, message: Any, unit: UnitOfWork | None,
+                                nudges: Nudges | None) -> None: ...
+
+
 @dataclass
 class IncomingContext:
     """One incoming client message, and the means to answer it."""
@@ -85,7 +103,7 @@ class IncomingContext:
     debug_options: DebugOption = DebugOption(0)  # noqa: RUF009 - a flag value is immutable
     correlation_string: str | None = None
     correlation_binary: bytes | None = None
-    _server: MatsSocketServer | None = field(default=None, repr=False)
+    _server: Replies | None = field(default=None, repr=False)
     unit: UnitOfWork | None = field(default=None, repr=False)  # the message's unit of work
     nudges: Nudges = field(default_factory=list, repr=False)  # outboxes written in it, nudged after its commit
     resolution: Resolution = Resolution.NO_ACTION
@@ -109,7 +127,7 @@ class IncomingContext:
                                                   trace_id or self.trace_id, client_endpoint_id, message, reply_to,
                                                   correlation_string, correlation_binary)
 
-    def _server_of(self) -> MatsSocketServer:
+    def _server_of(self) -> Replies:
         if self._server is None:
             raise RuntimeError("this context belongs to no server")
         return self._server
@@ -150,7 +168,7 @@ class IncomingContext:
 class LaterReply:
     """The pending answer of a REQUEST; settle it once, from any coroutine on the server's loop."""
 
-    _server: MatsSocketServer
+    _server: Replies
     session_id: str
     client_message_id: str | int
     trace_id: str

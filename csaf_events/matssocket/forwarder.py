@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 import orjson
 
 from csaf_events.clock import now_ms
 from csaf_events.dtos import MessageType, StoredOutMessage
 from csaf_events.errors import CsafError
+from csaf_events.matssocket.ports import Socket
 from csaf_events.matssocket.protocol import Envelope
 from csaf_events.session_calls import SessionCalls
-
-if TYPE_CHECKING:
-    from csaf_events.matssocket.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +36,7 @@ RETRY_DELAY = 2.5  # seconds after a store failure before the forwarder tries ag
 class OutboxForwarder:
     """One asyncio task per established connection; see the module docstring."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Socket) -> None:
         self.conn = conn
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

@@ -27,16 +27,16 @@ from csaf_events.clock import now_ms
 from csaf_events.dtos import MessageType as T
 from csaf_events.errors import ConflictError, CsafError, MessageIdAlreadyExistsError
 from csaf_events.matssocket.endpoints import IncomingContext, Resolution
+from csaf_events.matssocket.ports import Socket
 from csaf_events.matssocket.protocol import DebugOption, Envelope, ProtocolError, message_id
 
 if TYPE_CHECKING:
-    from csaf_events.matssocket.connection import Connection
     from csaf_events.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
 
-async def handle(conn: Connection, envelope: Envelope, received: int) -> None:
+async def handle(conn: Socket, envelope: Envelope, received: int) -> None:
     """Handle one SEND, REQUEST, RESOLVE or REJECT, and send the client its answer."""
     t = envelope["t"]
     if not isinstance(envelope.get("tid"), str) or not envelope["tid"]:
@@ -51,20 +51,20 @@ async def handle(conn: Connection, envelope: Envelope, received: int) -> None:
     conn.server.probe("answered", _session_id(conn), envelope)
 
 
-def _session_id(conn: Connection) -> str:
+def _session_id(conn: Socket) -> str:
     """The connection's session id: envelopes are handled only once HELLO established it."""
     assert conn.session_id is not None, "handled only on an established session"
     return conn.session_id
 
 
-def _debug_options(conn: Connection, envelope: Envelope) -> DebugOption:
+def _debug_options(conn: Socket, envelope: Envelope) -> DebugOption:
     rd = envelope.get("rd")
     if not isinstance(rd, int) or isinstance(rd, bool):
         return DebugOption(0)
     return DebugOption(rd & 0xFF) & conn.allowed_debug
 
 
-def _context(conn: Connection, envelope: Envelope, endpoint_id: str, received: int, unit: UnitOfWork,
+def _context(conn: Socket, envelope: Envelope, endpoint_id: str, received: int, unit: UnitOfWork,
              **extra: Any) -> IncomingContext:
     assert conn.user_id is not None and conn.authorization is not None, "authenticated before HELLO"
     return IncomingContext(
@@ -79,7 +79,7 @@ def _retry(e: CsafError) -> Envelope:
     return {"t": T.RETRY, "desc": f"{type(e).__name__}: {e}"}
 
 
-async def _commit(conn: Connection, envelope: Envelope, unit: UnitOfWork, ctx: IncomingContext | None) -> None:
+async def _commit(conn: Socket, envelope: Envelope, unit: UnitOfWork, ctx: IncomingContext | None) -> None:
     """Commit the message's unit, then nudge the outboxes it wrote to (raises its error)."""
     sid = _session_id(conn)
     conn.server.probe("handled", sid, envelope)
@@ -89,7 +89,7 @@ async def _commit(conn: Connection, envelope: Envelope, unit: UnitOfWork, ctx: I
         conn.server.nudge(session_id, current)
 
 
-async def _send_or_request(conn: Connection, envelope: Envelope, cmid: str, received: int) -> Envelope:
+async def _send_or_request(conn: Socket, envelope: Envelope, cmid: str, received: int) -> Envelope:
     server, store, sid, t = conn.server, conn.server.store, _session_id(conn), envelope["t"]
     try:
         unit = store.unit_of_work(sid)
@@ -129,7 +129,7 @@ async def _send_or_request(conn: Connection, envelope: Envelope, cmid: str, rece
     return answer
 
 
-async def _stored_answer(conn: Connection, t: str, cmid: str) -> Envelope:
+async def _stored_answer(conn: Socket, t: str, cmid: str) -> Envelope:
     """A double delivery: the answer given the first time (ACK if none was stored)."""
     try:
         stored = await conn.server.io(conn.server.store.get_message_from_inbox, conn.session_id, cmid)
@@ -143,7 +143,7 @@ async def _stored_answer(conn: Connection, t: str, cmid: str) -> Envelope:
     return answer
 
 
-async def _reply(conn: Connection, envelope: Envelope, received: int) -> Envelope:
+async def _reply(conn: Socket, envelope: Envelope, received: int) -> Envelope:
     server, sid, t = conn.server, _session_id(conn), envelope["t"]
     smid = message_id(envelope, "smid")
     try:
@@ -179,7 +179,7 @@ async def _reply(conn: Connection, envelope: Envelope, received: int) -> Envelop
     return answer
 
 
-async def _run_handler(conn: Connection, handler: Any, ctx: IncomingContext) -> tuple[Envelope, bool]:
+async def _run_handler(conn: Socket, handler: Any, ctx: IncomingContext) -> tuple[Envelope, bool]:
     """The answer the handler settled on, and whether it raised."""
     try:
         await handler(ctx)

@@ -18,19 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from csaf_events.channel import NodeChannel, NodeMessage
+from csaf_events.matssocket.ports import Node
 from csaf_events.matssocket.protocol import CloseCode, Envelope
-
-if TYPE_CHECKING:
-    from csaf_events.matssocket.server import MatsSocketServer
 
 log = logging.getLogger(__name__)
 
 
 class NodeMessages:
-    def __init__(self, server: MatsSocketServer, channel: NodeChannel) -> None:
+    def __init__(self, server: Node, channel: NodeChannel) -> None:
         self.server = server
         self.channel = channel
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -35,8 +35,9 @@ from csaf_events.dtos import MessageType as T
 from csaf_events.maintenance import Maintenance
 from csaf_events.matssocket.auth import Authenticator
 from csaf_events.matssocket.connection import Connection
-from csaf_events.matssocket.endpoints import Endpoint, IncomingHandler, LaterReply
+from csaf_events.matssocket.endpoints import Endpoint, IncomingHandler, LaterReply, Nudges
 from csaf_events.matssocket.nodes import NodeMessages
+from csaf_events.matssocket.ports import Probe, Socket
 from csaf_events.matssocket.protocol import SUBPROTOCOL, CloseCode, DebugOption, Envelope, random_id
 from csaf_events.matssocket.topics import Topics
 from csaf_events.metrics import matssocket_metrics
@@ -53,13 +54,6 @@ HttpHandler = Callable[[ServerConnection, Request], Response | None]
 #: does: None accepts it; a response (``ws.respond(HTTPStatus.FORBIDDEN, ...)``) refuses it,
 #: and the client sees a failed connection attempt.
 HandshakeCheck = Callable[[ServerConnection, Request, Response], Response | None]
-#: Called on the event loop at each step of a client SEND/REQUEST/RESOLVE/REJECT: "handled"
-#: (its handler finished, its unit of work not committed), "committed" (not answered yet),
-#: "answered". For tracing, and for tests that kill a node at an exact point.
-Probe = Callable[[str, str, Envelope], None]
-#: Sessions whose outbox a unit of work wrote to, and the node the store named for each:
-#: nudged once the unit has committed.
-Nudges = list[tuple[str, Any]]
 
 
 def _json(name: str, value: Any) -> str:
@@ -112,7 +106,7 @@ class MatsSocketServer:
         self.store_calls = AsyncStore(store, store_threads)
         self._maintenance = (Maintenance(store, self.live_session_ids, **maintenance)
                              if maintenance is not None else None)
-        self._local: dict[str, Connection] = {}
+        self._local: dict[str, Socket] = {}
         self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ws_servers: list[Server] = []
@@ -231,14 +225,14 @@ class MatsSocketServer:
         """The sessions whose socket this node holds (for the liveliness job; any thread)."""
         return list(self._local)
 
-    def local_connection(self, session_id: str) -> Connection | None:
+    def local_connection(self, session_id: str) -> Socket | None:
         return self._local.get(session_id)
 
-    def register_local(self, conn: Connection) -> None:
+    def register_local(self, conn: Socket) -> None:
         assert conn.session_id is not None, "registered once HELLO established the session"
         self._local[conn.session_id] = conn
 
-    def unregister_local(self, conn: Connection) -> None:
+    def unregister_local(self, conn: Socket) -> None:
         assert conn.session_id is not None, "unregistered only if it was established"
         if self._local.get(conn.session_id) is conn:
             del self._local[conn.session_id]

@@ -8,24 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from csaf_events.matssocket.protocol import Envelope
-
-if TYPE_CHECKING:
-    from csaf_events.matssocket.connection import Connection
 
 log = logging.getLogger(__name__)
 
 
+class Subscriber(Protocol):
+    """A local connection, as a topic delivers to it."""
+
+    async def deliver_pub(self, envelope: Envelope) -> None: ...
+
+
 class Topics:
     def __init__(self) -> None:
-        self._subscribers: dict[str, set[Connection]] = {}
+        self._subscribers: dict[str, set[Subscriber]] = {}
 
-    def subscribe(self, topic: str, conn: Connection) -> None:
+    def subscribe(self, topic: str, conn: Subscriber) -> None:
         self._subscribers.setdefault(topic, set()).add(conn)
 
-    def unsubscribe(self, topic: str, conn: Connection) -> None:
+    def unsubscribe(self, topic: str, conn: Subscriber) -> None:
         subscribers = self._subscribers.get(topic)
         if subscribers is not None:
             subscribers.discard(conn)
