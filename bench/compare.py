@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from csaf_events.cli import positive_int
+from csaf_events.ops.cli import positive_int
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import orjson
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
+from bench.workload import DRAIN_BATCH, WorkloadConfig, make_payloads
 from csaf_events.kafka.transaction import PRODUCER_SETTINGS
-from csaf_events.workload import DRAIN_BATCH, WorkloadConfig, make_payloads
 
 
 class _Floor:
@@ -304,7 +304,7 @@ def run_kafka_floor(bootstrap: str, namespace: str, partitions: int, *, ops: int
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient
 
-    from csaf_events.events import SESSION, key_prefix
+    from csaf_events.core.events import SESSION, key_prefix
     from csaf_events.kafka import topics as kafka_topics
     from csaf_events.topics import load_topics
 

@@ -1,6 +1,6 @@
 """The MatsSocket lifecycle benchmark (WORKLOAD.md).
 
-Runs `csaf_events.workload` on a backend, then reports as JSON and as a table:
+Runs `bench.workload` on a backend, then reports as JSON and as a table:
 lifecycles/s, ops/s, latency p50/p99/max per operation, peak RSS, bytes on disk per
 stored outbox message, the floor (the same storage work without csaf-events, see
 `bench.floor`) with our ratio to it, the machine and the library versions.
@@ -42,11 +42,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.warmup import warm_up
-from csaf_events import CsafError, open_store, scheduling, timings
-from csaf_events.cli import payload_size, positive_int
-from csaf_events.cli_ops import number
-from csaf_events.cli_run import run_main
-from csaf_events.workload import WorkloadConfig, WorkloadResult, run_workload
+from bench.workload import WorkloadConfig, WorkloadResult, run_workload
+from csaf_events import CsafError, open_store
+from csaf_events.core import timings
+from csaf_events.ops import scheduling
+from csaf_events.ops.cli import payload_size, positive_int
+from csaf_events.ops.cli_ops import number
+from csaf_events.ops.cli_run import run_main
 
 #: JSON keys every report has (Kafka reports add `nodes` and `takeover_events_per_s`).
 REPORT_KEYS = ("lifecycles_per_s", "ops_per_s", "latency_ms", "peak_rss_bytes", "disk_bytes_per_message",

@@ -53,7 +53,7 @@ from bench.kafka_admin import delete_namespace
 from bench.lifecycle import machine, source_revision, versions
 from csaf_events.matssocket import IncomingContext, MatsSocketServer
 from csaf_events.matssocket.testapp import DummyAuthenticator
-from csaf_events.scheduling import parse_cpus, pin
+from csaf_events.ops.scheduling import parse_cpus, pin
 from csaf_events.store import ClusterStoreAndForward
 
 log = logging.getLogger("bench.matssocket")
@@ -105,7 +105,7 @@ class NodeProcess:
 
     def __init__(self, work: Path, bootstrap: str | None, namespace: str, serve_args: Sequence[str] = ()) -> None:
         self.log_path = work / "node.log"
-        command = [sys.executable, "-m", "csaf_events.cli", "serve", "--app", "bench.matssocket:create_server",
+        command = [sys.executable, "-m", "csaf_events.ops.cli", "serve", "--app", "bench.matssocket:create_server",
                    "--node-name", "bench-node", "--data-dir", str(work / "data"), "--host", "127.0.0.1",
                    "--port", "0", *serve_args]
         if bootstrap:

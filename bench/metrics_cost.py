@@ -25,8 +25,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from csaf_events import open_store
-from csaf_events.cli import positive_int
-from csaf_events.observe import observed
+from csaf_events.core.observe import observed
+from csaf_events.ops.cli import positive_int
 
 
 def _rounds(store, calls: int, sessions: list[str]) -> dict[str, float]:
@@ -45,7 +45,7 @@ def _rounds(store, calls: int, sessions: list[str]) -> dict[str, float]:
 
 
 class _Nothing:
-    """A public call doing nothing, observed as the store's are (`csaf_events.observe`)."""
+    """A public call doing nothing, observed as the store's are (`csaf_events.core.observe`)."""
 
     def __init__(self, metrics) -> None:
         self.metrics = metrics

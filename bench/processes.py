@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.warmup import warm_up
-from csaf_events import open_store, timings
-from csaf_events.workload import WorkloadResult, run_workload
+from bench.workload import WorkloadResult, run_workload
+from csaf_events import open_store
+from csaf_events.core import timings
 
 #: Seconds the ownership must stay unchanged before the run starts.
 QUIET_S = 2.0

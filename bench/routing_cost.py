@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 
 from csaf_events import open_store
-from csaf_events.partitioning import partition_for
+from csaf_events.core.partitioning import partition_for
 
 PARTITIONS = 6
 

@@ -5,7 +5,7 @@
    whole session lifecycles as the workload writes them (register, K inbox messages
    stored / updated with a P-byte result / deleted, M outbox messages stored with a
    P-byte message / attempted / completed, two correlations stored / taken, a
-   reconnect; every second session closed), made with `csaf_events.events.to_record`
+   reconnect; every second session closed), made with `csaf_events.core.events.to_record`
    for sessions that hash to that partition, produced by an idempotent (not
    transactional) producer in large batches. The session records also go to the
    sessions topic, as a node writes them, so the log is one a node could have written.
@@ -27,12 +27,12 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from csaf_events import events as ev
+from bench.workload import make_payloads
 from csaf_events import open_store
-from csaf_events.events import SESSION, Record, key_prefix
-from csaf_events.partitioning import partition_for
+from csaf_events.core import events as ev
+from csaf_events.core.events import SESSION, Record, key_prefix
+from csaf_events.core.partitioning import partition_for
 from csaf_events.topics import load_topics
-from csaf_events.workload import make_payloads
 
 DEFAULT_EVENTS = 1_000_000
 PARTITION = 0

@@ -25,8 +25,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.kafka_admin import CpuMeter, delete_namespace, local_broker_pids
-from csaf_events.cli import positive_int
 from csaf_events.kafka.transaction import PRODUCER_SETTINGS
+from csaf_events.ops.cli import positive_int
 
 TOPIC_PARTITIONS = 12
 PHASES = ("produce", "send_offsets", "flush", "commit")

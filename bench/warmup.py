@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from csaf_events.workload import WorkloadConfig, run_workload
+from bench.workload import WorkloadConfig, run_workload
 
 
 def warm_up(stores: Sequence, seconds: float, config: WorkloadConfig) -> dict[str, Any] | None:

@@ -10,20 +10,20 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "CurrentNode": "csaf_events.dtos", "MessageType": "csaf_events.dtos",
-    "RequestCorrelation": "csaf_events.dtos", "SessionDto": "csaf_events.dtos",
-    "StoredInMessage": "csaf_events.dtos", "StoredOutMessage": "csaf_events.dtos",
-    "CsafError": "csaf_events.errors", "DataAccessError": "csaf_events.errors",
-    "MessageIdAlreadyExistsError": "csaf_events.errors", "WrongUserError": "csaf_events.errors",
-    "ConflictError": "csaf_events.errors", "UnitOfWorkError": "csaf_events.errors",
-    "UnitOfWork": "csaf_events.unit_of_work",
+    "CurrentNode": "csaf_events.core.dtos", "MessageType": "csaf_events.core.dtos",
+    "RequestCorrelation": "csaf_events.core.dtos", "SessionDto": "csaf_events.core.dtos",
+    "StoredInMessage": "csaf_events.core.dtos", "StoredOutMessage": "csaf_events.core.dtos",
+    "CsafError": "csaf_events.core.errors", "DataAccessError": "csaf_events.core.errors",
+    "MessageIdAlreadyExistsError": "csaf_events.core.errors", "WrongUserError": "csaf_events.core.errors",
+    "ConflictError": "csaf_events.core.errors", "UnitOfWorkError": "csaf_events.core.errors",
+    "UnitOfWork": "csaf_events.core.unit_of_work",
     "open_store": "csaf_events.factory", "ClusterStoreAndForward": "csaf_events.store",
-    "Limits": "csaf_events.validation",
+    "Limits": "csaf_events.core.validation",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from csaf_events.dtos import (
+    from csaf_events.core.dtos import (
         CurrentNode,
         MessageType,
         RequestCorrelation,
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
         StoredInMessage,
         StoredOutMessage,
     )
-    from csaf_events.errors import (
+    from csaf_events.core.errors import (
         ConflictError,
         CsafError,
         DataAccessError,
@@ -39,10 +39,10 @@ if TYPE_CHECKING:
         UnitOfWorkError,
         WrongUserError,
     )
+    from csaf_events.core.unit_of_work import UnitOfWork
+    from csaf_events.core.validation import Limits
     from csaf_events.factory import open_store
     from csaf_events.store import ClusterStoreAndForward
-    from csaf_events.unit_of_work import UnitOfWork
-    from csaf_events.validation import Limits
 
 
 def __getattr__(name: str) -> Any:

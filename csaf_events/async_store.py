@@ -31,11 +31,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-from csaf_events import commands as cmd
-from csaf_events.errors import CsafError, NotOwnerError
-from csaf_events.node import unexpected
-from csaf_events.pending import Pending
-from csaf_events.session_calls import SessionCalls
+from csaf_events.core import commands as cmd
+from csaf_events.core.errors import CsafError, NotOwnerError
+from csaf_events.core.node import unexpected
+from csaf_events.core.pending import Pending
+from csaf_events.core.session_calls import SessionCalls
 from csaf_events.store import ClusterStoreAndForward
 
 P = ParamSpec("P")

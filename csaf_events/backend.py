@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from csaf_events.channel import NodeChannel
-from csaf_events.node import Node
-from csaf_events.registry import SessionRegistry
+from csaf_events.core.node import Node
+from csaf_events.core.registry import SessionRegistry
 
 
 class RoutedCalls(NamedTuple):
@@ -22,7 +22,7 @@ class Backend(ABC):
     """What a store runs on: a node (projection, log, writers, router), a session registry,
     and this node's end of the node-to-node channel (open after `boot`, closed by `close`).
 
-    The facts an operator reads (`csaf_events.health`, `csaf_events.metrics`) come from here
+    The facts an operator reads (`csaf_events.ops.health`, `csaf_events.ops.metrics`) come from here
     and from the node's log (`EventLog.status`), never from an adapter's private state."""
 
     node: Node

@@ -8,15 +8,15 @@ from pathlib import Path
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from csaf_events.backend import Backend
-from csaf_events.clock import now_ms
+from csaf_events.core.clock import now_ms
+from csaf_events.core.validation import NAME, Limits
 from csaf_events.embedded.backend import EmbeddedBackend
 from csaf_events.embedded.log import CompactionPolicy
 from csaf_events.kafka.backend import KafkaBackend
 from csaf_events.kafka.transaction import DEFAULT_LANES
-from csaf_events.metrics import StoreMetrics
+from csaf_events.ops.metrics import StoreMetrics
 from csaf_events.store import ClusterStoreAndForward
 from csaf_events.topics import load_topics
-from csaf_events.validation import NAME, Limits
 
 
 def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | None = None, *,
@@ -32,7 +32,7 @@ def open_store(node_name: str, data_dir: str | Path, bootstrap_servers: str | No
     no broker. With it, the node joins the Kafka cluster of `namespace`.
     `sync=True` fsyncs every embedded append (survives power loss, not just process death).
     `metrics` is the Prometheus registry the store reports to (default the process-wide one;
-    None: no metrics, the calls are not wrapped at all); see `csaf_events.metrics`.
+    None: no metrics, the calls are not wrapped at all); see `csaf_events.ops.metrics`.
     """
     if not isinstance(node_name, str) or not NAME.match(node_name):
         raise ValueError(f"node_name must be 1-100 characters of letters, digits, '.', '_' or '-', got {node_name!r}")

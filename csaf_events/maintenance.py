@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from csaf_events.clock import now_ms
+from csaf_events.core.clock import now_ms
 
 if TYPE_CHECKING:
     from csaf_events.store import ClusterStoreAndForward

@@ -13,23 +13,24 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from csaf_events import commands as cmd
-from csaf_events import health, history, logs
-from csaf_events import validation as v
 from csaf_events.backend import Backend
 from csaf_events.channel import NodeChannel
-from csaf_events.dtos import SessionDto
-from csaf_events.errors import CsafError, unreachable
-from csaf_events.history import HistoryEntry
-from csaf_events.node import Node
-from csaf_events.observe import StoreObserver, observed
-from csaf_events.partitioning import partition_for
-from csaf_events.pending import Pending
-from csaf_events.registry import SessionRegistry
-from csaf_events.relays import RelaySweeper
-from csaf_events.session_calls import SessionCalls
-from csaf_events.unit_of_work import UnitOfWork, check_not_nested
-from csaf_events.validation import Limits
+from csaf_events.core import commands as cmd
+from csaf_events.core import history
+from csaf_events.core import validation as v
+from csaf_events.core.dtos import SessionDto
+from csaf_events.core.errors import CsafError, unreachable
+from csaf_events.core.history import HistoryEntry
+from csaf_events.core.node import Node
+from csaf_events.core.observe import StoreObserver, observed
+from csaf_events.core.partitioning import partition_for
+from csaf_events.core.pending import Pending
+from csaf_events.core.registry import SessionRegistry
+from csaf_events.core.relays import RelaySweeper
+from csaf_events.core.session_calls import SessionCalls
+from csaf_events.core.unit_of_work import UnitOfWork, check_not_nested
+from csaf_events.core.validation import Limits
+from csaf_events.ops import health, logs
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class ClusterStoreAndForward(SessionCalls):
         self._booted = False
         self._closed = False
         self._relays: RelaySweeper | None = None
-        self.metrics: StoreObserver | None = None  # set by open_store(metrics=registry): csaf_events.metrics
+        self.metrics: StoreObserver | None = None  # set by open_store(metrics=registry): csaf_events.ops.metrics
 
     # ------------------------------------------------------------------ lifecycle --
     def boot(self) -> None:
@@ -80,7 +81,7 @@ class ClusterStoreAndForward(SessionCalls):
 
     def health(self) -> dict[str, Any]:
         """Booted, partitions owned and assigned, fenced or not, registry lag, last transaction
-        error, takeovers, ...: see `csaf_events.health` (``ok`` says whether all is well)."""
+        error, takeovers, ...: see `csaf_events.ops.health` (``ok`` says whether all is well)."""
         return health.facts(self._backend, self.node_name, self.partitions, self._booted, self._closed)
 
     def __enter__(self) -> ClusterStoreAndForward:
@@ -146,7 +147,7 @@ class ClusterStoreAndForward(SessionCalls):
             raise CsafError("call boot() before using the store")
 
     def unit_of_work(self, session_id: str) -> UnitOfWork:
-        """Calls for `session_id` committed together, all or nothing (`csaf_events.unit_of_work`)::
+        """Calls for `session_id` committed together, all or nothing (`csaf_events.core.unit_of_work`)::
 
             with store.unit_of_work(sid) as uow:
                 uow.store_message_id_in_inbox(sid, cmid)
@@ -166,7 +167,7 @@ class ClusterStoreAndForward(SessionCalls):
 
     def session_history(self, session_id: str) -> list[HistoryEntry]:
         """The session's events still in the log, in order: the full history inside the audit
-        window, the latest state of each entity before it (see `csaf_events.history`)."""
+        window, the latest state of each entity before it (see `csaf_events.core.history`)."""
         self._check_open()
         sid = self._sid(session_id)
         return history.session_history(self.node.log.read(partition_for(sid, self.partitions)), sid)

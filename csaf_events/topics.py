@@ -9,12 +9,12 @@ from pathlib import Path
 
 import yaml
 
-from csaf_events.errors import CsafError
+from csaf_events.core.errors import CsafError
 
 ROLES = ("events", "commands", "sessions", "replies", "nodes")
 
 #: A node's Kafka clients say ``client.id = csaf-<node>``: so the owners group's members name
-#: their node (`csaf_events.cluster_status`).
+#: their node (`csaf_events.ops.cluster_status`).
 CLIENT_PREFIX = "csaf-"
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from csaf_events.errors import CsafError
+from csaf_events.core.errors import CsafError
 from projections.rocks import Projection, repair_database
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import orjson
 
-from csaf_events.events import CORRELATION, INBOX, OUTBOX, RELAY, RELAY_MARK, SESSION
+from csaf_events.core.events import CORRELATION, INBOX, OUTBOX, RELAY, RELAY_MARK, SESSION
 from projections import keys
 from projections.rocks import ProjectionBatch
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import orjson
 
-from csaf_events.events import CORRELATION, INBOX, OUTBOX, RELAY, RELAY_MARK, SESSION
+from csaf_events.core.events import CORRELATION, INBOX, OUTBOX, RELAY, RELAY_MARK, SESSION
 from projections import keys
 from projections.rocks import Projection
 

@@ -7,7 +7,7 @@ length-prefixed so no id character can collide with the layout.
 
 from __future__ import annotations
 
-from csaf_events.events import CORRELATION, INBOX, OUTBOX, RELAY, RELAY_MARK, SESSION
+from csaf_events.core.events import CORRELATION, INBOX, OUTBOX, RELAY, RELAY_MARK, SESSION
 
 OUTBOX_INDEX = "m"  # server_message_id -> seq
 CHECKPOINT = "~"  # sorts after every entity kind

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-from csaf_events.events import (
+from csaf_events.core.events import (
     CORRELATION,
     INBOX,
     OUTBOX,

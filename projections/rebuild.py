@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
-from csaf_events.events import UnknownEventError, event_class, known_types, known_value, known_values
+from csaf_events.core.events import UnknownEventError, event_class, known_types, known_value, known_values
 from csaf_events.log.entries import Chunk, LogEntry, LogReader
 from projections import keys
 from projections.fold import Changes, fold_records

@@ -18,8 +18,8 @@ import pytest
 from backends import BACKENDS, backend_params
 
 from csaf_events import ClusterStoreAndForward, open_store
-from csaf_events.cli import main as cli_main
-from csaf_events.partitioning import partition_for
+from csaf_events.core.partitioning import partition_for
+from csaf_events.ops.cli import main as cli_main
 from projections.files import projection_dir
 from projections.rebuild import snapshot
 from projections.rocks import Projection

@@ -111,7 +111,7 @@ class NodeProcess:
 # ------------------------------------------------------------------ the node itself --
 
 def _jsonable(obj: Any) -> Any:
-    from csaf_events.codec import _plain
+    from csaf_events.core.codec import _plain
     return _plain(obj)
 
 
@@ -301,7 +301,7 @@ def _check(store: Any, outbox: dict, inbox: list, max_s: float = 90.0) -> dict:
     be read (3 tries; once a partition failed them, or after `max_s`, the rest is not tried)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from csaf_events.partitioning import partition_for
+    from csaf_events.core.partitioning import partition_for
 
     missing_outbox: dict = {}
     missing_inbox: list = []

@@ -37,7 +37,7 @@ class ServeProcess:
         self.name = name
         self.log = tmp / f"{name}.log"
         self.metrics_port = free_port()
-        self.command = [sys.executable, "-m", "csaf_events.cli", "--log-level", "INFO", "serve", *serve_args,
+        self.command = [sys.executable, "-m", "csaf_events.ops.cli", "--log-level", "INFO", "serve", *serve_args,
                         "--node-name", name, "--data-dir", str(tmp / name), "--host", "127.0.0.1", "--port", "0",
                         "--metrics-port", str(self.metrics_port)]
         self.env = {**os.environ, **(env or {}),

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from csaf_events import MessageIdAlreadyExistsError, MessageType
 from csaf_events.async_store import AsyncStore
-from csaf_events.session_calls import SessionCalls
+from csaf_events.core.session_calls import SessionCalls
 from csaf_events.store import ClusterStoreAndForward
 
 S = SessionCalls

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from csaf_events import CsafError, cli
+from csaf_events import CsafError
+from csaf_events.ops import cli
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def csaf(*args: str, cwd: Path = REPO, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "csaf_events.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "csaf_events.ops.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -120,18 +121,20 @@ def test_csaf_bench_runs_the_checkouts_benchmark_from_anywhere(tmp_path):
 
 def test_the_library_imports_no_tool():
     """Nothing of bench/ is imported by the package, and nothing is put on the import path."""
-    code = ("import sys, csaf_events.cli, csaf_events.store; before = list(sys.path); "
-            "csaf_events.cli.build_parser(); assert sys.path == before; "
+    code = ("import sys, csaf_events.ops.cli, csaf_events.store; before = list(sys.path); "
+            "csaf_events.ops.cli.build_parser(); assert sys.path == before; "
             "assert not [m for m in sys.modules if m == 'bench' or m.startswith('bench.')]")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
 
 
 def test_bench_without_a_checkout_says_so(monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "csaf_events" / "cli.py"))
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "csaf_events" / "ops" / "cli.py"))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(CsafError, match="runs the benchmark of a csaf-events source checkout"):
-        cli.checkout()
+    with pytest.raises(CsafError, match="csaf bench runs the benchmark of a csaf-events source checkout"):
+        cli.checkout("bench")
+    with pytest.raises(CsafError, match="csaf demo runs the benchmark of a csaf-events source checkout"):
+        cli.checkout("demo")
 
 
 def test_subcommand_registry_is_the_extension_point(capsys):

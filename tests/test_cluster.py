@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from node_process import NodeError, NodeProcess
 
-from csaf_events.partitioning import partition_for
+from csaf_events.core.partitioning import partition_for
 
 PARTITIONS = 6
 pytestmark = pytest.mark.kafka

@@ -16,7 +16,7 @@ import yaml
 from log_fixtures import PARTITIONS, LogNode, populate
 
 from csaf_events import open_store
-from csaf_events.partitioning import partition_for
+from csaf_events.core.partitioning import partition_for
 from csaf_events.topics import default_topics_file
 from projections.rebuild import catch_up, snapshot
 from projections.rocks import Projection

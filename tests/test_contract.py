@@ -26,8 +26,8 @@ from csaf_events import (
     StoredOutMessage,
     WrongUserError,
 )
-from csaf_events.events import OutboxState
-from csaf_events.partitioning import partition_for
+from csaf_events.core.events import OutboxState
+from csaf_events.core.partitioning import partition_for
 from projections import queries
 
 # Bytes that break naive encodings: NULs, newlines, every byte value, invalid UTF-8.
@@ -1138,12 +1138,12 @@ def test_everything_survives_close_and_reopen(store_factory, clock):
 
 def test_the_outbox_messages_fields_are_the_events() -> None:
     """The command that stores an outbox message and the DTO that returns one are filled from
-    the event by field name (`csaf_events.commands`): each of their fields is one of the event's."""
+    the event by field name (`csaf_events.core.commands`): each of their fields is one of the event's."""
     from dataclasses import fields
 
-    from csaf_events.commands import StoreOutbox
-    from csaf_events.dtos import StoredOutMessage
-    from csaf_events.events import OutboxState
+    from csaf_events.core.commands import StoreOutbox
+    from csaf_events.core.dtos import StoredOutMessage
+    from csaf_events.core.events import OutboxState
 
     event = {f.name for f in fields(OutboxState)}
     assert {f.name for f in fields(StoreOutbox)} <= event

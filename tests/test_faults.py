@@ -63,8 +63,8 @@ from confluent_kafka.admin import AdminClient
 from kafka_fixtures import delete_namespace_topics
 from node_process import NodeProcess
 
-from csaf_events.events import decode_state, header
-from csaf_events.partitioning import partition_for
+from csaf_events.core.events import decode_state, header
+from csaf_events.core.partitioning import partition_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults, pytest.mark.timeout(420)]
 

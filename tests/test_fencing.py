@@ -13,9 +13,9 @@ from node_process import NodeProcess
 from test_cluster import PARTITIONS, _acks, _verify_acknowledged, spread, wait_for
 
 from csaf_events import DataAccessError, open_store
-from csaf_events.events import header
+from csaf_events.core.events import header
+from csaf_events.core.partitioning import partition_for
 from csaf_events.kafka.reader import read_partition
-from csaf_events.partitioning import partition_for
 
 pytestmark = pytest.mark.kafka
 

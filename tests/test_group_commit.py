@@ -1,6 +1,6 @@
 """The pieces under every write that many threads share: the group commit (a round led by
 a waiting caller, or by the group's own hand-off thread when nobody waits) and the
-per-thread sums of `csaf_events.tally` (what timings and metrics count with)."""
+per-thread sums of `csaf_events.core.tally` (what timings and metrics count with)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 import pytest
 
-from csaf_events import group_commit
-from csaf_events.group_commit import GroupCommit, Signal
-from csaf_events.tally import Tally
-from csaf_events.timings import Timings
+from csaf_events.core import group_commit
+from csaf_events.core.group_commit import GroupCommit, Signal
+from csaf_events.core.tally import Tally
+from csaf_events.core.timings import Timings
 
 
 class _Item:

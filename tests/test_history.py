@@ -7,7 +7,7 @@ import pytest
 from log_fixtures import LogNode, log_node, sessions_in_partition  # noqa: F401 - fixture
 
 from csaf_events import open_store
-from csaf_events.history import HistoryEntry
+from csaf_events.core.history import HistoryEntry
 
 START = 1_700_000_000_000
 

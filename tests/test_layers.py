@@ -1,7 +1,8 @@
 """The one-way dependency rule of `docs/architecture.md` ("Dependencies"), read from the
 source: the catalog and the log's plain types are leaves, the projections build on them
-alone, the log adapters never reach up into the application, and the library never imports
-its tools. Imports under `if TYPE_CHECKING:` are annotations, not dependencies, and are left
+alone, the domain (`core/`) on the log port and the projections alone, the log adapters never
+reach up into the application or its operator tools (`ops/`), and the library never imports
+the benchmark or the tests. Imports under `if TYPE_CHECKING:` are annotations, not dependencies, and are left
 out of those rules; the import graph checked for circles has every import, those and the ones
 inside functions included."""
 
@@ -15,15 +16,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Modules that import nothing of this project.
-LEAVES = ["csaf_events/events.py", "csaf_events/errors.py", "csaf_events/dtos.py", "csaf_events/clock.py",
-          "csaf_events/partitioning.py", "csaf_events/log/entries.py", "csaf_events/group_commit.py",
-          "csaf_events/tally.py", "csaf_events/log/status.py", "csaf_events/observe.py"]
+LEAVES = ["csaf_events/core/events.py", "csaf_events/core/errors.py", "csaf_events/core/dtos.py",
+          "csaf_events/core/clock.py", "csaf_events/core/partitioning.py", "csaf_events/log/entries.py",
+          "csaf_events/core/group_commit.py", "csaf_events/core/tally.py", "csaf_events/log/status.py",
+          "csaf_events/core/observe.py"]
 #: What the projections may import of `csaf_events`.
-PROJECTIONS_MAY_IMPORT = {"csaf_events.events", "csaf_events.log.entries", "csaf_events.errors"}
-#: The application: what the log adapters (`embedded/`, `kafka/`) must never import.
-APPLICATION = ("csaf_events.store", "csaf_events.factory", "csaf_events.cli", "csaf_events.metrics",
-               "csaf_events.health", "csaf_events.matssocket", "csaf_events.maintenance", "csaf_events.workload",
-               "csaf_events.async_store")
+PROJECTIONS_MAY_IMPORT = {"csaf_events.core.events", "csaf_events.log.entries", "csaf_events.core.errors"}
+#: What the domain (`csaf_events/core/`) may import besides itself: the log port and its plain
+#: types, and the projections.
+CORE_MAY_IMPORT = ("csaf_events.core", "csaf_events.log", "projections")
+#: The application and its tools: what the log adapters (`embedded/`, `kafka/`) must never import.
+APPLICATION = ("csaf_events.store", "csaf_events.factory", "csaf_events.ops", "csaf_events.matssocket",
+               "csaf_events.maintenance", "csaf_events.async_store")
+
+
 def _imports(path: Path) -> set[str]:
     """The project modules `path` imports at run time."""
     tree = ast.parse(path.read_text(), str(path))
@@ -66,6 +72,12 @@ def test_a_leaf_imports_nothing_of_the_project(leaf: str) -> None:
 def test_the_projections_build_on_the_catalog_and_the_logs_plain_types_alone(path: Path) -> None:
     outside = {m for m in _real(_imports(path)) if not m.startswith("projections")} - PROJECTIONS_MAY_IMPORT
     assert outside == set(), f"{path.name} imports {sorted(outside)}"
+
+
+@pytest.mark.parametrize("path", _modules("csaf_events/core"), ids=lambda p: p.name)
+def test_the_domain_builds_on_the_log_port_and_the_projections_alone(path: Path) -> None:
+    outside = {m for m in _real(_imports(path)) if not m.startswith(CORE_MAY_IMPORT)} - {"csaf_events"}
+    assert outside == set(), f"core/{path.name} imports {sorted(outside)}"
 
 
 @pytest.mark.parametrize("path", [*_modules("csaf_events/embedded"), *_modules("csaf_events/kafka")],
@@ -150,6 +162,6 @@ def test_the_circle_check_finds_a_circle() -> None:
     assert _a_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert _a_circle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
     graph = _import_graph()
-    assert "csaf_events.log.port" in graph["csaf_events.writer"]  # a module-level import
+    assert "csaf_events.log.port" in graph["csaf_events.core.writer"]  # a module-level import
     assert "csaf_events.kafka.backend" in graph["csaf_events.factory"]  # one inside a function
-    assert "csaf_events.store" in graph["csaf_events.metrics"]  # one under TYPE_CHECKING
+    assert "csaf_events.store" in graph["csaf_events.ops.metrics"]  # one under TYPE_CHECKING

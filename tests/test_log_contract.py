@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from csaf_events import events as ev
+from csaf_events.core import events as ev
+from csaf_events.core.partitioning import partition_for
 from csaf_events.log.entries import LogEntry
 from csaf_events.log.port import EventLog
-from csaf_events.partitioning import partition_for
 from projections.fold import fold_record
 from projections.rocks import Projection
 

@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from csaf_events import open_store
-from csaf_events.clock import now_ms
+from csaf_events.core.clock import now_ms
 from csaf_events.matssocket.cli import load_factory
 
 
@@ -86,8 +86,8 @@ def test_a_bad_app_spec_is_refused_with_its_reason(spec: str) -> None:
 
 
 def test_csaf_serve_is_a_subcommand_of_csaf() -> None:
-    from csaf_events import cli
     from csaf_events.matssocket import cli as serve_cli
+    from csaf_events.ops import cli
 
     args = cli.build_parser().parse_args(["serve", "--test-app", "--bootstrap", "k:9092", "--partitions", "3"])
     assert args.run is serve_cli.run and (args.bootstrap, args.partitions, args.test_app) == ("k:9092", 3, True)

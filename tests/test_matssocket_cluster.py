@@ -1,6 +1,6 @@
 """A MatsSocket cluster on Kafka: node processes (``csaf serve --bootstrap``) on one real broker.
 
-Two nodes, A and B, run as processes of their own (``python -m csaf_events.cli serve`` with
+Two nodes, A and B, run as processes of their own (``python -m csaf_events.ops.cli serve`` with
 the app below) in a namespace of this module's own; the tests drive them with the raw
 protocol client of test_matssocket_protocol. What crosses nodes goes through the store's
 channel (`csaf_events.kafka.channel`): a message stored on A for a session whose socket is

@@ -23,7 +23,7 @@ from test_matssocket_cli import port_from_log
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from csaf_events.clock import now_ms
+from csaf_events.core.clock import now_ms
 from csaf_events.matssocket import IncomingContext, MatsSocketServer
 from csaf_events.matssocket.testapp import DummyAuthenticator
 from csaf_events.store import ClusterStoreAndForward

@@ -282,14 +282,14 @@ def test_only_demo_authorizations_are_accepted() -> None:
 
 def test_csaf_serve_demo_without_the_client_says_where_to_get_it(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != demo.CLIENT_DIR_ENV}
-    result = subprocess.run([sys.executable, "-m", "csaf_events.cli", "serve", "--demo", "--client-dir",
+    result = subprocess.run([sys.executable, "-m", "csaf_events.ops.cli", "serve", "--demo", "--client-dir",
                              str(tmp_path / "nothing"), "--data-dir", str(tmp_path / "node"), "--port", "0"],
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 1
     assert "no lib/index.js" in result.stderr and "--client-dir" in result.stderr
     assert "centiservice/matssocket" in result.stderr and "npm install matssocket" in result.stderr
     assert not (tmp_path / "node").exists()  # refused before the store opened
-    wrong = subprocess.run([sys.executable, "-m", "csaf_events.cli", "serve", "--test-app", "--client-dir",
+    wrong = subprocess.run([sys.executable, "-m", "csaf_events.ops.cli", "serve", "--test-app", "--client-dir",
                             str(tmp_path), "--port", "0"], capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 1 and "--client-dir goes with --demo" in wrong.stderr
 

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from csaf_events import open_store
 from csaf_events.channel import InProcessHub
-from csaf_events.clock import now_ms
+from csaf_events.core.clock import now_ms
 from csaf_events.matssocket import AuthContext, IncomingContext, InvalidAuthentication, MatsSocketServer
 from csaf_events.matssocket.forwarder import MAX_DELIVERY_ATTEMPTS
 from csaf_events.matssocket.protocol import random_id

@@ -15,8 +15,8 @@ import pytest
 from test_matssocket_protocol import RawClient, node, run, store, wait_until  # noqa: F401 - fixture
 
 from csaf_events import DataAccessError
+from csaf_events.core.unit_of_work import UnitOfWork
 from csaf_events.matssocket import IncomingContext, MatsSocketServer
-from csaf_events.unit_of_work import UnitOfWork
 
 RECEIVER = "client.terminator"
 

@@ -23,11 +23,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from csaf_events import MessageIdAlreadyExistsError, open_store
-from csaf_events.cli import main
-from csaf_events.cli_ops import ClusterCollector
-from csaf_events.cluster_status import cluster_status, format_table
-from csaf_events.logs import ContextFilter, JsonFormatter, TextFormatter
-from csaf_events.metrics import serve_metrics
+from csaf_events.ops.cli import main
+from csaf_events.ops.cli_ops import ClusterCollector
+from csaf_events.ops.cluster_status import cluster_status, format_table
+from csaf_events.ops.logs import ContextFilter, JsonFormatter, TextFormatter
+from csaf_events.ops.metrics import serve_metrics
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:
@@ -202,7 +202,7 @@ def test_kafka_two_nodes_metrics_health_and_status(kafka_bootstrap: str, kafka_n
             samples = scrape(server.url)
             check_calls(samples, "node-0", made)
             # local or routed as the partition's owner says (ownership is stable in this test)
-            from csaf_events.partitioning import partition_for
+            from csaf_events.core.partitioning import partition_for
             local = sum(partition_for(s, 3) in owned_by_a for s in sessions)
             assert value(samples, "csaf_calls_total", node="node-0", method="register_session_at_this_node",
                          outcome="local") == local
@@ -341,9 +341,9 @@ def test_fenced_says_which_transaction_errors_fence_a_node(tmp_path: Path) -> No
     the last failed transaction's error, not from its text."""
     from types import SimpleNamespace
 
-    from csaf_events.errors import DataAccessError, ProducerFencedError, TransactionAbortedError
+    from csaf_events.core.errors import DataAccessError, ProducerFencedError, TransactionAbortedError
+    from csaf_events.core.timings import Timings
     from csaf_events.kafka.log import GROUP_MOVED_FENCE_S, KafkaLog
-    from csaf_events.timings import Timings
 
     def status(failure: BaseException | None, ok: bool | None = False, ago: float = 0.0) -> Any:
         log = object.__new__(KafkaLog)
@@ -362,8 +362,8 @@ def test_fenced_says_which_transaction_errors_fence_a_node(tmp_path: Path) -> No
     assert not status(DataAccessError("partitions [1]: commit outcome unknown: timed out")).fenced
     assert not status(None, ok=None).fenced
     # on the wire to a routed caller they are what they were before they had classes of their own
-    from csaf_events.codec import decode_outcome, encode_outcome
-    from csaf_events.errors import NotOwnerError
+    from csaf_events.core.codec import decode_outcome, encode_outcome
+    from csaf_events.core.errors import NotOwnerError
     with pytest.raises(NotOwnerError) as e:
         decode_outcome(encode_outcome(None, aborted))
     assert type(e.value) is NotOwnerError
@@ -385,7 +385,7 @@ def test_csaf_serve_metrics_port_and_json_logs(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         metrics_port = s.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "csaf_events.cli", "--log-json", "--log-level", "INFO", "serve", "--test-app",
+        [sys.executable, "-m", "csaf_events.ops.cli", "--log-json", "--log-level", "INFO", "serve", "--test-app",
          "--port", "0", "--host", "127.0.0.1", "--metrics-port", str(metrics_port), "--node-name", "served",
          "--data-dir", str(tmp_path / "served")],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)

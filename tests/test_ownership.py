@@ -17,12 +17,12 @@ from confluent_kafka import KafkaError, KafkaException
 from test_fencing import events_of
 
 from csaf_events import DataAccessError, open_store
-from csaf_events import commands as cmd
-from csaf_events.errors import CsafError
-from csaf_events.events import header
+from csaf_events.core import commands as cmd
+from csaf_events.core.errors import CsafError
+from csaf_events.core.events import header
+from csaf_events.core.partitioning import partition_for
 from csaf_events.kafka.log import KafkaLog
 from csaf_events.kafka.topics import TopicState, durability_differences
-from csaf_events.partitioning import partition_for
 from csaf_events.topics import load_topics
 
 pytestmark = pytest.mark.kafka

@@ -34,7 +34,7 @@ from csaf_events import (
     WrongUserError,
     open_store,
 )
-from csaf_events.partitioning import partition_for
+from csaf_events.core.partitioning import partition_for
 from projections import queries
 from projections.rebuild import apply_chunks, diff, snapshot
 from projections.rocks import Projection
@@ -519,8 +519,8 @@ import copy  # noqa: E402 - this section's own imports
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
-from csaf_events import commands as unit_commands  # noqa: E402
-from csaf_events.errors import ConflictError, CsafError, UnitOfWorkError  # noqa: E402
+from csaf_events.core import commands as unit_commands  # noqa: E402
+from csaf_events.core.errors import ConflictError, CsafError, UnitOfWorkError  # noqa: E402
 
 #: The store's per-session methods a unit may call for another session (as relays).
 RELAYED_CALLS = frozenset({"store_message_in_outbox", "store_request_correlation"})

@@ -200,7 +200,7 @@ def test_the_tools_explain_what_is_missing(tmp_path: Path) -> None:
 
 _CRASHING_RESTORE = '''
 import os, sys
-from csaf_events.events import SessionRegistered, to_record
+from csaf_events.core.events import SessionRegistered, to_record
 from csaf_events.log.entries import Chunk
 from projections import rebuild
 from projections.rocks import Checkpoint, Projection
@@ -235,7 +235,7 @@ os._exit(0)
 
 
 def _fold_of(n: int) -> dict[bytes, bytes]:
-    from csaf_events.events import SessionRegistered, to_record
+    from csaf_events.core.events import SessionRegistered, to_record
     from projections.fold import Changes, fold_record
 
     expected = Changes()

@@ -11,9 +11,9 @@ from confluent_kafka import Producer
 from log_fixtures import PARTITIONS, LogNode, log_node  # noqa: F401 - fixture
 
 from csaf_events import CsafError
-from csaf_events import events as ev
+from csaf_events.core import events as ev
+from csaf_events.core.partitioning import partition_for
 from csaf_events.embedded.log import EmbeddedLog
-from csaf_events.partitioning import partition_for
 from csaf_events.topics import load_topics
 
 SID = "sess-1"

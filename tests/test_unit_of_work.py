@@ -1,4 +1,4 @@
-"""The contract of `ClusterStoreAndForward.unit_of_work` (csaf_events/unit_of_work.py), for
+"""The contract of `ClusterStoreAndForward.unit_of_work` (csaf_events/core/unit_of_work.py), for
 every backend of tests/backends.py.
 
 A unit's calls for its session are answered at once and written only at commit, in one
@@ -25,14 +25,13 @@ from csaf_events import (
     RequestCorrelation,
     StoredInMessage,
     WrongUserError,
-    relays,
-    unit_of_work,
 )
-from csaf_events import commands as cmd
-from csaf_events.codec import decode_command, encode_command
-from csaf_events.errors import ConflictError, DataAccessError, UnitOfWorkError
-from csaf_events.partitioning import partition_for
-from csaf_events.unit_of_work import MAX_CALLS, UnitOfWork
+from csaf_events.core import commands as cmd
+from csaf_events.core import relays, unit_of_work
+from csaf_events.core.codec import decode_command, encode_command
+from csaf_events.core.errors import ConflictError, DataAccessError, UnitOfWorkError
+from csaf_events.core.partitioning import partition_for
+from csaf_events.core.unit_of_work import MAX_CALLS, UnitOfWork
 from projections import queries
 
 NASTY_BYTES = bytes(range(256)) + b"\x00\n\r\n\xff\xfe\xc3\x28"

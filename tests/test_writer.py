@@ -1,4 +1,4 @@
-"""The partition writer (`csaf_events.writer`) against a log whose phases the test drives:
+"""The partition writer (`csaf_events.core.writer`) against a log whose phases the test drives:
 a read waits for an append that is committed (visible to others) but not yet in the
 projection, and only for that, not for appends still on their way."""
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from csaf_events import commands as cmd
-from csaf_events.writer import PartitionWriter
+from csaf_events.core import commands as cmd
+from csaf_events.core.writer import PartitionWriter
 from projections.rocks import Projection, ProjectionBatch
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from csaf_events.backend import Backend, RoutedCalls
 from csaf_events.channel import InProcessChannel
+from csaf_events.core.events import SESSION
+from csaf_events.core.node import Node
+from csaf_events.core.registry import SessionRegistry
 from csaf_events.embedded.log import LOG_CF, CompactionPolicy, EmbeddedLog
-from csaf_events.events import SESSION
-from csaf_events.node import Node
-from csaf_events.registry import SessionRegistry
 from projections import keys
 from projections.files import open_or_repair, open_projection, projection_dir
 from projections.rebuild import catch_up

@@ -20,12 +20,12 @@ from typing import NamedTuple
 import orjson
 from rocksdict import ReadOptions, WriteBatch
 
-from csaf_events.errors import CsafError, DataAccessError
-from csaf_events.events import Record, header
+from csaf_events.core.errors import CsafError, DataAccessError
+from csaf_events.core.events import Record, header
+from csaf_events.core.pending import Pending
 from csaf_events.log.entries import Chunk, LogEntry, chunked
 from csaf_events.log.port import OnCommitted, OnDone
 from csaf_events.log.status import LogStatus
-from csaf_events.pending import Pending
 from csaf_events.topics import TopicSpec
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
 

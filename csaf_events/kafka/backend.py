@@ -18,18 +18,18 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from csaf_events.backend import Backend, RoutedCalls
-from csaf_events.codec import decode_command, encode_outcome
-from csaf_events.errors import CsafError, unreachable
+from csaf_events.core.codec import decode_command, encode_outcome
+from csaf_events.core.errors import CsafError, unreachable
+from csaf_events.core.node import Node
+from csaf_events.core.pending import Pending
+from csaf_events.core.registry import SessionRegistry
+from csaf_events.core.timings import Timings
 from csaf_events.kafka import topics as kafka_topics
 from csaf_events.kafka.channel import KafkaChannel
 from csaf_events.kafka.log import KafkaLog
 from csaf_events.kafka.ownership import Origin
 from csaf_events.kafka.registry_tail import RegistryTailer
 from csaf_events.kafka.routing import KafkaRouter
-from csaf_events.node import Node
-from csaf_events.pending import Pending
-from csaf_events.registry import SessionRegistry
-from csaf_events.timings import Timings
 from csaf_events.topics import Topics, client_id
 from projections.files import open_or_set_aside, projection_dir
 

@@ -18,7 +18,7 @@ from typing import Any
 from confluent_kafka import IsolationLevel, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from csaf_events.errors import DataAccessError
+from csaf_events.core.errors import DataAccessError
 
 #: Seconds a client that failed a request is kept in use before a new one replaces it.
 RENEW_S = 5.0

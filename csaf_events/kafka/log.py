@@ -11,17 +11,17 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
-from csaf_events.errors import ProducerFencedError, TransactionAbortedError
-from csaf_events.events import Record
-from csaf_events.group_commit import Runner
+from csaf_events.core.errors import ProducerFencedError, TransactionAbortedError
+from csaf_events.core.events import Record
+from csaf_events.core.group_commit import Runner
+from csaf_events.core.pending import Pending
+from csaf_events.core.timings import Timings
 from csaf_events.kafka.ownership import Ownership
 from csaf_events.kafka.reader import KafkaReader
 from csaf_events.kafka.transaction import NodeTransaction
 from csaf_events.log.entries import Chunk, LogEntry
 from csaf_events.log.port import OnCommitted, OnDone
 from csaf_events.log.status import LogStatus
-from csaf_events.pending import Pending
-from csaf_events.timings import Timings
 from csaf_events.topics import Topics
 from projections.rebuild import catch_up
 from projections.rocks import Projection, ProjectionBatch

@@ -14,7 +14,7 @@ from typing import Any, Protocol, cast
 
 from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from csaf_events.errors import DataAccessError
+from csaf_events.core.errors import DataAccessError
 from csaf_events.kafka.end_offsets import EndOffsets
 from csaf_events.log.entries import Chunk, LogEntry
 

@@ -14,10 +14,10 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, TopicPartition
 
-from csaf_events.errors import DataAccessError
+from csaf_events.core.errors import DataAccessError
+from csaf_events.core.registry import SessionRegistry
 from csaf_events.kafka.end_offsets import EndOffsets
 from csaf_events.kafka.reader import next_batch
-from csaf_events.registry import SessionRegistry
 
 log = logging.getLogger(__name__)
 

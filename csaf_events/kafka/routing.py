@@ -23,10 +23,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from csaf_events.clock import now_ms
-from csaf_events.codec import decode_outcome, encode_command
-from csaf_events.commands import Command
-from csaf_events.errors import DataAccessError, unreachable
+from csaf_events.core.clock import now_ms
+from csaf_events.core.codec import decode_outcome, encode_command
+from csaf_events.core.commands import Command
+from csaf_events.core.errors import DataAccessError, unreachable
 from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS, current_end, poll_tail
 
 log = logging.getLogger(__name__)

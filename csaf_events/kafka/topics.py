@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, OffsetSpec
 
-from csaf_events.errors import CsafError, DataAccessError
+from csaf_events.core.errors import CsafError, DataAccessError
 from csaf_events.topics import TopicSpec
 
 log = logging.getLogger(__name__)

@@ -41,15 +41,15 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-from csaf_events.codec import encode_outcome
-from csaf_events.errors import DataAccessError, NotOwnerError, ProducerFencedError, TransactionAbortedError
-from csaf_events.events import SESSION, Record, key_prefix
-from csaf_events.group_commit import Signal
+from csaf_events.core.codec import encode_outcome
+from csaf_events.core.errors import DataAccessError, NotOwnerError, ProducerFencedError, TransactionAbortedError
+from csaf_events.core.events import SESSION, Record, key_prefix
+from csaf_events.core.group_commit import Signal
+from csaf_events.core.pending import Pending
+from csaf_events.core.timings import Timings
 from csaf_events.kafka.ownership import Ownership
 from csaf_events.kafka.watchdog import Watchdog
 from csaf_events.log.port import OnCommitted, OnDone
-from csaf_events.pending import Pending
-from csaf_events.timings import Timings
 from csaf_events.topics import Topics
 from projections.rocks import Checkpoint, Projection, ProjectionBatch
 

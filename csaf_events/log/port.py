@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from csaf_events.events import Record
-from csaf_events.group_commit import Runner
+from csaf_events.core.events import Record
+from csaf_events.core.group_commit import Runner
+from csaf_events.core.pending import Pending
 from csaf_events.log.entries import LogReader
 from csaf_events.log.status import LogStatus
-from csaf_events.pending import Pending
 from projections.rocks import ProjectionBatch
 
 OnDone = Callable[[BaseException | None], None]
@@ -66,7 +66,7 @@ class EventLog(LogReader, Protocol):
     def status(self) -> LogStatus:
         """What operators see of this node's share of the log: the partitions assigned to it
         (served or still being taken over), the last takeover of each, whether its
-        transactions are refused as a fenced one's, its last errors (`csaf_events.health`)."""
+        transactions are refused as a fenced one's, its last errors (`csaf_events.ops.health`)."""
 
     def set_ownership_listener(self, on_assigned: Callable[[list[int]], None],
                                on_revoked: Callable[[list[int]], None]) -> None:

@@ -32,11 +32,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
-from csaf_events import scheduling
-from csaf_events.cli_run import run_main
 from csaf_events.factory import open_store
 from csaf_events.matssocket.server import MatsSocketServer
-from csaf_events.metrics import serve_metrics
+from csaf_events.ops import scheduling
+from csaf_events.ops.cli_run import run_main
+from csaf_events.ops.metrics import serve_metrics
 from csaf_events.store import ClusterStoreAndForward
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ async def _serve(server: MatsSocketServer, host: str, ports: Sequence[int]) -> N
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``serve`` to the ``csaf`` command (a `SubcommandGroup` row of csaf_events.cli)."""
+    """Add ``serve`` to the ``csaf`` command (a `SubcommandGroup` row of csaf_events.ops.cli)."""
     parser = subparsers.add_parser("serve", help="run a MatsSocket node", description="Run a MatsSocket node: "
                                    "an embedded store, or a node of a Kafka cluster with --bootstrap.")
     add_arguments(parser)

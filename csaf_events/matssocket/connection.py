@@ -21,9 +21,10 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from csaf_events.clock import now_ms
-from csaf_events.dtos import MessageType as T
-from csaf_events.errors import CsafError, WrongUserError
+from csaf_events.core.clock import now_ms
+from csaf_events.core.dtos import MessageType as T
+from csaf_events.core.errors import CsafError, WrongUserError
+from csaf_events.core.session_calls import SessionCalls
 from csaf_events.matssocket import incoming
 from csaf_events.matssocket.auth import (
     AuthContext,
@@ -45,7 +46,6 @@ from csaf_events.matssocket.protocol import (
     parse_frame,
     random_id,
 )
-from csaf_events.session_calls import SessionCalls
 
 log = logging.getLogger(__name__)
 

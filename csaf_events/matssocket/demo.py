@@ -44,8 +44,8 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from csaf_events.clock import now_ms
-from csaf_events.errors import CsafError
+from csaf_events.core.clock import now_ms
+from csaf_events.core.errors import CsafError
 from csaf_events.matssocket.auth import (
     AuthContext,
     Authenticated,

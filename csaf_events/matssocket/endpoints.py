@@ -12,7 +12,7 @@ settles the message through it, which decides the answer the client gets:
 - raises: NACK with the error as description.
 
 Exactly once: the handler runs inside a unit of work of the session
-(`csaf_events.unit_of_work`). The message's inbox entry, what the handler stores through the
+(`csaf_events.core.unit_of_work`). The message's inbox entry, what the handler stores through the
 context (``await ctx.send(..)``, ``await ctx.request(..)``, ``ctx.unit``'s store calls, a
 ``later`` answer given before the handler returns) and the answer are committed together, and
 only then is the client answered. A node that dies before the commit leaves nothing: the
@@ -36,13 +36,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from csaf_events.clock import now_ms
-from csaf_events.dtos import MessageType
-from csaf_events.errors import UnitOfWorkError
+from csaf_events.core.clock import now_ms
+from csaf_events.core.dtos import MessageType
+from csaf_events.core.errors import UnitOfWorkError
 from csaf_events.matssocket.protocol import DebugOption
 
 if TYPE_CHECKING:
-    from csaf_events.unit_of_work import UnitOfWork
+    from csaf_events.core.unit_of_work import UnitOfWork
 
 #: Sessions whose outbox a unit of work wrote to, and the node the store named for each:
 #: nudged once the unit has committed.

@@ -19,12 +19,12 @@ import logging
 
 import orjson
 
-from csaf_events.clock import now_ms
-from csaf_events.dtos import MessageType, StoredOutMessage
-from csaf_events.errors import CsafError
+from csaf_events.core.clock import now_ms
+from csaf_events.core.dtos import MessageType, StoredOutMessage
+from csaf_events.core.errors import CsafError
+from csaf_events.core.session_calls import SessionCalls
 from csaf_events.matssocket.ports import Socket
 from csaf_events.matssocket.protocol import Envelope
-from csaf_events.session_calls import SessionCalls
 
 log = logging.getLogger(__name__)
 

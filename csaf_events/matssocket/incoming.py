@@ -1,5 +1,5 @@
 """Client SEND/REQUEST and the client's RESOLVE/REJECT of server requests, each handled
-exactly once: in one unit of work of the session (`csaf_events.unit_of_work`).
+exactly once: in one unit of work of the session (`csaf_events.core.unit_of_work`).
 
 SEND and REQUEST: the unit puts the client message id in the inbox, runs the handler (what
 it stores through its context joins the unit), stores the answer on the inbox entry, and
@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from csaf_events.clock import now_ms
-from csaf_events.dtos import MessageType as T
-from csaf_events.errors import ConflictError, CsafError, MessageIdAlreadyExistsError
+from csaf_events.core.clock import now_ms
+from csaf_events.core.dtos import MessageType as T
+from csaf_events.core.errors import ConflictError, CsafError, MessageIdAlreadyExistsError
 from csaf_events.matssocket.endpoints import IncomingContext, Resolution
 from csaf_events.matssocket.ports import Socket
 from csaf_events.matssocket.protocol import DebugOption, Envelope, ProtocolError, message_id
 
 if TYPE_CHECKING:
-    from csaf_events.unit_of_work import UnitOfWork
+    from csaf_events.core.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from csaf_events.async_store import AsyncStore
-from csaf_events.dtos import CurrentNode
+from csaf_events.core.dtos import CurrentNode
 from csaf_events.matssocket.auth import Authenticator
 from csaf_events.matssocket.endpoints import Endpoint, Replies
 from csaf_events.matssocket.protocol import CloseCode, DebugOption, Envelope
 from csaf_events.matssocket.topics import Topics
-from csaf_events.metrics import MatsSocketMetrics, NoMatsSocketMetrics
+from csaf_events.ops.metrics import MatsSocketMetrics, NoMatsSocketMetrics
 from csaf_events.store import ClusterStoreAndForward
 
 R = TypeVar("R")

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from csaf_events.dtos import MessageType
+from csaf_events.core.dtos import MessageType
 
 SUBPROTOCOL = "matssocket"
 

@@ -30,8 +30,10 @@ from websockets.typing import Subprotocol
 
 from csaf_events.async_store import AsyncStore
 from csaf_events.channel import InProcessChannel, NodeChannel
-from csaf_events.clock import now_ms
-from csaf_events.dtos import MessageType as T
+from csaf_events.core.clock import now_ms
+from csaf_events.core.dtos import MessageType as T
+from csaf_events.core.session_calls import SessionCalls
+from csaf_events.core.unit_of_work import UnitOfWork
 from csaf_events.maintenance import Maintenance
 from csaf_events.matssocket.auth import Authenticator
 from csaf_events.matssocket.connection import Connection
@@ -40,10 +42,8 @@ from csaf_events.matssocket.nodes import NodeMessages
 from csaf_events.matssocket.ports import Probe, Socket
 from csaf_events.matssocket.protocol import SUBPROTOCOL, CloseCode, DebugOption, Envelope, random_id
 from csaf_events.matssocket.topics import Topics
-from csaf_events.metrics import matssocket_metrics
-from csaf_events.session_calls import SessionCalls
+from csaf_events.ops.metrics import matssocket_metrics
 from csaf_events.store import ClusterStoreAndForward
-from csaf_events.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from csaf_events.clock import now_ms
+from csaf_events.core.clock import now_ms
 from csaf_events.matssocket import testhttp
 from csaf_events.matssocket.auth import (
     AuthContext,

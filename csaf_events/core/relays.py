@@ -18,9 +18,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from csaf_events import commands as cmd
-from csaf_events.codec import decode_command
-from csaf_events.errors import CsafError
+from csaf_events.core import commands as cmd
+from csaf_events.core.codec import decode_command
+from csaf_events.core.errors import CsafError
 
 log = logging.getLogger(__name__)
 

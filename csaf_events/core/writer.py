@@ -4,7 +4,7 @@ A MatsSocket node calls the store from many threads. Calls on one partition must
 decided one after another against the latest state (that is what makes uniqueness
 checks exact), but calls on different partitions must not wait on each other, and a
 burst of calls should share one append. Each call joins its partition's group commit
-(`csaf_events.group_commit`): the leader decides everything queued (each command sees the
+(`csaf_events.core.group_commit`): the leader decides everything queued (each command sees the
 events of the ones before it) and hands the events to `EventLog.append`.
 
 The leader does not wait for that append to be durable: the next group is decided at once
@@ -26,13 +26,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
-from csaf_events.clock import now_ms
-from csaf_events.commands import Command, Decision, decide
-from csaf_events.errors import DataAccessError, NotOwnerError
-from csaf_events.group_commit import GroupCommit
+from csaf_events.core.clock import now_ms
+from csaf_events.core.commands import Command, Decision, decide
+from csaf_events.core.errors import DataAccessError, NotOwnerError
+from csaf_events.core.group_commit import GroupCommit
+from csaf_events.core.pending import Pending
+from csaf_events.core.timings import Timings
 from csaf_events.log.port import EventLog
-from csaf_events.pending import Pending
-from csaf_events.timings import Timings
 from projections.rocks import Projection, ProjectionBatch
 
 log = logging.getLogger(__name__)

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from csaf_events.commands import Command
-from csaf_events.errors import CsafError, DataAccessError, NotOwnerError
+from csaf_events.core.commands import Command
+from csaf_events.core.errors import CsafError, DataAccessError, NotOwnerError
+from csaf_events.core.pending import Pending
+from csaf_events.core.timings import Timings
+from csaf_events.core.writer import PartitionWriter
 from csaf_events.log.port import EventLog
-from csaf_events.pending import Pending
-from csaf_events.timings import Timings
-from csaf_events.writer import PartitionWriter
 from projections.rocks import Projection
 
 log = logging.getLogger(__name__)

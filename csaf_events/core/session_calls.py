@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from csaf_events import commands as cmd
-from csaf_events import validation as v
-from csaf_events.dtos import CurrentNode, MessageType, RequestCorrelation, StoredInMessage, StoredOutMessage
-from csaf_events.observe import CallObserver, observed
-from csaf_events.validation import Limits
+from csaf_events.core import commands as cmd
+from csaf_events.core import validation as v
+from csaf_events.core.dtos import CurrentNode, MessageType, RequestCorrelation, StoredInMessage, StoredOutMessage
+from csaf_events.core.observe import CallObserver, observed
+from csaf_events.core.validation import Limits
 
 
 class SessionCalls:

@@ -24,7 +24,7 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from csaf_events.errors import CsafError
+from csaf_events.core.errors import CsafError
 from csaf_events.kafka.end_offsets import end_offsets
 from csaf_events.topics import load_topics, node_of_client
 

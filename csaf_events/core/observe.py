@@ -1,5 +1,5 @@
 """The hook through which a store's public calls are observed (counted and timed by
-`csaf_events.metrics`): each public method of the store is marked `@observed`, and calls
+`csaf_events.ops.metrics`): each public method of the store is marked `@observed`, and calls
 its holder's `metrics` when there is one. A store without metrics runs each call with one
 check more, and nothing else."""
 

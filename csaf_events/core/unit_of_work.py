@@ -26,12 +26,12 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from csaf_events import commands as cmd
-from csaf_events.codec import encode_command
-from csaf_events.errors import CsafError, UnitOfWorkError
-from csaf_events.relays import deliver
-from csaf_events.session_calls import SessionCalls
-from csaf_events.validation import Limits
+from csaf_events.core import commands as cmd
+from csaf_events.core.codec import encode_command
+from csaf_events.core.errors import CsafError, UnitOfWorkError
+from csaf_events.core.relays import deliver
+from csaf_events.core.session_calls import SessionCalls
+from csaf_events.core.validation import Limits
 
 #: The unit a `with` block has open in this thread or task: units do not nest.
 _OPEN: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar("csaf_open_unit", default=None)

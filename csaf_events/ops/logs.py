@@ -15,7 +15,7 @@ that end with ``[node=… partition=… session=…]``, or one JSON object per l
 (`JsonFormatter`) for a log pipeline. A program that configures logging itself adds the
 filter to its handlers::
 
-    handler.addFilter(csaf_events.logs.ContextFilter())
+    handler.addFilter(csaf_events.ops.logs.ContextFilter())
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from csaf_events.events import CATALOG, decode_state, header
+from csaf_events.core.events import CATALOG, decode_state, header
 from csaf_events.log.entries import LogEntry
 
 

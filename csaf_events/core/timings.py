@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from csaf_events.tally import Tally
+from csaf_events.core.tally import Tally
 
 #: The phases, in the order a write passes them.
 PHASES = ("queued", "decide", "txn_wait", "produce", "send_offsets", "flush", "commit", "apply", "routed_call")
@@ -27,7 +27,7 @@ _COUNTS = ("transactions", "failed_transactions", "commands", "records", "partit
 
 
 class Timings:
-    """Per-thread sums (`csaf_events.tally`): every partition's leader adds to them twice per
+    """Per-thread sums (`csaf_events.core.tally`): every partition's leader adds to them twice per
     group, so one lock here would be a convoy of all partitions."""
 
     def __init__(self) -> None:

@@ -1,5 +1,5 @@
 """How a command-line program of this package runs: library errors as one line on stderr
-and exit code 1. Below `csaf_events.cli`, so that the modules that add subcommands to it
+and exit code 1. Below `csaf_events.ops.cli`, so that the modules that add subcommands to it
 (``csaf serve``) can use it without importing the command that imports them."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from csaf_events.errors import CsafError
+from csaf_events.core.errors import CsafError
 
 PROG = "csaf"
 

@@ -265,7 +265,7 @@ class CorrelationDiscarded(_CorrelationGone):
 class RelayStored(Event):
     """A write for `target_session_id` made in a unit of work of `session_id`: committed with
     the unit in the unit's own partition, then delivered to the target's owner (the
-    transactional outbox). `command` is the routed command's encoding (`csaf_events.codec`)."""
+    transactional outbox). `command` is the routed command's encoding (`csaf_events.core.codec`)."""
 
     relay_id: str
     target_session_id: str

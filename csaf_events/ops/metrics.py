@@ -1,7 +1,7 @@
 """Prometheus metrics of a store (``prometheus-client``; every name starts with ``csaf_``).
 
 What is measured per call is measured in one place: `StoreMetrics.observe`, which the
-store's public methods call (they are marked `csaf_events.observe.observed`) when the store
+store's public methods call (they are marked `csaf_events.core.observe.observed`) when the store
 has metrics (a store opened with ``metrics=None`` runs each call with one check more, and
 nothing else). Each call adds one observation
 to ``csaf_call_duration_seconds{node,method}`` and one to
@@ -45,8 +45,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from csaf_events.partitioning import partition_for
-from csaf_events.tally import Tally
+from csaf_events.core.partitioning import partition_for
+from csaf_events.core.tally import Tally
 
 if TYPE_CHECKING:
     from csaf_events.store import ClusterStoreAndForward
@@ -176,7 +176,7 @@ def _remove(family: Any, *labels: str) -> None:
 class StoreMetrics:
     """One store's metrics on one registry.
 
-    The calls are counted in plain lists of the calling thread (`csaf_events.tally`: one
+    The calls are counted in plain lists of the calling thread (`csaf_events.core.tally`: one
     bisect, three list additions, no lock) and turned into ``csaf_calls_total`` and the
     ``csaf_call_duration_seconds`` histogram at scrape time; prometheus-client's own
     `Histogram.observe` plus `Counter.inc` cost three times as much, a visible share of an
@@ -202,11 +202,11 @@ class StoreMetrics:
     # ------------------------------------------------------------- per call --
     def observe(self, method: str, fn: Callable[..., Any], holder: Any, args: tuple[Any, ...],
                 kw: dict[str, Any]) -> Any:
-        """Count and time one public call of the store (`csaf_events.observe.CallObserver`)."""
+        """Count and time one public call of the store (`csaf_events.core.observe.CallObserver`)."""
         return self._observers[method](fn, holder, args, kw)
 
     def record(self, method: str, seconds: float, routed: bool, error: BaseException | None) -> None:
-        """Count one call that ended, made without `observe` (`csaf_events.observe.CallObserver`)."""
+        """Count one call that ended, made without `observe` (`csaf_events.core.observe.CallObserver`)."""
         self._recorders[method](seconds, int(routed), error)
 
     def _observer(self, method: str) -> Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]:

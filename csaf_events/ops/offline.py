@@ -17,8 +17,8 @@ from typing import Literal
 
 from confluent_kafka.admin import AdminClient
 
+from csaf_events.core.errors import CsafError
 from csaf_events.embedded.log import LOG_CF, EmbeddedLog
-from csaf_events.errors import CsafError
 from csaf_events.kafka import topics as kafka_topics
 from csaf_events.kafka.reader import KafkaReader
 from csaf_events.log.entries import LogReader

@@ -45,8 +45,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from csaf_events.clock import now_ms
-from csaf_events.dtos import MessageType
+from csaf_events.core.clock import now_ms
+from csaf_events.core.dtos import MessageType
 from csaf_events.store import ClusterStoreAndForward
 
 #: The operation kinds the workload times, in the order a session uses them.

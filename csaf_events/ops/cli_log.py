@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from csaf_events.errors import CsafError
-from csaf_events.offline import Target, open_node_data
+from csaf_events.core.errors import CsafError
+from csaf_events.ops.offline import Target, open_node_data
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
@@ -58,8 +58,8 @@ def _target(args: argparse.Namespace) -> Target:
 # ------------------------------------------------------------------- replay --
 
 def _replay(args: argparse.Namespace) -> int:
-    from csaf_events.history import format_text, session_history, to_json
-    from csaf_events.partitioning import partition_for
+    from csaf_events.core.history import format_text, session_history, to_json
+    from csaf_events.core.partitioning import partition_for
 
     if args.bootstrap is None and args.data_dir is None:
         raise CsafError("replay needs --bootstrap (a Kafka cluster) or --data-dir (an embedded store)")

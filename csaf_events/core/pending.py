@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from csaf_events.commands import Command
-from csaf_events.group_commit import Signal
+from csaf_events.core.commands import Command
+from csaf_events.core.group_commit import Signal
 
 
 class Pending:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, overload
 
-from csaf_events.dtos import MessageType
+from csaf_events.core.dtos import MessageType
 
 #: The rule for a node name and a namespace (they become parts of topic names, consumer
 #: groups and transactional ids): `open_store` and the CLI check it.

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from csaf_events import commands, dtos, errors
+from csaf_events.core import commands, dtos, errors
 
 _COMMANDS = {c.__name__: c for c in commands.HANDLERS}
 _DTOS = {c.__name__: c for c in (dtos.CurrentNode, dtos.SessionDto, dtos.StoredInMessage,

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from csaf_events import cli_log, cli_ops, logs
-from csaf_events.cli_ops import number, positive_float
-from csaf_events.cli_run import PROG, run_main
-from csaf_events.errors import CsafError
-from csaf_events.logs import LEVELS as LOG_LEVELS
+from csaf_events.core.errors import CsafError
+from csaf_events.ops import cli_log, cli_ops, logs
+from csaf_events.ops.cli_ops import number
+from csaf_events.ops.cli_run import PROG, run_main
+from csaf_events.ops.logs import LEVELS as LOG_LEVELS
 
 
 @dataclass(frozen=True)
@@ -65,61 +63,14 @@ def payload_size(text: str) -> int:
 # --------------------------------------------------------------------- csaf demo --
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, metavar="DIR",
-                   help="where the embedded store keeps its data (kept afterwards); "
-                        "default: a temporary directory, removed afterwards")
-    p.add_argument("--seconds", type=positive_float, default=5.0, metavar="N",
-                   help="start new sessions for this many seconds (default 5)")
-    p.add_argument("--sessions", type=positive_int, default=1_000_000, metavar="S",
-                   help="stop after this many sessions even if time is left (default: no limit in practice)")
-    p.add_argument("--concurrency", type=positive_int, default=16, metavar="C",
-                   help="sessions in flight at once (default 16)")
+    """None here: the demo parses its own (`python -m bench.demo --help`)."""
 
 
 def _demo(args: argparse.Namespace) -> int:
-    # imported here, not to dodge an import circle: ``csaf --help`` and the other subcommands
-    # do not load the store and the workload
-    from tqdm import tqdm
-
-    from csaf_events.factory import open_store
-    from csaf_events.workload import WorkloadConfig, run_workload
-
-    temporary = args.data_dir is None
-    data_dir = Path(tempfile.mkdtemp(prefix="csaf-demo-")) if temporary else args.data_dir
-    config = WorkloadConfig(sessions=args.sessions, concurrency=args.concurrency, duration=args.seconds)
-    print(f"csaf demo: the MatsSocket session lifecycle on the embedded store for {args.seconds:g} s "
-          f"({args.concurrency} sessions in flight) ...", file=sys.stderr)
-    try:
-        with open_store("demo-node", data_dir) as store, \
-                tqdm(desc="sessions", unit=" sessions", file=sys.stderr, leave=False, mininterval=0.25) as bar:
-            r = run_workload([store], config, progress=bar.update)
-    finally:
-        if temporary:
-            shutil.rmtree(data_dir, ignore_errors=True)
-    lat = r.latency_ms()
-
-    def p99(op: str) -> str:
-        return f"{lat[op]['p99']:.2f} ms" if op in lat else "-"
-
-    k, m = config.inbox_messages, config.outbox_messages
-    print(f"csaf demo: {r.elapsed_s:.1f} s on the embedded store")
-    print(f"  sessions            {r.sessions:,} (registered, reconnected; {r.closed:,} closed, "
-          f"{r.timed_out:,} timed out)")
-    print(f"  messages delivered  {r.lifecycles:,} server->client (stored, fetched, attempted, completed; "
-          f"{m} per session)")
-    print(f"  client messages     {r.sessions * k:,} inbox ids stored, updated and deleted ({k} per session)")
-    print(f"  throughput          {r.ops_per_s:,.0f} ops/s, {r.lifecycles_per_s:,.0f} messages delivered/s "
-          f"({r.ops:,} operations)")
-    print(f"  p99 latency         store_message_in_outbox {p99('store_message_in_outbox')}, "
-          f"get_messages_from_outbox {p99('get_messages_from_outbox')}, "
-          f"register_session_at_this_node {p99('register_session_at_this_node')}")
-    if r.errors:
-        print(f"  errors              {r.errors}")
-        for sample in r.error_samples[:3]:
-            print(f"                      {sample}")
-    where = f"{data_dir} (temporary, removed)" if temporary else f"{data_dir} (kept)"
-    print(f"  data dir            {where}")
-    return 1 if r.errors else 0
+    """The demo runs the benchmark's workload (`bench.workload`), a tool of the source
+    checkout: like ``csaf bench`` it runs as ``python -m bench.demo`` in the checkout, in a
+    process of its own."""
+    return subprocess.run([sys.executable, "-m", "bench.demo", *args.passed_on], cwd=checkout("demo")).returncode
 
 
 # -------------------------------------------------------------------- csaf bench --
@@ -132,16 +83,17 @@ def _bench(args: argparse.Namespace) -> int:
     """The benchmark is a tool of the source checkout, not part of the library: it runs as
     `python -m bench` in the checkout, in a process of its own, so nothing of it is imported
     here and nothing is added to the import path."""
-    return subprocess.run([sys.executable, "-m", "bench", *args.passed_on], cwd=checkout()).returncode
+    return subprocess.run([sys.executable, "-m", "bench", *args.passed_on], cwd=checkout("bench")).returncode
 
 
-def checkout() -> Path:
+def checkout(command: str) -> Path:
     """The source checkout with `bench/`: the one this package is installed from (editable
-    install), else the current directory."""
-    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+    install), else the current directory. `command` (``bench``, ``demo``) names the csaf
+    subcommand that needs it."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
         if (root / "bench" / "__main__.py").is_file():
             return root
-    raise CsafError("csaf bench runs the benchmark of a csaf-events source checkout (python -m bench), which "
+    raise CsafError(f"csaf {command} runs the benchmark of a csaf-events source checkout (bench/), which "
                     "this installation does not have; run it in the root of a checkout")
 
 
@@ -156,8 +108,8 @@ def _serve_register(subparsers: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------- the registry --
 
 SUBCOMMANDS: tuple[Subcommand | SubcommandGroup, ...] = (
-    Subcommand("demo", "run the MatsSocket session lifecycle for a few seconds on an embedded store",
-               _demo_arguments, _demo),
+    Subcommand("demo", "run the MatsSocket session lifecycle for a few seconds on an embedded store "
+                       "(python -m bench.demo of a source checkout)", _demo_arguments, _demo, passes_on=True),
     Subcommand("bench", "the lifecycle benchmark of a source checkout (python -m bench): throughput, latency, "
                         "memory, disk, floor", _bench_arguments, _bench, passes_on=True),
     SubcommandGroup(cli_log.register),  # replay, rebuild, audit, topics

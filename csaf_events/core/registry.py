@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 
-from csaf_events.dtos import SessionDto
-from csaf_events.events import SessionState, decode
+from csaf_events.core.dtos import SessionDto
+from csaf_events.core.events import SessionState, decode
 
 log = logging.getLogger(__name__)
 

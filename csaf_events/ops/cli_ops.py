@@ -5,10 +5,10 @@
 
 ``status`` prints the owners group's members and the partitions each owns, the committed
 command offsets, the events topic's end per partition and the session registry's size
-(`csaf_events.cluster_status`). ``metrics`` serves the same facts as Prometheus metrics on
+(`csaf_events.ops.cluster_status`). ``metrics`` serves the same facts as Prometheus metrics on
 ``/metrics`` (``csaf_cluster_*``, read at each scrape) and ``/health`` (200 when every
 partition has an owner), without joining the cluster. A node's own metrics come from the
-node (`csaf_events.metrics.serve_metrics`, ``csaf serve``). See docs/operations.md. Each
+node (`csaf_events.ops.metrics.serve_metrics`, ``csaf serve``). See docs/operations.md. Each
 subcommand imports what only it needs (Kafka's admin API, prometheus-client), so that ``csaf
 --help`` stays fast; none of those imports dodges an import circle (`tests/test_layers.py`
 counts them).
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from csaf_events.validation import NAME
+from csaf_events.core.validation import NAME
 
 
 def namespace(text: str) -> str:
@@ -73,7 +73,7 @@ def _cluster_arguments(p: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------- status --
 
 def _status(args: argparse.Namespace) -> int:
-    from csaf_events.cluster_status import cluster_status, format_table
+    from csaf_events.ops.cluster_status import cluster_status, format_table
     s = cluster_status(args.bootstrap, args.namespace, timeout=args.timeout, topics_file=args.topics_file)
     if args.json:
         sys.stdout.write(json.dumps(s, indent=2) + "\n")
@@ -95,7 +95,7 @@ class ClusterCollector:
         self._lock = threading.Lock()
 
     def read(self) -> dict[str, Any] | None:
-        from csaf_events.cluster_status import cluster_status
+        from csaf_events.ops.cluster_status import cluster_status
         with self._lock:
             try:
                 self.last = cluster_status(*self._args, timeout=self._timeout, topics_file=self._topics_file)
@@ -152,7 +152,7 @@ class ClusterCollector:
 def _metrics(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
-    from csaf_events.metrics import MetricsServer, wsgi_app
+    from csaf_events.ops.metrics import MetricsServer, wsgi_app
     registry = CollectorRegistry()
     collector = ClusterCollector(args.bootstrap, args.namespace, args.timeout, args.topics_file)
     registry.register(collector)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any
 
-from csaf_events import events as ev
-from csaf_events.dtos import CurrentNode, MessageType, RequestCorrelation, StoredInMessage, StoredOutMessage
-from csaf_events.errors import ConflictError, MessageIdAlreadyExistsError, UnitOfWorkError, WrongUserError
+from csaf_events.core import events as ev
+from csaf_events.core.dtos import CurrentNode, MessageType, RequestCorrelation, StoredInMessage, StoredOutMessage
+from csaf_events.core.errors import ConflictError, MessageIdAlreadyExistsError, UnitOfWorkError, WrongUserError
 from projections import queries
 from projections.fold import fold_key
 from projections.rocks import ProjectionBatch
