@@ -159,9 +159,10 @@ class PartitionWriter:
         d = Decision(self.partition, batch, self._node, self._clock())
         wall = now_ms()
         for p in group:
-            if p.deadline_ms is not None and p.deadline_ms <= wall:
+            late = p.late_ms(wall)
+            if late is not None:
                 p.error = DataAccessError(f"{type(p.command).__name__} reached the owner of partition "
-                                          f"{self.partition} {wall - p.deadline_ms} ms after its caller gave up; "
+                                          f"{self.partition} {late} ms after its caller gave up; "
                                           f"not executed", may_have_written=False)
                 log.warning("partition %d: %s", self.partition, p.error)
                 continue
@@ -179,7 +180,7 @@ class PartitionWriter:
                     batch = ProjectionBatch(parent)
                     break
         self._timings.group(queued, time.perf_counter() - start, len(group))
-        appends = bool(d.records) or any(p.origin is not None for p in group)
+        appends = bool(d.records) or any(p.answered_in_append for p in group)
         ticket = _Ticket(group, batch, chain, appends)
         with self._lock:
             self._in_flight.append(ticket)

@@ -21,13 +21,12 @@ from csaf_events.backend import Backend, RoutedCalls
 from csaf_events.core.codec import decode_command, encode_outcome
 from csaf_events.core.errors import CsafError, unreachable
 from csaf_events.core.node import Node
-from csaf_events.core.pending import Pending
 from csaf_events.core.registry import SessionRegistry
 from csaf_events.core.timings import Timings
 from csaf_events.kafka import topics as kafka_topics
 from csaf_events.kafka.channel import KafkaChannel
 from csaf_events.kafka.log import KafkaLog
-from csaf_events.kafka.ownership import Origin
+from csaf_events.kafka.ownership import Origin, RoutedPending
 from csaf_events.kafka.registry_tail import RegistryTailer
 from csaf_events.kafka.routing import KafkaRouter
 from csaf_events.topics import Topics, client_id
@@ -124,7 +123,7 @@ class KafkaBackend(Backend):
         if command.READ_ONLY:
             self._routed_reads.submit(self._answer_read, writer, command, origin)
             return
-        self._routed.submit(writer.submit, Pending(command, origin, deadline_ms=origin.deadline_ms))
+        self._routed.submit(writer.submit, RoutedPending(command, origin))
 
     def _answer_read(self, writer: Any, command: Any, origin: Origin) -> None:
         """A read needs no transaction: answer from the projection and reply at once.

@@ -31,6 +31,8 @@ from typing import Any, NamedTuple, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from csaf_events.core.commands import Command
+from csaf_events.core.pending import Pending
 from csaf_events.kafka.reader import TAIL_FETCH_WAIT_MS
 from csaf_events.log.status import Takeover
 from csaf_events.topics import Topics
@@ -55,6 +57,23 @@ class Origin(NamedTuple):
     correlation_id: bytes
     offset: int
     deadline_ms: int | None  # wall clock; the caller gives up then
+
+
+class RoutedPending(Pending):
+    """A command routed here by another node, as this node's writer decides it: its `Origin`
+    says where the reply goes (in the transaction that commits it) and when its caller gives
+    up (after that it is not decided)."""
+
+    __slots__ = ("origin",)
+    answered_in_append = True
+
+    def __init__(self, command: Command, origin: Origin) -> None:
+        super().__init__(command)
+        self.origin = origin
+
+    def late_ms(self, now_ms: int) -> int | None:
+        deadline = self.origin.deadline_ms
+        return None if deadline is None or deadline > now_ms else now_ms - deadline
 
 
 class Ownership:

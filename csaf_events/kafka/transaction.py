@@ -47,7 +47,7 @@ from csaf_events.core.events import SESSION, Record, key_prefix
 from csaf_events.core.group_commit import Signal
 from csaf_events.core.pending import Pending
 from csaf_events.core.timings import Timings
-from csaf_events.kafka.ownership import Ownership
+from csaf_events.kafka.ownership import Ownership, RoutedPending
 from csaf_events.kafka.watchdog import Watchdog
 from csaf_events.log.port import OnCommitted, OnDone
 from csaf_events.topics import Topics
@@ -107,7 +107,7 @@ class Append:
         self.partition = partition
         self.records = records
         self.batch = batch
-        self.routed = [p for p in group if p.origin is not None]
+        self.routed = [p for p in group if isinstance(p, RoutedPending)]
         self.commands = len(group)
         self.on_done = on_done
         self.valid = valid

@@ -32,8 +32,8 @@ class EventLog(LogReader, Protocol):
         """Durably append `records` to `partition` and write `batch` (their fold) to the projection.
 
         Only the partition's owner calls this, in decision order per partition. `group` is
-        the decided commands; routed ones (with an `origin`) get their replies once the
-        records are durable.
+        the decided commands; those the adapter answers itself (`Pending.answered_in_append`:
+        Kafka's routed commands) get their replies once the records are durable.
 
         Without `on_done` the call returns once all is durable, or raises (`DataAccessError`:
         the outcome is unknown, or nothing was written, as it says). With it, the call may
