@@ -86,16 +86,22 @@ def test_a_paused_node_is_fenced_after_its_partitions_moved(kafka_bootstrap: str
             if node.proc.poll() is None:
                 node.proc.send_signal(signal.SIGCONT)
             node.close()
-    # In every partition c owned: once another node has written, nothing c decided before its
-    # pause may follow (those transactions were in flight: they must have been fenced). c may
-    # write again only after it took the partition back (a fresh takeover, logged).
+    # In every partition c owned that another node wrote to while c was frozen: once that node
+    # has written, nothing c decided before its pause may follow (those transactions were in
+    # flight: they must have been fenced). c may write again only after it took the partition
+    # back (a fresh takeover, logged). A takeover that ends just before c wakes and takes the
+    # partition back leaves no other writer there, and so nothing to check: most partitions
+    # have one, and at least one must.
     c_log = (tmp_path / "c" / "c.log").read_text()
+    checked = 0
     for p in c_partitions:
         events = events_of(kafka_bootstrap, f"{kafka_namespace}.events", p)
         writers = [header(e.headers, "node") for e in events]
         assert "c" in writers
         first_other = next((i for i, w in enumerate(writers) if w != "c"), None)
-        assert first_other is not None, f"nobody took over partition {p}"
+        if first_other is None:
+            continue
+        checked += 1
         late = [e for e in events[first_other:] if header(e.headers, "node") == "c"]
         if late:
             retaken = [_log_ms(line) for line in c_log.splitlines() if f"took over partition {p}:" in line]
@@ -104,3 +110,4 @@ def test_a_paused_node_is_fenced_after_its_partitions_moved(kafka_bootstrap: str
             zombie = [e for e in late if int(header(e.headers, "ts")) < retaken[0] - 5]
             assert not zombie, (f"partition {p}: {len(zombie)} events decided by c while it no longer owned the "
                                 f"partition were committed")
+    assert checked > 0, f"no other node wrote to any of c's partitions {c_partitions} while c was frozen"
