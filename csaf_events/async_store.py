@@ -108,33 +108,32 @@ class AsyncStore:
         group.append(pending)
         started = time.perf_counter()
         await answered
-        error = pending.error
-        if isinstance(error, NotOwnerError):  # not executed here: the store's method finds the owner
+        if isinstance(pending.error, NotOwnerError):  # not executed here: the store's method finds the owner
             return await self.run(method, store, *args, **kwargs)
-        if error is not None and not isinstance(error, CsafError):
-            error = unexpected(command, partition, error)
-        if store.metrics is not None:
-            store.metrics.record(method.__name__, time.perf_counter() - started, False, error)
-        if error is not None:
-            raise error
-        return cast(R, pending.result) if returned is _DECIDED else returned
+        return self._outcome(method, command, partition, started, pending.result, pending.error, returned)
 
     async def _read(self, method: Callable[Concatenate[SessionCalls, P], R], partition: int, command: cmd.Command,
                     returned: Any, *args: P.args, **kwargs: P.kwargs) -> R:
         """A read: on the loop where it need not wait, else on a thread."""
-        store = self.store
         started = time.perf_counter()
-        error: CsafError | None = None
+        result: Any = None
+        error: BaseException | None = None
         try:
-            answered, result = store.read_at_once(partition, command)
-        except CsafError as e:
+            answered, result = self.store.read_at_once(partition, command)
+        except Exception as e:  # noqa: BLE001 - its caller gets it (a CsafError, as _outcome makes it)
             answered, error = True, e
-        except Exception as e:  # noqa: BLE001 - a bug or a client library's error: its caller gets a CsafError
-            answered, error = True, unexpected(command, partition, e)
         if not answered:
-            return await self.run(method, store, *args, **kwargs)
-        if store.metrics is not None:
-            store.metrics.record(method.__name__, time.perf_counter() - started, False, error)
+            return await self.run(method, self.store, *args, **kwargs)
+        return self._outcome(method, command, partition, started, result, error, returned)
+
+    def _outcome(self, method: Callable[..., R], command: cmd.Command, partition: int, started: float,
+                 result: Any, error: BaseException | None, returned: Any) -> R:
+        """A call answered without the store's method, as that method would end it: counted in
+        the store's metrics, its error raised (a `CsafError`), or its result returned."""
+        if error is not None and not isinstance(error, CsafError):
+            error = unexpected(command, partition, error)
+        if self.store.metrics is not None:
+            self.store.metrics.record(method.__name__, time.perf_counter() - started, False, error)
         if error is not None:
             raise error
         return cast(R, result) if returned is _DECIDED else returned

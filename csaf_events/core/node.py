@@ -26,7 +26,7 @@ from projections.rocks import Projection
 log = logging.getLogger(__name__)
 
 
-def unexpected(command: Command, partition: int, error: Exception) -> DataAccessError:
+def unexpected(command: Command, partition: int, error: BaseException) -> DataAccessError:
     """What a caller gets for an error that is no `CsafError` (a client library's, or a bug)."""
     return DataAccessError(f"{type(command).__name__} on partition {partition} failed, outcome unknown: "
                            f"{type(error).__name__}: {error}", may_have_written=not command.READ_ONLY)
